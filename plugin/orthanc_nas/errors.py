@@ -1,0 +1,103 @@
+"""Domain exceptions: each knows its HTTP status, its `kind` and a hint for a person.
+
+One place (`api.error_response`) turns them into the spec's error object
+`{"error", "kind", "hint"}`; anything else raised by a handler is a logged 500.
+"""
+
+from __future__ import annotations
+
+
+class NasError(Exception):
+    """Base of every error the product reports to a person or a client."""
+
+    status = 500
+    kind = "internal"
+    default_hint = "See Orthanc's log for details."
+
+    def __init__(self, message: str, hint: str | None = None, *, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+        if status is not None:
+            self.status = status
+
+    def to_json(self) -> dict:
+        return {"error": self.message, "kind": self.kind, "hint": self.hint}
+
+
+class ConfigError(NasError):
+    """The `Nas` settings (orthanc.json or the saved connection) are wrong."""
+
+    status = 400
+    kind = "config"
+    default_hint = "Correct the named setting in the \"Nas\" section of orthanc.json (or in the NAS panel)."
+
+
+class BadRequest(NasError):
+    status = 400
+    kind = "bad_request"
+    default_hint = "Correct the request; see the REST routes in the README."
+
+
+class UnsupportedMediaType(BadRequest):
+    status = 415
+    default_hint = "Send the body as JSON with the header Content-Type: application/json."
+
+
+class NotFound(NasError):
+    status = 404
+    kind = "not_found"
+    default_hint = "Check the identifier or the path."
+
+
+class Busy(NasError):
+    status = 409
+    kind = "busy"
+    default_hint = "Wait for the running job to finish, or stop it with DELETE /nas/index."
+
+
+class NasUnavailable(NasError):
+    """Base of the errors met while talking to the NAS (answered as 502 by the REST routes)."""
+
+    status = 502
+
+
+class NasNetworkError(NasUnavailable):
+    kind = "network"
+    default_hint = (
+        "Check that the NAS is switched on and reachable from this server (host, port, firewall). "
+        "If the network to the NAS is slow or unreliable, mount the share locally and point the "
+        "connection at the mounted folder instead."
+    )
+
+
+class NasAuthError(NasUnavailable):
+    kind = "auth"
+    default_hint = "Check the user name, password and domain for the NAS share."
+
+
+class NasPermissionError(NasUnavailable):
+    kind = "permission"
+    default_hint = "Give the account Orthanc uses read access to this folder on the NAS."
+
+
+class NasNotFound(NasUnavailable):
+    kind = "not_found"
+    default_hint = "Check the share name and the folder path; the NAS does not have them."
+
+
+class Gone(NasError):
+    status = 410
+    kind = "not_found"
+    default_hint = "Ask the sender for a new link."
+
+
+class TooManyRequests(NasError):
+    status = 429
+    kind = "bad_request"
+    default_hint = "Too many wrong links from your address; wait a few minutes and try again."
+
+
+class Internal(NasError):
+    status = 500
+    kind = "internal"

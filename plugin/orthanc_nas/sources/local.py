@@ -1,0 +1,200 @@
+"""A local or mounted folder (or a UNC path on Windows): a parallel `os.scandir` walk.
+
+`os.walk` lists one folder at a time and builds whole lists per folder; here a
+few threads take folders from a shared stack, so the NAS answers several
+directory listings at once (on a mounted share most of the time goes in round
+trips, during which the threads release the GIL). Entries go out in chunks
+through a bounded queue, so memory does not grow with the number of files.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import stat
+import threading
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from ..errors import NasError, NasNetworkError, NasNotFound, NasPermissionError
+from .base import FileEntry, WalkError
+
+WALK_THREADS = 4
+CHUNK = 512  # entries per queue item: one put/get per chunk instead of per file
+QUEUE_CHUNKS = 32  # bounded: at most QUEUE_CHUNKS * CHUNK entries wait in memory
+
+# errno values a mounted network share returns when the server, not the file, is in trouble
+NETWORK_ERRNOS = {errno.EIO, errno.ETIMEDOUT, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETDOWN,
+                  errno.ENETUNREACH, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.ESTALE}
+
+_DONE = object()
+
+
+def safe_relpath(path: str) -> str:
+    """Refuse paths that would leave the NAS root."""
+    parts = path.replace("\\", "/").split("/")
+    if path.startswith(("/", "\\")) or any(p in ("..",) for p in parts) or (parts and ":" in parts[0]):
+        raise NasNotFound(f"refused path outside the NAS root: {path!r}")
+    return "/".join(p for p in parts if p not in ("", "."))
+
+
+def os_error(exc: OSError, what: str) -> NasError:
+    """Turn an OSError into the domain error that says what a person can do about it."""
+    if isinstance(exc, FileNotFoundError) or exc.errno == errno.ENOENT:
+        return NasNotFound(f"{what}: not found")
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM):
+        return NasPermissionError(f"{what}: permission denied")
+    if exc.errno in NETWORK_ERRNOS:
+        return NasNetworkError(f"{what}: {exc.strerror or exc}")
+    return NasError(f"{what}: {exc.strerror or exc}", "Check the file on the NAS.")
+
+
+class LocalSource:
+    """Files under a folder of this machine (a local disk or a mounted share)."""
+
+    def __init__(self, root: str, threads: int = WALK_THREADS):
+        self.root = os.path.abspath(root) if not root.startswith("\\\\") else root
+        self.threads = max(1, threads)
+        self.description = f"folder {self.root}"
+
+    # -- root -----------------------------------------------------------------
+    def check_root(self) -> None:
+        try:
+            st = os.stat(self.root)
+        except OSError as exc:
+            err = os_error(exc, f"NAS folder {self.root}")
+            if isinstance(err, NasNotFound):
+                err.hint = ("The folder does not exist: check the path, and that the share is mounted "
+                            "(e.g. mount -t cifs //nas/dicom /mnt/nas -o ro,username=USER).")
+            raise err from exc
+        if not stat.S_ISDIR(st.st_mode):
+            raise NasNotFound(f"NAS path {self.root} is not a folder", "Point Path at a folder.")
+        try:
+            with os.scandir(self.root) as it:
+                next(it, None)
+        except OSError as exc:
+            raise os_error(exc, f"NAS folder {self.root}") from exc
+
+    def list_root(self, limit: int = 100) -> list[str]:
+        self.check_root()
+        names = []
+        with os.scandir(self.root) as it:
+            for entry in it:
+                names.append(entry.name + ("/" if entry.is_dir() else ""))
+        return sorted(names)[:limit]
+
+    # -- walk -----------------------------------------------------------------
+    def walk(self, stop: threading.Event) -> Iterator[FileEntry | WalkError]:
+        out: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
+        halt = threading.Event()  # set when the consumer goes away or `stop` is set
+        folders: list[str] = [""]
+        cond = threading.Condition()
+        state = {"pending": 1, "finished": 0}
+        seen_dirs: set[tuple[int, int]] = set()
+        try:
+            root_st = os.stat(self.root)
+            seen_dirs.add((root_st.st_dev, root_st.st_ino))
+        except OSError:
+            pass
+
+        def put(item) -> bool:
+            while not (halt.is_set() or stop.is_set()):
+                try:
+                    out.put(item, timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def list_folder(rel: str) -> list[str]:
+            """List one folder, sending files out; returns its subfolders."""
+            subdirs: list[str] = []
+            chunk: list = []
+            prefix = f"{rel}/" if rel else ""
+            full = os.path.join(self.root, rel) if rel else self.root
+            try:
+                with os.scandir(full) as it:
+                    for entry in it:
+                        try:
+                            if entry.is_dir():
+                                if entry.is_symlink():
+                                    # follow a link to a folder once: a loop ends at the second visit
+                                    st = entry.stat()
+                                    key = (st.st_dev, st.st_ino)
+                                    with cond:
+                                        if key in seen_dirs:
+                                            continue
+                                        seen_dirs.add(key)
+                                subdirs.append(prefix + entry.name)
+                            elif entry.is_file():
+                                st = entry.stat()
+                                chunk.append(FileEntry(prefix + entry.name, st.st_size, st.st_mtime_ns))
+                                if len(chunk) >= CHUNK:
+                                    if not put(chunk):
+                                        return []
+                                    chunk = []
+                        except OSError as exc:  # a dangling link, a file gone meanwhile
+                            if not (isinstance(exc, FileNotFoundError) and entry.is_symlink()):
+                                chunk.append(WalkError(prefix + entry.name, os_error(exc, prefix + entry.name)))
+            except OSError as exc:
+                chunk.append(WalkError(rel or "/", os_error(exc, f"folder {rel or '/'}")))
+            if chunk:
+                put(chunk)
+            return subdirs
+
+        def worker() -> None:
+            while True:
+                with cond:
+                    while not folders and state["pending"] and not halt.is_set() and not stop.is_set():
+                        cond.wait(0.2)
+                    if not folders or halt.is_set() or stop.is_set():
+                        state["finished"] += 1
+                        if state["finished"] == self.threads:
+                            put(_DONE)
+                        return
+                    rel = folders.pop()  # depth first: keeps the stack short
+                subdirs = list_folder(rel)
+                with cond:
+                    folders.extend(reversed(subdirs))
+                    state["pending"] += len(subdirs) - 1
+                    cond.notify_all()
+
+        threads = [threading.Thread(target=worker, name=f"nas-walk-{i}", daemon=True) for i in range(self.threads)]
+        for t in threads:
+            t.start()
+        try:
+            while True:
+                try:
+                    item = out.get(timeout=0.2)
+                except queue.Empty:
+                    if stop.is_set():
+                        return
+                    continue
+                if item is _DONE:
+                    return
+                yield from item
+        finally:
+            halt.set()
+            with cond:
+                cond.notify_all()
+
+    # -- reading --------------------------------------------------------------
+    def _full(self, path: str) -> str:
+        return os.path.join(self.root, *safe_relpath(path).split("/"))
+
+    def read_head(self, path: str, size: int) -> bytes:
+        try:
+            with open(self._full(path), "rb", buffering=0) as fh:
+                return fh.read(size)
+        except OSError as exc:
+            raise os_error(exc, path) from exc
+
+    def open(self, path: str) -> BinaryIO:
+        try:
+            return open(self._full(path), "rb")
+        except OSError as exc:
+            raise os_error(exc, path) from exc
+
+    def close(self) -> None:
+        pass
