@@ -1,0 +1,101 @@
+"""The one module that talks to Orthanc's Python plugin API.
+
+`register(orthanc)` validates the `Nas` settings (an error stops Orthanc,
+naming the key), builds the app, routes `/nas/...` to the core's handlers,
+adds the NAS button to Orthanc Explorer and stops everything cleanly when
+Orthanc stops. The `orthanc` module is passed in, so this module can be tested
+with a stand-in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from orthanc_nas.api import router
+from orthanc_nas.app import NasApp
+from orthanc_nas.config import parse_settings
+from orthanc_nas.errors import NasError
+from orthanc_nas.http import Request, Response, parse_query
+
+EXTENSION_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "explorer-extension")
+
+log = logging.getLogger("orthanc_nas")
+
+
+class OrthancLogHandler(logging.Handler):
+    """Sends the core's log records to Orthanc's log."""
+
+    def __init__(self, orthanc):
+        super().__init__()
+        self.orthanc = orthanc
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = "NAS: " + self.format(record)
+        if record.levelno >= logging.ERROR:
+            self.orthanc.LogError(message)
+        elif record.levelno >= logging.WARNING:
+            self.orthanc.LogWarning(message)
+        else:
+            self.orthanc.LogInfo(message)
+
+
+def send(output, response: Response) -> None:
+    """Answer through Orthanc's HTTP server (one buffer: plugin 4.0 cannot stream)."""
+    body = response.body if not response.streamed else b"".join(response.body)
+    for name, value in response.headers.items():
+        output.SetHttpHeader(name, value)
+    if response.status == 200:
+        output.AnswerBuffer(body, response.content_type)
+    elif not body:
+        output.SendHttpStatusCode(response.status)
+    else:
+        output.SetHttpHeader("Content-Type", response.content_type)
+        # Plugin 4.0 takes the body as str, with its length.
+        text = body.decode("utf-8")
+        output.SendHttpStatus(response.status, text, len(text.encode("utf-8")))
+
+
+def make_callback(app: NasApp):
+    def on_rest(output, uri, **request):
+        body = request.get("body") or b""
+        req = Request(
+            method=request.get("method", "GET"),
+            path=uri,
+            query=parse_query(request.get("get")),
+            headers={k.lower(): v for k, v in (request.get("headers") or {}).items()},
+            body=body.encode("utf-8") if isinstance(body, str) else bytes(body),
+        )
+        send(output, router.dispatch(app, req))
+    return on_rest
+
+
+def register(orthanc) -> NasApp:
+    handler = OrthancLogHandler(orthanc)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+    config = json.loads(orthanc.GetConfiguration())
+    try:
+        settings = parse_settings(config.get("Nas"), config)
+        app = NasApp(settings)
+    except NasError as exc:
+        orthanc.LogError(f"NAS plugin: {exc.message}. {exc.hint}")
+        raise
+
+    orthanc.RegisterRestCallback("/nas/(.*)", make_callback(app))
+    extend = os.path.join(EXTENSION_DIR, "extend-explorer.js")
+    if os.path.exists(extend):
+        with open(extend, encoding="utf-8") as fh:
+            orthanc.ExtendOrthancExplorer(fh.read())
+
+    def on_change(change_type, level, resource_id):
+        if change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+            app.close()
+
+    orthanc.RegisterOnChangeCallback(on_change)
+    log.info("ready: data in %s, NAS %s", app.settings.DataDirectory,
+             app.settings.Connection.Path or app.settings.Connection.Host or "not configured yet")
+    return app

@@ -1,0 +1,254 @@
+"""The index: `index.db`, an SQLite database in WAL mode.
+
+One row per file (path relative to the NAS root, size, mtime, the per-file
+attributes, the error if it could not be read, the run that last saw it) and
+one row per series (its attributes and file count). Schema changes go through
+numbered migrations recorded in `PRAGMA user_version`, so an index made by an
+older version opens in a newer one.
+
+Writes come from one thread (the indexer's writer); each batch is one
+transaction that updates files and their series together, so a reader (WAL
+gives readers a snapshot) never sees a half-written series.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+
+from .errors import NotFound
+
+INDEX_NAME = "index.db"
+
+#: attributes kept per series (the search answer's DICOM fields)
+SERIES_FIELDS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+    "StudyDescription", "AccessionNumber", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription",
+    "Modality",
+)
+
+MIGRATIONS: list[str] = [
+    # 1: files, series, runs
+    """
+    CREATE TABLE files (
+        path TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        series_key TEXT,
+        SOPInstanceUID TEXT,
+        InstanceNumber INTEGER,
+        error TEXT,
+        seen_run INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX files_by_series ON files(series_key, InstanceNumber);
+    CREATE TABLE series (
+        series_key TEXT PRIMARY KEY,
+        PatientName TEXT, PatientID TEXT, PatientBirthDate TEXT, PatientSex TEXT,
+        StudyInstanceUID TEXT, StudyDate TEXT, StudyDescription TEXT, AccessionNumber TEXT,
+        SeriesInstanceUID TEXT, SeriesNumber INTEGER, SeriesDescription TEXT, Modality TEXT,
+        file_count INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        outcome TEXT
+    );
+    """,
+]
+
+
+def series_key(record: dict, path: str) -> str:
+    """A stable, URL-safe identifier of the group a file belongs to.
+
+    By SeriesInstanceUID; without it, by StudyInstanceUID + SeriesNumber; without
+    either, by the file's folder (the best remaining guess of a series on a NAS).
+    """
+    if record.get("SeriesInstanceUID"):
+        basis = "uid:" + record["SeriesInstanceUID"]
+    elif record.get("StudyInstanceUID"):
+        basis = f"study:{record['StudyInstanceUID']}|{record.get('SeriesNumber')}"
+    else:
+        basis = "folder:" + path.rpartition("/")[0]
+    digest = hashlib.sha256(basis.encode("utf-8")).digest()[:15]
+    return base64.urlsafe_b64encode(digest).decode("ascii")
+
+
+def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a crash loses at most the last transactions, never corrupts the file
+        conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[str] = MIGRATIONS) -> int:
+    """Apply the migrations the database has not seen yet; returns the schema version."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for number, script in enumerate(migrations[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(migrations)
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection):
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _chunks(items: Sequence, size: int = 500) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class Catalog:
+    """The index database of one DataDirectory."""
+
+    def __init__(self, data_dir: str):
+        self.path = os.path.join(data_dir, INDEX_NAME)
+        self._local = threading.local()
+
+    # -- connections ------------------------------------------------------------
+    def exists(self) -> bool:
+        return os.path.exists(self.path)
+
+    def open_for_writing(self) -> sqlite3.Connection:
+        """The writer's connection; creates and migrates the database if needed."""
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        conn = connect(self.path)
+        migrate(conn)
+        return conn
+
+    def reader(self) -> sqlite3.Connection:
+        """A read connection for this thread (REST requests, search). Raises NotFound without an index."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if not self.exists():
+                raise NotFound("there is no NAS index yet",
+                               "Run indexing first: the \"Index now\" button of the NAS panel, or POST /nas/index.")
+            conn = connect(self.path)
+            migrate(conn)  # an index made by an older version is upgraded on first use
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    # -- queries ----------------------------------------------------------------
+    def counts(self) -> dict:
+        if not self.exists():
+            return {"files": 0, "series": 0}
+        conn = self.reader()
+        files = conn.execute("SELECT count(*) FROM files").fetchone()[0]
+        series = conn.execute("SELECT count(*) FROM series").fetchone()[0]
+        return {"files": files, "series": series}
+
+
+class CatalogWriter:
+    """Writes one indexing run into the catalog. Used from a single thread."""
+
+    def __init__(self, catalog: Catalog):
+        self.conn = catalog.open_for_writing()
+        self.run_id = 0
+
+    def begin_run(self) -> int:
+        cur = self.conn.execute("INSERT INTO runs(started_at) VALUES (?)", (time.time(),))
+        self.run_id = cur.lastrowid
+        return self.run_id
+
+    def finish_run(self, outcome: str) -> None:
+        self.conn.execute("UPDATE runs SET finished_at=?, outcome=? WHERE id=?", (time.time(), outcome, self.run_id))
+
+    def known(self, paths: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(size, mtime_ns) of the given paths that are already in the index."""
+        found: dict[str, tuple[int, int]] = {}
+        for chunk in _chunks(paths):
+            marks = ",".join("?" * len(chunk))
+            for path, size, mtime in self.conn.execute(
+                    f"SELECT path, size, mtime_ns FROM files WHERE path IN ({marks})", chunk):
+                found[path] = (size, mtime)
+        return found
+
+    def mark_seen(self, paths: Sequence[str]) -> None:
+        """Record that unchanged files were seen by this run (so they are not removed as gone)."""
+        with transaction(self.conn):
+            self.conn.executemany("UPDATE files SET seen_run=? WHERE path=?", ((self.run_id, p) for p in paths))
+
+    def write(self, results: Sequence[tuple]) -> None:
+        """Store a batch of `(FileEntry, record or None, error or None)` in one transaction."""
+        with transaction(self.conn):
+            dirty = self._old_keys([entry.path for entry, _, _ in results])
+            series_rows = {}
+            file_rows = []
+            for entry, record, error in results:
+                key = None
+                if record is not None:
+                    key = series_key(record, entry.path)
+                    series_rows[key] = tuple(record.get(f) for f in SERIES_FIELDS)
+                    dirty.add(key)
+                file_rows.append((entry.path, entry.size, entry.mtime_ns, key,
+                                  record and record.get("SOPInstanceUID"), record and record.get("InstanceNumber"),
+                                  error, self.run_id))
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO files(path, size, mtime_ns, series_key, SOPInstanceUID, InstanceNumber, "
+                "error, seen_run) VALUES (?,?,?,?,?,?,?,?)", file_rows)
+            columns = ", ".join(SERIES_FIELDS)
+            updates = ", ".join(f"{f}=excluded.{f}" for f in SERIES_FIELDS)
+            self.conn.executemany(
+                f"INSERT INTO series(series_key, {columns}) VALUES (?{',?' * len(SERIES_FIELDS)}) "
+                f"ON CONFLICT(series_key) DO UPDATE SET {updates}",
+                ((key, *values) for key, values in series_rows.items()))
+            self._recount(dirty)
+
+    def remove_unseen(self) -> int:
+        """Remove files this run did not see. Call only after a complete, error-free enumeration."""
+        with transaction(self.conn):
+            dirty = {row[0] for row in self.conn.execute(
+                "SELECT DISTINCT series_key FROM files WHERE seen_run < ? AND series_key IS NOT NULL", (self.run_id,))}
+            removed = self.conn.execute("DELETE FROM files WHERE seen_run < ?", (self.run_id,)).rowcount
+            self._recount(dirty)
+        return removed
+
+    def _old_keys(self, paths: Sequence[str]) -> set[str]:
+        keys: set[str] = set()
+        for chunk in _chunks(paths):
+            marks = ",".join("?" * len(chunk))
+            keys.update(row[0] for row in self.conn.execute(
+                f"SELECT series_key FROM files WHERE path IN ({marks}) AND series_key IS NOT NULL", chunk))
+        return keys
+
+    def _recount(self, keys: set[str]) -> None:
+        for chunk in _chunks(sorted(keys)):
+            marks = ",".join("?" * len(chunk))
+            self.conn.execute(
+                f"UPDATE series SET file_count=(SELECT count(*) FROM files WHERE files.series_key=series.series_key) "
+                f"WHERE series_key IN ({marks})", chunk)
+            self.conn.execute(f"DELETE FROM series WHERE file_count=0 AND series_key IN ({marks})", chunk)
+
+    def series_count(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM series").fetchone()[0]
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,102 @@
+"""Header parsing on every core.
+
+Parsing a header is pure Python and CPU-bound: threads share one GIL (inside
+Orthanc they also compete with the REST callbacks for it), so reading threads
+hand their bytes to a small pool of worker processes. Inside Orthanc,
+`sys.executable` is the Orthanc binary, not Python: the pool is told which
+interpreter to start (the one Orthanc embeds) and never runs the plugin
+script in the children.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+
+from .headers import NeedMore, NotDicom, parse_head
+
+
+def parse_many(items: list[tuple[bytes, bool]]) -> list:
+    """Parse many heads at once (one round trip to a worker process per batch).
+
+    Each result is a record dict, a `NeedMore`, or the reason (str) the file is not usable.
+    """
+    results: list = []
+    warnings.simplefilter("ignore")  # pydicom warns about each odd file; the outcome says enough
+    for buf, complete in items:
+        try:
+            results.append(parse_head(buf, complete))
+        except NotDicom as exc:
+            results.append(str(exc))
+    return results
+
+
+def python_interpreter() -> str | None:
+    """The Python interpreter to start worker processes with, or None if there is none."""
+    exe = sys.executable or ""
+    if os.path.basename(exe).lower().startswith("python"):
+        return exe
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for folder in (os.path.join(sys.base_exec_prefix, "bin"), sys.base_exec_prefix, "/usr/bin"):
+        for name in (f"python{version}", "python3", "python.exe"):
+            candidate = os.path.join(folder, name)
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                return candidate
+    return None
+
+
+def default_processes() -> int:
+    cores = os.cpu_count() or 1
+    return 0 if cores < 2 else min(cores, 8)
+
+
+class ParsePool:
+    """Parses batches of heads in worker processes, or in the calling thread if there are none."""
+
+    def __init__(self, processes: int | None = None):
+        self.processes = default_processes() if processes is None else processes
+        self._pool: ProcessPoolExecutor | None = None
+        self.error: str | None = None
+        if self.processes > 0:
+            try:
+                self._pool = self._start()
+            except Exception as exc:  # no usable interpreter, no /dev/shm...: parse in threads instead
+                self.error = f"{type(exc).__name__}: {exc}"
+                self.processes = 0
+
+    def _start(self) -> ProcessPoolExecutor:
+        exe = python_interpreter()
+        if exe is None:
+            raise RuntimeError("no Python interpreter found to start worker processes")
+        ctx = multiprocessing.get_context("spawn")
+        ctx.set_executable(exe)
+        if not hasattr(sys, "argv"):  # embedded interpreters may lack it; spawn reads it
+            sys.argv = [""]
+        main = sys.modules.get("__main__")
+        # spawn re-runs the parent's main script in each child: inside Orthanc that is the
+        # plugin script, which imports `orthanc`. The children need only this module.
+        if main is not None and getattr(main, "__file__", None) and not hasattr(main, "__spec__"):
+            main.__spec__ = None
+        pool = ProcessPoolExecutor(self.processes, mp_context=ctx, initializer=_hide_main)
+        pool.submit(parse_many, []).result(timeout=60)  # fail now rather than in the middle of a run
+        return pool
+
+    def parse(self, items: list[tuple[bytes, bool]]) -> list:
+        if self._pool is None:
+            return parse_many(items)
+        return self._pool.submit(parse_many, items).result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _hide_main() -> None:
+    """Nothing to do: the initializer exists so that children import this module first."""
+
+
+__all__ = ["NeedMore", "ParsePool", "parse_many"]

@@ -1,0 +1,151 @@
+"""A real Orthanc with the plugin, started on free ports in a folder of its own.
+
+Used by the integration and e2e tests and by the benchmarks. Importable
+without pytest. `OrthancServer(workdir, nas={...})` writes an orthanc.json,
+starts `Orthanc` and polls `GET /system` until it answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+PLUGIN_SCRIPT = REPO / "plugin" / "nas_plugin.py"
+ORTHANC_BINARY = os.environ.get("ORTHANC_BINARY", "/usr/sbin/Orthanc")
+PYTHON_PLUGIN = os.environ.get("ORTHANC_PYTHON_PLUGIN", "/usr/share/orthanc/plugins/libOrthancPython.so")
+USER, PASSWORD = "nasadmin", "nas-test-password"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OrthancServer:
+    """One Orthanc process. `nas` is the `Nas` section; `extra` more top-level settings."""
+
+    def __init__(self, workdir: Path | str, nas: dict | None = None, *, auth: bool = False,
+                 extra: dict | None = None, port: int | None = None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.nas = nas if nas is not None else {}
+        self.auth = auth
+        self.extra = extra or {}
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.workdir / "orthanc.log"
+        self.config_path = self.workdir / "orthanc.json"
+        self.session = requests.Session()
+        if auth:
+            self.session.auth = (USER, PASSWORD)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> dict:
+        cfg = {
+            "Name": "orthanc-nas-test",
+            "HttpPort": self.port,
+            "DicomPort": free_port(),
+            "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "storage"),
+            "Plugins": [PYTHON_PLUGIN],
+            "PythonScript": str(PLUGIN_SCRIPT),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": self.auth,
+            "RegisteredUsers": {USER: PASSWORD} if self.auth else {},
+            "Nas": self.nas,
+        }
+        cfg.update(self.extra)
+        return cfg
+
+    def write_config(self) -> None:
+        self.config_path.write_text(json.dumps(self.config(), indent=2))
+
+    def start(self, timeout: float = 30, expect_failure: bool = False) -> OrthancServer:
+        self.write_config()
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([ORTHANC_BINARY, "--verbose", str(self.config_path)], cwd=self.workdir,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        if expect_failure:
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired as exc:
+                raise AssertionError("Orthanc kept running although it was expected to stop") from exc
+            return self
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc stopped while starting:\n{self.log()[-4000:]}")
+            try:
+                if self.session.get(f"{self.url}/system", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"Orthanc did not answer within {timeout}s:\n{self.log()[-4000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError("Orthanc did not stop within its time after SIGTERM") from None
+
+    def kill9(self) -> None:
+        """Kill Orthanc and everything it started (the parse processes) without warning."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    # -- REST ---------------------------------------------------------------------
+    def get(self, path: str, **kw) -> requests.Response:
+        return self.session.get(self.url + path, timeout=kw.pop("timeout", 30), **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return self.session.post(self.url + path, timeout=kw.pop("timeout", 30), **kw)
+
+    def put(self, path: str, **kw) -> requests.Response:
+        return self.session.put(self.url + path, timeout=kw.pop("timeout", 30), **kw)
+
+    def delete(self, path: str, **kw) -> requests.Response:
+        return self.session.delete(self.url + path, timeout=kw.pop("timeout", 30), **kw)
+
+    def wait_index(self, timeout: float = 300, *, phases=("done", "failed", "cancelled")) -> dict:
+        """Poll GET /nas/status until the run ends; returns the final status."""
+        deadline = time.monotonic() + timeout
+        status = {}
+        while time.monotonic() < deadline:
+            status = self.get("/nas/status").json()
+            if not status["running"] and status["phase"] in phases:
+                return status
+            time.sleep(0.1)
+        raise AssertionError(f"indexing did not finish within {timeout}s: {status}")
+
+    def index(self, full: bool = False, timeout: float = 300) -> dict:
+        answer = self.post("/nas/index", json={"full": full})
+        assert answer.status_code == 202, answer.text
+        return self.wait_index(timeout)
+
+    def __enter__(self) -> OrthancServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
