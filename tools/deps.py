@@ -1,0 +1,12 @@
+"""Print the Python dependencies named in pyproject.toml, for pip: `deps.py runtime test`."""
+
+import sys
+import tomllib
+from pathlib import Path
+
+project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+wanted = sys.argv[1:] or ["runtime"]
+deps = list(project["dependencies"]) if "runtime" in wanted else []
+for extra in wanted:
+    deps += project.get("optional-dependencies", {}).get(extra, [])
+print(" ".join(f"'{d}'" for d in deps))
