@@ -34,7 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugin"), str(REPO / "bench")]
 
 from corpus import write_corpus  # noqa: E402
-
 from tests.support.orthanc import OrthancServer  # noqa: E402
 
 PY = sys.executable

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tests.support.dicom import write_dicom, write_series
 from tests.support.orthanc import OrthancServer
 

@@ -8,7 +8,6 @@ import sqlite3
 import time
 
 import pytest
-
 from tests.support.dicom import write_series
 from tests.support.orthanc import OrthancServer
 

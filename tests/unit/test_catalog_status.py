@@ -61,6 +61,7 @@ def test_remove_unseen_keeps_what_this_run_saw(tmp_path):
 
 def test_reader_without_index_is_not_found_with_a_hint(tmp_path):
     import pytest
+
     from orthanc_nas.errors import NotFound
     with pytest.raises(NotFound) as err:
         Catalog(str(tmp_path)).reader()

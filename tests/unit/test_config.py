@@ -3,6 +3,7 @@ import os
 import stat
 
 import pytest
+
 from orthanc_nas.config import Connection, load_saved_connection, parse_settings, save_connection
 from orthanc_nas.errors import ConfigError
 

@@ -3,12 +3,12 @@ import re
 import shutil
 import subprocess
 
-import pytest
-from orthanc_nas.headers import HEAD_SIZE, NeedMore, NotDicom, parse_head, read_record
 import pydicom
+import pytest
 from pydicom.data import get_charset_files, get_testdata_file, get_testdata_files
-
 from tests.support.dicom import write_dicom
+
+from orthanc_nas.headers import HEAD_SIZE, NeedMore, NotDicom, parse_head, read_record
 
 
 def file_reader(path, n):

@@ -3,14 +3,14 @@ import threading
 import time
 
 import pytest
+from tests.support.dicom import write_dicom, write_series
+
 from orthanc_nas import indexer as indexer_mod
 from orthanc_nas.catalog import Catalog
 from orthanc_nas.errors import NasNetworkError
 from orthanc_nas.indexer import Indexer
 from orthanc_nas.sources.local import LocalSource
 from orthanc_nas.status import IndexStatus
-
-from tests.support.dicom import write_dicom, write_series
 
 
 @pytest.fixture

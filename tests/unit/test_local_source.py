@@ -5,6 +5,7 @@ import textwrap
 import threading
 
 import pytest
+
 from orthanc_nas.errors import NasNotFound, NasPermissionError
 from orthanc_nas.sources import FileEntry, WalkError
 from orthanc_nas.sources import local as local_mod
