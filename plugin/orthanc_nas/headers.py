@@ -93,7 +93,7 @@ def parse_head(buf: bytes, complete: bool) -> dict | NeedMore:
 
     def stop_when(tag, vr, length):
         nonlocal stopped
-        if tag > _LAST_TAG:
+        if int.__gt__(tag, _LAST_TAG):  # int's own comparison: BaseTag's is 4x slower
             stopped = True
             return True
         return False
