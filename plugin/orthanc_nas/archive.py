@@ -61,7 +61,7 @@ def safe_component(text: object, fallback: str) -> str:
     """
     text = unicodedata.normalize("NFC", "" if text is None else str(text))
     name = "".join(c if c.isalnum() or c in "-." else "_" for c in text)
-    name = re.sub(r"_{2,}", "_", name).strip("._")
+    name = re.sub(r"[._]*_[._]*|\.{2,}", "_", name).strip("._")  # `a_.._b` → `a_b`: no dot runs
     name = name[:MAX_COMPONENT].rstrip("._")
     if not name:
         name = fallback
