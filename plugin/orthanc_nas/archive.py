@@ -31,7 +31,7 @@ from zipstream import ZipStream
 
 from .errors import FileChanged, NasNotFound
 
-CHUNK = 256 * 1024
+CHUNK = 512 * 1024  # a typical CT image in one read; larger files in several
 MAX_COMPONENT = 80  # characters per file or folder name: far below every file system's limit
 WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                     *(f"LPT{i}" for i in range(1, 10))}
@@ -104,7 +104,7 @@ def plan_members(series: Sequence[Mapping], files: Callable[[str], Iterable[Mapp
         folder = _unique(folder, folders, keep_ext=False)
         names: set[str] = set()
         for n, f in enumerate(files(row["series_key"]), start=1):
-            base = safe_component(f["path"].replace("\\", "/").rpartition("/")[2], f"IM{n:05d}")
+            base = safe_component(f["path"].rpartition("/")[2], f"IM{n:05d}")
             members.append(Member(f["path"], f["size"], f["mtime_ns"], f"{folder}/{_unique(base, names)}"))
     return members
 
@@ -124,10 +124,9 @@ def archive_filename(series: Sequence[Mapping]) -> str:
 
 def content_disposition(filename: str) -> str:
     """An `attachment` header with an ASCII name for old clients and the UTF-8 name for the others."""
-    ascii_name = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode("ascii")
-    ascii_name = safe_component(ascii_name, "series.zip")
-    if not ascii_name.lower().endswith(".zip"):
-        ascii_name += ".zip"
+    stem = filename[:-4] if filename.lower().endswith(".zip") else filename
+    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode("ascii")
+    ascii_name = safe_component(ascii_stem, "series") + ".zip"
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
@@ -171,7 +170,7 @@ class ShareArchive:
             raise FileChanged(f"{member.path} is no longer on the NAS") from exc
         self._open = fh
         try:
-            _check_stat(fh, member)
+            has_stat = _check_stat(fh, member)
             remaining = member.size
             while remaining > 0:
                 if self.stop.is_set():
@@ -182,9 +181,10 @@ class ShareArchive:
                                       f"({member.size - remaining} of {member.size} bytes)")
                 remaining -= len(data)
                 yield data
-            if fh.read(1):
+            if has_stat:
+                _check_stat(fh, member)  # grown, or changed in place, while it was read
+            elif fh.read(1):
                 raise FileChanged(f"{member.path} is longer than when it was indexed ({member.size} bytes)")
-            _check_stat(fh, member)  # changed in place while it was read
         finally:
             self._open = None
             fh.close()
@@ -202,11 +202,15 @@ class _Reader:
         return self.archive.read_member(self.member)
 
 
-def _check_stat(fh: BinaryIO, member: Member) -> None:
-    """Compare size and mtime with the index when the file object has a descriptor (local, mounted)."""
+def _check_stat(fh: BinaryIO, member: Member) -> bool:
+    """Compare size and mtime with the index when the file object has a descriptor (local, mounted).
+
+    Returns False when it has none (SMB): the size is then checked while reading.
+    """
     try:
         st = os.fstat(fh.fileno())
     except (AttributeError, OSError, io.UnsupportedOperation):
-        return  # no descriptor (SMB): the size is still checked while reading
+        return False
     if st.st_size != member.size or st.st_mtime_ns != member.mtime_ns:
         raise FileChanged(f"{member.path} changed since it was indexed")
+    return True

@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 import requests
-
-from orthanc_nas.catalog import series_key
 from tests.support.dicom_files import write_instance, write_series
 from tests.support.orthanc import OrthancServer, free_port
+
+from orthanc_nas.catalog import series_key
 
 pytestmark = pytest.mark.integration
 
