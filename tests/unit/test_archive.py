@@ -101,6 +101,9 @@ def test_source_without_descriptor_is_enough(tmp_path):
     (tmp_path / "x/2.dcm").write_bytes(b"short")  # the size is still checked while reading
     with pytest.raises(FileChanged, match="shorter"):
         b"".join(ShareArchive(OpenOnlySource(tmp_path), members))
+    (tmp_path / "x/2.dcm").write_bytes(os.urandom(7001))
+    with pytest.raises(FileChanged, match="longer"):
+        b"".join(ShareArchive(OpenOnlySource(tmp_path), members))
 
 
 def _consume(archive: ShareArchive) -> bytes:
