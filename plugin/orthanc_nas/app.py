@@ -37,7 +37,12 @@ class NasApp:
         """Serve share links on `ShareServer.Host:Port`; False (and a clear log line) if the port is taken."""
         server = self.settings.ShareServer
         self.listener = ShareListener(ShareApp(self), server.Host, server.Port)
-        return self.listener.start()
+        if not self.listener.start():
+            return False
+        if not server.PublicUrl:
+            log.info("share links will start with %s; set Nas.ShareServer.PublicUrl if colleagues reach this "
+                     "server under another address (a host name, a reverse proxy)", self.share_url("")[:-1])
+        return True
 
     def share_url(self, token: str) -> str:
         """The link of a token: `PublicUrl`, or the listener's own address, then `/share/<token>`."""
