@@ -13,6 +13,7 @@ and waitress's own records (which quote the request path) pass through
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import socket
@@ -100,22 +101,24 @@ class ShareApp:
         self.stop = stop or threading.Event()
 
     def __call__(self, environ, start_response):
+        method = environ["REQUEST_METHOD"]
+        text = functools.partial(_text, start_response, head=method == "HEAD")
         match = SHARE_PATH.match(environ.get("PATH_INFO", ""))
-        if match is None or environ["REQUEST_METHOD"] not in ("GET", "HEAD"):
-            return _text(start_response, 404, "Not found.")
+        if match is None or method not in ("GET", "HEAD"):
+            return text(404, "Not found.")
         client = environ.get("REMOTE_ADDR") or "unknown"
         try:
-            return self._serve(match.group(1), client, environ["REQUEST_METHOD"] == "HEAD", start_response)
+            return self._serve(match.group(1), client, method == "HEAD", start_response, text)
         except Exception:
             log.exception("share listener: a request from %s failed", client)
-            return _text(start_response, 500, "The server could not answer. Try again later.")
+            return text(500, "The server could not answer. Try again later.")
 
-    def _serve(self, token: str, client: str, head: bool, start_response):
+    def _serve(self, token: str, client: str, head: bool, start_response, text):
         store = self.nas.shares
         wait = self.limiter.retry_after(client)
         if wait:
             store.audit(client, None, RATE_LIMITED)
-            return _text(start_response, 429, "Too many wrong links from your address; try again later.",
+            return text(429, "Too many wrong links from your address; try again later.",
                          [("Retry-After", str(wait))])
         share = store.lookup(token)
         if share is None:
@@ -123,20 +126,20 @@ class ShareApp:
             if self.limiter.miss(client):
                 log.warning("share listener: refusing %s for a while after %d wrong links",
                             client, self.limiter.limit)
-            return _text(start_response, 404, "This link is not valid. Check that it was copied whole.")
+            return text(404, "This link is not valid. Check that it was copied whole.")
         refusal = share.refusal(store.clock())
         if refusal:
             store.audit(client, share.id, refusal)
             log.warning("share %s: refused a download to %s: the link is %s", share.id, client, refusal)
             what = "has expired" if refusal == EXPIRED else "was revoked"
-            return _text(start_response, 410, f"This link {what}. Ask the sender for a new link.")
+            return text(410, f"This link {what}. Ask the sender for a new link.")
         try:
             archive, filename = self._archive(share)
         except NasError as exc:
             store.audit(client, share.id, UNAVAILABLE, exc.message)
             log.warning("share %s: cannot serve %s: %s", share.id, client, exc.message)
             status = 410 if isinstance(exc, Gone) else 503
-            return _text(start_response, status, f"The shared images cannot be sent: {exc.message}.")
+            return text(status, f"The shared images cannot be sent: {exc.message}.")
         headers = [("Content-Type", "application/zip"), ("Content-Length", str(len(archive))),
                    ("Content-Disposition", content_disposition(filename)), *NO_STORE]
         if head:
@@ -203,11 +206,12 @@ class Download:
                 self.sent, f": {detail}" if detail else "")
 
 
-def _text(start_response, status: int, message: str, extra: list | None = None):
+def _text(start_response, status: int, message: str, extra: list | None = None, *, head: bool = False):
+    """A short answer for a person; no body for HEAD (waitress would send one)."""
     body = (message + "\n").encode("utf-8")
     start_response(STATUS_LINES[status], [("Content-Type", "text/plain; charset=utf-8"),
                                           ("Content-Length", str(len(body))), *NO_STORE, *(extra or [])])
-    return [body]
+    return [] if head else [body]
 
 
 class ShareListener:

@@ -170,8 +170,8 @@ class ShareStore:
     def _described(self, where: str = "", args: tuple = ()) -> list[dict]:
         rows = self._conn().execute(
             "SELECT s.*, count(a.id) AS downloads, max(a.finished_at) AS last_download_at FROM shares s "
-            f"LEFT JOIN audit a ON a.share_id=s.id AND a.outcome='{COMPLETE}' {where} "
-            "GROUP BY s.id ORDER BY s.created_at DESC, s.id", args).fetchall()
+            f"LEFT JOIN audit a ON a.share_id=s.id AND a.outcome=? {where} "
+            "GROUP BY s.id ORDER BY s.created_at DESC, s.id", (COMPLETE, *args)).fetchall()
         return [{"id": row["id"], "label": row["label"], "series": json.loads(row["series"]),
                  "created_at": iso(row["created_at"]), "expires_at": iso(row["expires_at"]),
                  "revoked": row["revoked_at"] is not None, "downloads": row["downloads"],

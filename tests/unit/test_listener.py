@@ -94,6 +94,8 @@ def test_download_head_and_refusals(app, caplog):
     status, headers, body = request(app, "HEAD", f"/share/{token}")
     assert status == 200 and body == b"" and headers["Cache-Control"] == "no-store"
     assert request(app, "GET", "/share/" + "x" * 43)[0] == 404
+    status, headers, body = request(app, "HEAD", "/share/" + "y" * 43)
+    assert status == 404 and body == b"" and int(headers["Content-Length"]) > 0
     assert request(app, "POST", f"/share/{token}")[0] == 404
     assert request(app, "GET", "/")[0] == 404
     app.shares.revoke(share_id)
