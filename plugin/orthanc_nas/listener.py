@@ -65,13 +65,14 @@ def redact(text: str) -> str:
 class RedactingHandler(logging.Handler):
     """Passes waitress's records to the plugin's log with tokens cut out.
 
-    A download broken off on purpose (a changed file, the server stopping) is
-    already audited and logged by `Download`: waitress's traceback of it is dropped.
+    A download that ends on a NAS error (a changed file, a network failure) or
+    because the server stops is already audited and logged by `Download`:
+    waitress's traceback of it is dropped.
     """
 
     def emit(self, record: logging.LogRecord) -> None:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, FileChanged | Interrupted):
+        if isinstance(exc, NasError | Interrupted):
             return
         try:
             text = redact(self.format(record))
@@ -183,6 +184,9 @@ class Download:
             raise  # waitress closes the connection: the client sees a short, broken download
         except Interrupted:
             self._end(STOPPED, "the server stopped")
+            raise
+        except NasError as exc:
+            self._end(FAILED, exc.message)
             raise
         except Exception as exc:
             self._end(FAILED, str(exc) or type(exc).__name__)
