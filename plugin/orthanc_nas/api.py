@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from .errors import BadRequest
+import logging
+
+from .errors import BadRequest, NotFound
 from .http import Request, Response, Router, json_response
+from .shares import parse_share_request
+from .status import iso
+
+log = logging.getLogger("orthanc_nas")
 
 router = Router()
 
@@ -30,3 +36,33 @@ def start_index(app, request: Request) -> Response:
 @router.route("DELETE", "/nas/index")
 def stop_index(app, request: Request) -> Response:
     return json_response({"stopping": app.indexer.stop(), "phase": app.status.phase})
+
+
+@router.route("POST", "/nas/shares")
+def create_share(app, request: Request) -> Response:
+    settings = app.settings
+    series, hours, label = parse_share_request(request.json(), settings.DefaultShareHours, settings.MaxShareHours)
+    known = app.catalog.series_rows(series)
+    for key in series:
+        if key not in known:
+            raise NotFound(f"unknown series_key {key!r}", "Use a series_key found by GET /nas/search.")
+    share, token = app.shares.create(series, hours, label)
+    log.info("share %s created: %d series, expires at %s", share.id, len(series), iso(share.expires_at))
+    answer = {"id": share.id, "token": token, "url": app.share_url(token), "expires_at": iso(share.expires_at),
+              "series": share.series, "label": share.label}
+    if app.listener is None or not app.listener.running:
+        answer["warning"] = ("The share listener is not running (see Orthanc's log): this link will work only "
+                             "once it is.")
+    return json_response(answer, 201)
+
+
+@router.route("GET", "/nas/shares")
+def list_shares(app, request: Request) -> Response:
+    return json_response(app.shares.list())
+
+
+@router.route("DELETE", "/nas/shares/([^/]+)")
+def revoke_share(app, request: Request, share_id: str) -> Response:
+    answer = app.shares.revoke(share_id)
+    log.info("share %s revoked", share_id)
+    return json_response(answer)
