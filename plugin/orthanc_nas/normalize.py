@@ -41,9 +41,11 @@ def fold(text: str | None) -> str:
     """Fold one value for search: lower case, no accents, `^` and `=` as spaces, single spaces."""
     if not text:
         return ""
+    # Case first: it turns the Greek iota subscript into the letter iota, as upper case writes it
+    # (ᾳ, ΑΙ), and it gives `İ` a combining dot that then goes with the other marks.
     decomposed = unicodedata.normalize("NFKD", text.casefold())
     kept = "".join(c for c in decomposed if unicodedata.category(c) != "Mn" or c in _KANA_VOICING)
-    # casefold again: a few compatibility characters decompose into upper-case letters
+    # and again: a few compatibility characters decompose into upper-case letters (ℌ → H)
     folded = unicodedata.normalize("NFC", kept).casefold().translate(_BASE_LETTERS)
     return " ".join(folded.split())
 
