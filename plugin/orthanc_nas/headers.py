@@ -13,11 +13,12 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.charset import convert_encodings
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
 from pydicom.tag import Tag
 from pydicom.valuerep import PersonName
+from pydicom.values import convert_PN, convert_text
 
 #: bytes read first; enough for most headers (measured: 2–10 KB), doubled while a header is longer
 HEAD_SIZE = 16 * 1024
@@ -66,11 +67,18 @@ def _value(raw, how: str, encodings) -> str | int | None:
             except ValueError:
                 return None
         if how == _NAME:
-            return str(PersonName(value, encodings)).strip(" \0") or None
+            return _first(convert_PN(value, encodings))
         if how == _TEXT:
-            return decode_bytes(value, encodings, set()).strip(" \0") or None
+            return _first(convert_text(value, encodings))
         return value.decode("ascii", "replace").strip(" \0") or None
     return str(value).strip(" \0") or None  # already converted (implicit VR oddities)
+
+def _first(value) -> str | None:
+    """The first of a multi-valued text, as text."""
+    if not isinstance(value, str | PersonName):
+        value = value[0] if len(value) else ""
+    return str(value).strip(" \0") or None
+
 
 def parse_head(buf: bytes, complete: bool) -> dict | NeedMore:
     """Parse the attributes of FIELDS from the first bytes of a file.
@@ -85,25 +93,33 @@ def parse_head(buf: bytes, complete: bool) -> dict | NeedMore:
 
     def stop_when(tag, vr, length):
         nonlocal stopped
-        if tag > _LAST_TAG:
+        if int.__gt__(tag, _LAST_TAG):  # int's own comparison: BaseTag's is 4x slower
             stopped = True
             return True
         return False
 
+    fp = io.BytesIO(buf)
     try:
         try:
-            ds = read_partial(io.BytesIO(buf), stop_when=stop_when, specific_tags=_TAGS)
+            ds = read_partial(fp, stop_when=stop_when, specific_tags=_TAGS)
         except InvalidDicomError:
             # Files without the 128-byte preamble and "DICM" (older exports) are still read,
             # but only kept when the parse finds the identifiers of an image below.
-            ds = read_partial(io.BytesIO(buf), stop_when=stop_when, force=True, specific_tags=_TAGS)
+            fp = io.BytesIO(buf)
+            ds = read_partial(fp, stop_when=stop_when, force=True, specific_tags=_TAGS)
     except Exception as exc:  # pydicom raises many kinds on garbage or a cut header
         if not complete:
             return NeedMore(len(buf) * 2)
         raise NotDicom(f"not a readable DICOM file ({type(exc).__name__}: {exc})"[:300]) from exc
 
-    if not stopped and not complete:
-        return NeedMore(len(buf) * 2)
+    if not stopped:
+        # pydicom parses a cut buffer silently. Every image goes on past the attributes read
+        # here (at least to its pixel data), so a parse that never passed them means the
+        # header continues beyond these bytes, or, for a whole file, that the file is cut.
+        if not complete:
+            return NeedMore(len(buf) * 2)
+        if getattr(ds, "file_meta", None) is not None and (0x00080018 in ds or 0x0020000D in ds):
+            raise NotDicom(f"truncated DICOM file: the header ends at byte {len(buf)} before the image attributes")
 
     charset_raw = ds.get_item(0x00080005)
     encodings = _charsets(charset_raw)

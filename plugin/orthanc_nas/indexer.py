@@ -153,7 +153,8 @@ class Indexer:
     def run(self, full: bool = False) -> dict:
         """One indexing run, in the calling thread. Returns the final status."""
         status = self.status
-        if not status.running:
+        if not status.running:  # called directly (command line, tests), not through start()
+            self._stop.clear()
             status.start(self._workers())
         try:
             _Run(self, full).execute()

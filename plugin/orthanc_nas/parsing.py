@@ -75,12 +75,9 @@ class ParsePool:
         ctx.set_executable(exe)
         if not hasattr(sys, "argv"):  # embedded interpreters may lack it; spawn reads it
             sys.argv = [""]
-        main = sys.modules.get("__main__")
-        # spawn re-runs the parent's main script in each child: inside Orthanc that is the
-        # plugin script, which imports `orthanc`. The children need only this module.
-        if main is not None and getattr(main, "__file__", None) and not hasattr(main, "__spec__"):
-            main.__spec__ = None
-        pool = ProcessPoolExecutor(self.processes, mp_context=ctx, initializer=_hide_main)
+        # spawn re-runs a main *script* in each child (never a package's __main__, nor Orthanc's
+        # embedded main module, which has no file): scripts that index must guard their main code.
+        pool = ProcessPoolExecutor(self.processes, mp_context=ctx)
         pool.submit(parse_many, []).result(timeout=60)  # fail now rather than in the middle of a run
         return pool
 
@@ -93,10 +90,6 @@ class ParsePool:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-
-
-def _hide_main() -> None:
-    """Nothing to do: the initializer exists so that children import this module first."""
 
 
 __all__ = ["NeedMore", "ParsePool", "parse_many"]

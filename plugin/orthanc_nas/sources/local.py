@@ -118,14 +118,14 @@ class LocalSource:
                     for entry in it:
                         try:
                             if entry.is_dir():
-                                if entry.is_symlink():
-                                    # follow a link to a folder once: a loop ends at the second visit
-                                    st = entry.stat()
-                                    key = (st.st_dev, st.st_ino)
-                                    with cond:
-                                        if key in seen_dirs:
-                                            continue
-                                        seen_dirs.add(key)
+                                # each folder is listed once, however many links lead to it:
+                                # a symlink loop ends at its second visit
+                                st = entry.stat()
+                                key = (st.st_dev, st.st_ino)
+                                with cond:
+                                    if key in seen_dirs:
+                                        continue
+                                    seen_dirs.add(key)
                                 subdirs.append(prefix + entry.name)
                             elif entry.is_file():
                                 st = entry.stat()

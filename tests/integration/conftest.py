@@ -1,0 +1,42 @@
+"""Fixtures of the integration tests: real Orthanc processes on free ports."""
+
+from __future__ import annotations
+
+import pytest
+from tests.support.dicom import write_dicom, write_series
+from tests.support.orthanc import OrthancServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def small_nas(tmp_path_factory):
+    """A small NAS folder: 3 patients, 4 series, a file without SeriesInstanceUID and 3 non-DICOM files."""
+    root = tmp_path_factory.mktemp("small-nas")
+    write_series(root / "P1" / "20240101 CT" / "1", 6, PatientName="DOE^JOHN", PatientID="P1", SeriesNumber=1)
+    write_series(root / "P1" / "20240101 CT" / "2", 4, PatientName="DOE^JOHN", PatientID="P1", SeriesNumber=2)
+    write_series(root / "P2" / "MR", 3, PatientName="Müller^Jürgen", PatientID="P2", charset="ISO_IR 100",
+                 Modality="MR")
+    write_dicom(root / "P3" / "no-series-uid.dcm", SeriesInstanceUID=None, PatientID="P3")
+    (root / "readme.txt").write_text("exported by the old PACS")
+    (root / "empty.dcm").write_bytes(b"")
+    (root / "login.dcm").write_text("<!DOCTYPE html><html>login</html>")
+    return root
+
+
+@pytest.fixture
+def orthanc_factory(tmp_path):
+    """Start Orthanc processes; all are stopped at the end of the test."""
+    started: list[OrthancServer] = []
+
+    def start(nas: dict, workdir=None, **kw) -> OrthancServer:
+        server = OrthancServer(workdir or tmp_path / f"orthanc{len(started)}", nas, **kw)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        try:
+            server.stop()
+        except RuntimeError:
+            server.kill9()
