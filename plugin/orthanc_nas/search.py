@@ -33,8 +33,12 @@ ANSWER_FIELDS = ("series_key", *SERIES_FIELDS, "file_count")
 FILE_FIELDS = ("path", "size", "SOPInstanceUID", "InstanceNumber")
 
 # StudyDate newest first, then PatientName (folded, so case and accents do not scatter a patient),
-# then SeriesNumber; the key last makes pages stable. Index `series_by_date` has this order.
+# then SeriesNumber; the key last makes pages stable. Index `series_by_date` has this order: a search
+# without terms reads its first page straight off it. With terms every row is read anyway, and walking
+# the index then costs a table lookup per row (3× slower than a plain scan and a sort of the matches,
+# measured on 20,000 series), so `+` keeps the planner off it.
 _ORDER = "StudyDate DESC, sort_name, SeriesNumber, series_key"
+_ORDER_SCANNING = "+" + _ORDER
 _SELECT = ", ".join(ANSWER_FIELDS)
 
 
@@ -119,8 +123,9 @@ def _dicts(cursor: sqlite3.Cursor, fields: tuple[str, ...]) -> list[dict]:
 def search(conn: sqlite3.Connection, params: SearchParams) -> SearchResult:
     """The page of series matching `params`, in the spec's order, and the total number of matches."""
     where, args = _where(params)
+    order = _ORDER_SCANNING if params.terms else _ORDER
     with read_snapshot(conn):
-        rows = _dicts(conn.execute(f"SELECT {_SELECT} FROM series{where} ORDER BY {_ORDER} LIMIT ? OFFSET ?",
+        rows = _dicts(conn.execute(f"SELECT {_SELECT} FROM series{where} ORDER BY {order} LIMIT ? OFFSET ?",
                                    [*args, params.limit, params.offset]), ANSWER_FIELDS)
         if len(rows) < params.limit and (rows or params.offset == 0):
             total = params.offset + len(rows)  # the last page: no need to count

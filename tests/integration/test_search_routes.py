@@ -18,32 +18,13 @@ from pathlib import Path
 import pytest
 import requests
 from pydicom.data import get_charset_files
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
-
+from tests.support.dicom import write_dicom
 from tests.support.orthanc import REPO, OrthancServer
 
 pytestmark = pytest.mark.integration
 
 ROOT = "1.2.826.0.1.3680043.2.1125.77"
 FILLERS = 105  # one-file series, so that everything does not fit the default page of 100
-
-
-def dicom(path: Path, charset: str | None, **attrs) -> None:
-    """A small DICOM file (no pixels); text is encoded by pydicom with `charset`."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = attrs["SOPInstanceUID"]
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    if charset:
-        ds.SpecificCharacterSet = charset
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    for keyword, value in attrs.items():
-        setattr(ds, keyword, value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
 
 
 # (folder, charset, patient, id, study n, date, study description, modality, [(series n, number, description, files)])
@@ -76,22 +57,22 @@ def build_corpus(root: Path) -> None:
         for study, date, study_desc, modality, series in studies:
             for series_n, number, series_desc, files in series:
                 for instance in range(files, 0, -1):
-                    dicom(root / folder / f"st{study}" / f"se{series_n}" / f"{instance}.dcm", charset,
-                          PatientName=name, PatientID=pid, StudyInstanceUID=f"{ROOT}.{study}", StudyDate=date,
-                          StudyDescription=study_desc, Modality=modality, SeriesNumber=number,
-                          SeriesInstanceUID=f"{ROOT}.{study}.{series_n}", SeriesDescription=series_desc,
-                          SOPInstanceUID=f"{ROOT}.{study}.{series_n}.{instance}", InstanceNumber=instance)
+                    write_dicom(root / folder / f"st{study}" / f"se{series_n}" / f"{instance}.dcm",
+                                charset=charset, PatientName=name, PatientID=pid, StudyInstanceUID=f"{ROOT}.{study}",
+                                StudyDate=date, StudyDescription=study_desc, Modality=modality, SeriesNumber=number,
+                                SeriesInstanceUID=f"{ROOT}.{study}.{series_n}", SeriesDescription=series_desc,
+                                SOPInstanceUID=f"{ROOT}.{study}.{series_n}.{instance}", InstanceNumber=instance)
+    no_uid = dict(PatientName="Lefèvre^Zoé", PatientID="FR-3", StudyInstanceUID=f"{ROOT}.9", StudyDate="20190909",
+                  Modality="US", SeriesInstanceUID=None, StudyDescription=None, SeriesDescription=None)
     for instance in (1, 2):  # no SeriesInstanceUID: grouped by study + SeriesNumber 5
-        dicom(root / "nouid" / f"{instance}.dcm", "ISO_IR 100", PatientName="Lefèvre^Zoé", PatientID="FR-3",
-              StudyInstanceUID=f"{ROOT}.9", StudyDate="20190909", Modality="US", SeriesNumber=5,
-              SOPInstanceUID=f"{ROOT}.9.5.{instance}", InstanceNumber=instance)
-    dicom(root / "nouid" / "other.dcm", "ISO_IR 100", PatientName="Lefèvre^Zoé", PatientID="FR-3",
-          StudyInstanceUID=f"{ROOT}.9", StudyDate="20190909", Modality="US", SeriesNumber=6,
-          SOPInstanceUID=f"{ROOT}.9.6.1", InstanceNumber=1)
+        write_dicom(root / "nouid" / f"{instance}.dcm", charset="ISO_IR 100", SeriesNumber=5,
+                    SOPInstanceUID=f"{ROOT}.9.5.{instance}", InstanceNumber=instance, **no_uid)
+    write_dicom(root / "nouid" / "other.dcm", charset="ISO_IR 100", SeriesNumber=6, SOPInstanceUID=f"{ROOT}.9.6.1",
+                InstanceNumber=1, **no_uid)
     for n in range(FILLERS):
-        dicom(root / "filler" / f"{n}.dcm", None, PatientName=f"FILLER^{n:03d}", PatientID=f"F{n:03d}",
-              StudyInstanceUID=f"{ROOT}.100.{n}", SeriesInstanceUID=f"{ROOT}.100.{n}.1", StudyDate="20000101",
-              Modality="OT", SOPInstanceUID=f"{ROOT}.100.{n}.1.1", InstanceNumber=1)
+        write_dicom(root / "filler" / f"{n}.dcm", PatientName=f"FILLER^{n:03d}", PatientID=f"F{n:03d}",
+                    StudyInstanceUID=f"{ROOT}.100.{n}", SeriesInstanceUID=f"{ROOT}.100.{n}.1", StudyDate="20000101",
+                    Modality="OT", StudyDescription=None, SeriesDescription=None, SOPInstanceUID=f"{ROOT}.100.{n}.1.1")
     (root / "charset").mkdir()
     for charset_file in get_charset_files("chr*.dcm"):  # 13 series; the two chrSQEncoding files are no images
         shutil.copy(charset_file, root / "charset")

@@ -5,6 +5,7 @@ import sqlite3
 from types import SimpleNamespace
 
 import pytest
+from tests.support.series import record, write
 
 from orthanc_nas import catalog as catalog_module
 from orthanc_nas.api import router
@@ -13,7 +14,6 @@ from orthanc_nas.cli import main as cli
 from orthanc_nas.errors import BadRequest, NotFound
 from orthanc_nas.http import Request, parse_query
 from orthanc_nas.search import ANSWER_FIELDS, SearchParams, search, series_detail
-from tests.support.series import record, write
 
 UID = "1.2.826.0.1.3680043.2.1125.9"
 

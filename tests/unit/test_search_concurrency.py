@@ -3,9 +3,10 @@
 import threading
 import time
 
+from tests.support.series import record, write
+
 from orthanc_nas.catalog import Catalog, CatalogWriter
 from orthanc_nas.search import SearchParams, search, series_detail
-from tests.support.series import record, write
 
 STEADY = 20  # series that get one more file in every batch
 BATCHES = 150
