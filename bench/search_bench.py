@@ -97,13 +97,18 @@ def upgrade(data_dir: Path) -> float:
 
 
 def sizes(data_dir: Path) -> dict[str, int]:
-    """Bytes on disk: the whole file, and per table with its indexes."""
+    """Bytes on disk: the whole file, per table with its indexes, and what search adds."""
     conn = sqlite3.connect(str(data_dir / "index.db"))
     by_table = dict(conn.execute(
         "SELECT coalesce(m.tbl_name, s.name), sum(s.pgsize) FROM dbstat s "
         "LEFT JOIN sqlite_master m ON m.name = s.name GROUP BY 1"))
+    search_indexes = conn.execute("SELECT sum(pgsize) FROM dbstat WHERE name IN "
+                                  "('series_by_date', 'series_by_modality')").fetchone()[0]
+    search_columns = conn.execute("SELECT sum(length(CAST(search_text AS BLOB)) + length(CAST(sort_name AS BLOB))) "
+                                  "FROM series").fetchone()[0]
     conn.close()
-    return {"file": (data_dir / "index.db").stat().st_size, **by_table}
+    return {"file": (data_dir / "index.db").stat().st_size, **by_table,
+            "search columns (values)": search_columns, "search indexes": search_indexes}
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -125,8 +130,8 @@ def time_handler(data_dir: Path, params: dict, runs: int) -> tuple[list[float], 
     return samples, total
 
 
-def time_orthanc(server: OrthancServer, params: dict, runs: int) -> list[float]:
-    url = f"{server.url}/nas/search?{urlencode(params)}"
+def time_orthanc(server: OrthancServer, params: dict, runs: int, route: str = "/nas/search") -> list[float]:
+    url = f"{server.url}{route}?{urlencode(params)}"
     samples = []
     for i in range(runs + 3):
         started = time.perf_counter()
@@ -198,6 +203,7 @@ def main() -> int:
               f"per million files; " + ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in
                                                 sorted(on_disk.items()) if name != "file"), flush=True)
 
+        load_before = os.getloadavg()[0]  # other work on the machine shows in the p95s
         an_id = plan[len(plan) // 2].study.patient.patient_id.removeprefix("PAT-")
         queries = [(what, params if params is not None else {"q": an_id[1:6]}) for what, params in QUERIES]
         results = {}
@@ -212,18 +218,21 @@ def main() -> int:
         server = OrthancServer(work / "orthanc", nas={"DataDirectory": str(data_dir)}).start()
         try:
             version = server.get("/system").json()["Version"]
+            system = percentiles(time_orthanc(server, {}, args.runs, "/system"))
             for what, params in queries:
                 results[what]["orthanc"] = percentiles(time_orthanc(server, params, args.runs))
         finally:
             server.stop()
 
         print(f"\n{len(plan)} series, {args.files} files; {args.runs} runs per query; ms p50 / p95; "
-              f"Orthanc {version}, SQLite {sqlite3.sqlite_version}, {os.cpu_count()} cores\n")
+              f"Orthanc {version}, SQLite {sqlite3.sqlite_version}, {os.cpu_count()} cores; load average "
+              f"{load_before:.1f} before the queries, {os.getloadavg()[0]:.1f} after\n")
         print("| query | parameters | matches | handler | handler while indexing writes | through Orthanc |")
         print("| --- | --- | ---: | ---: | ---: | ---: |")
         for what, r in results.items():
             cells = [f"{r[k][0]:.1f} / {r[k][1]:.1f}" for k in ("handler", "writing", "orthanc")]
             print(f"| {what} | `{urlencode(r['params']) or '(none)'}` | {r['total']} | {' | '.join(cells)} |")
+        print(f"\nOrthanc's own GET /system for comparison: {system[0]:.1f} / {system[1]:.1f} ms")
         worst = max(max(r["handler"][1], r["orthanc"][1]) for r in results.values())
         print(f"\nslowest p95: {worst:.1f} ms")
     finally:
