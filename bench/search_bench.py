@@ -10,7 +10,8 @@ timed upgrade is the migration an existing index goes through (folding the
 names of every series). Each query then runs `--runs` times through
 `router.dispatch` (what the Orthanc callback calls) and through a real
 Orthanc's REST API; the script prints p50/p95 per query, the same while a
-writer commits batches of 256 files (an indexing run), and the index's size.
+writer thread commits batches of 256 files at indexing's pace, and the
+index's size.
 """
 
 from __future__ import annotations
@@ -143,10 +144,14 @@ def time_orthanc(server: OrthancServer, params: dict, runs: int, route: str = "/
 
 
 class BusyWriter:
-    """Rewrites series of the index in 256-file transactions, as an indexing run does, until stopped."""
+    """Rewrites series of the index in 256-file transactions, as an indexing run does, until stopped.
 
-    def __init__(self, data_dir: Path, plan: list[Series]):
+    At `files_per_second` (0: as fast as it can, one core busy in Python holding the GIL).
+    """
+
+    def __init__(self, data_dir: Path, plan: list[Series], files_per_second: float):
         self.data_dir, self.plan = data_dir, plan
+        self.pause = 256 / files_per_second if files_per_second else 0.0
         self.stop = threading.Event()
         self.batches = 0
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -165,6 +170,7 @@ class BusyWriter:
                 position += 1
             writer.write(batch)
             self.batches += 1
+            self.stop.wait(self.pause)
         writer.close()
 
     def __enter__(self) -> BusyWriter:
@@ -181,6 +187,8 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=1_000_000)
     parser.add_argument("--series-size", type=int, default=50)
     parser.add_argument("--runs", type=int, default=200, help="timed runs of each query on each path")
+    parser.add_argument("--write-rate", type=float, default=1000,
+                        help="files/s the writer commits while searching (indexing's pace here; 0: flat out)")
     parser.add_argument("--keep", help="build the index in this folder and keep it")
     args = parser.parse_args()
 
@@ -210,10 +218,12 @@ def main() -> int:
         for what, params in queries:
             samples, total = time_handler(data_dir, params, args.runs)
             results[what] = {"params": params, "total": total, "handler": percentiles(samples)}
-        with BusyWriter(data_dir, plan) as busy:
+        with BusyWriter(data_dir, plan, args.write_rate) as busy:
+            started = time.perf_counter()
             for what, params in queries:
                 results[what]["writing"] = percentiles(time_handler(data_dir, params, args.runs // 2)[0])
-        print(f"(the writer committed {busy.batches} batches of 256 files meanwhile)", flush=True)
+            rate = busy.batches * 256 / (time.perf_counter() - started)
+        print(f"(a writer committed {busy.batches} batches of 256 files meanwhile, {rate:.0f} files/s)", flush=True)
 
         server = OrthancServer(work / "orthanc", nas={"DataDirectory": str(data_dir)}).start()
         try:
