@@ -52,7 +52,7 @@ def _add_search_columns(conn: sqlite3.Connection) -> None:
     conn.executemany("UPDATE series SET search_text=?, sort_name=? WHERE series_key=?",
                      (search_columns(dict(zip(SEARCHED_FIELDS, row[1:], strict=True))) + (row[0],)
                       for row in rows))
-    # the answer's order (newest first), so a search without filters reads the first page straight off it
+    # the answer's order (newest first): a search without words reads its first page straight off it
     conn.execute("CREATE INDEX series_by_date ON series(StudyDate DESC, sort_name, SeriesNumber, series_key)")
     conn.execute("CREATE INDEX series_by_modality ON series(Modality, StudyDate)")
 
