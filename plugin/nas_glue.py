@@ -86,6 +86,7 @@ def register(orthanc) -> NasApp:
         raise
 
     orthanc.RegisterRestCallback("/nas/(.*)", make_callback(app))
+    app.start_share_listener()  # a port in use is logged; the rest of the plugin works without it
     extend = os.path.join(EXTENSION_DIR, "extend-explorer.js")
     if os.path.exists(extend):
         with open(extend, encoding="utf-8") as fh:

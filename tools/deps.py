@@ -9,4 +9,4 @@ wanted = sys.argv[1:] or ["runtime"]
 deps = list(project["dependencies"]) if "runtime" in wanted else []
 for extra in wanted:
     deps += project.get("optional-dependencies", {}).get(extra, [])
-print(" ".join(f"'{d}'" for d in deps))
+print(" ".join(deps))

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from .errors import BadRequest
+import logging
+
+from .errors import BadRequest, NotFound
 from .http import Request, Response, Router, json_response
 from .search import SearchParams, search, series_detail
+from .shares import parse_share_request
+from .status import iso
+
+log = logging.getLogger("orthanc_nas")
 
 router = Router()
 
@@ -43,3 +49,33 @@ def search_series(app, request: Request) -> Response:
 @router.route("GET", "/nas/series/([^/]+)")
 def get_series(app, request: Request, key: str) -> Response:
     return json_response(series_detail(app.catalog.reader(), key))
+
+
+@router.route("POST", "/nas/shares")
+def create_share(app, request: Request) -> Response:
+    settings = app.settings
+    series, hours, label = parse_share_request(request.json(), settings.DefaultShareHours, settings.MaxShareHours)
+    known = app.catalog.series_rows(series)
+    for key in series:
+        if key not in known:
+            raise NotFound(f"unknown series_key {key!r}", "Use a series_key found by GET /nas/search.")
+    share, token = app.shares.create(series, hours, label)
+    log.info("share %s created: %d series, expires at %s", share.id, len(series), iso(share.expires_at))
+    answer = {"id": share.id, "token": token, "url": app.share_url(token), "expires_at": iso(share.expires_at),
+              "series": share.series, "label": share.label}
+    if app.listener is None or not app.listener.running:
+        answer["warning"] = ("The share listener is not running (see Orthanc's log): this link will work only "
+                             "once it is.")
+    return json_response(answer, 201)
+
+
+@router.route("GET", "/nas/shares")
+def list_shares(app, request: Request) -> Response:
+    return json_response(app.shares.list())
+
+
+@router.route("DELETE", "/nas/shares/([^/]+)")
+def revoke_share(app, request: Request, share_id: str) -> Response:
+    answer = app.shares.revoke(share_id)
+    log.info("share %s revoked", share_id)
+    return json_response(answer)

@@ -1,13 +1,16 @@
-"""The running product: settings, index, status, indexer and NAS source of one Orthanc."""
+"""The running product: settings, index, status, indexer, shares and NAS source of one Orthanc."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 
 from .catalog import Catalog
 from .config import Settings, load_saved_connection
 from .indexer import Indexer
+from .listener import ShareApp, ShareListener
+from .shares import ShareStore
 from .sources import Source, open_source
 from .status import IndexStatus
 
@@ -27,6 +30,26 @@ class NasApp:
         self._source_lock = threading.Lock()
         self.indexer = Indexer(self.catalog, self.status, self.source, lambda: self.settings.Workers,
                                parse_processes=parse_processes)
+        self.shares = ShareStore(self.settings.DataDirectory)
+        self.listener: ShareListener | None = None
+
+    def start_share_listener(self) -> bool:
+        """Serve share links on `ShareServer.Host:Port`; False (and a clear log line) if the port is taken."""
+        server = self.settings.ShareServer
+        self.listener = ShareListener(ShareApp(self), server.Host, server.Port)
+        if not self.listener.start():
+            return False
+        if not server.PublicUrl:
+            log.info("share links will start with %s; set Nas.ShareServer.PublicUrl if colleagues reach this "
+                     "server under another address (a host name, a reverse proxy)", self.share_url("")[:-1])
+        return True
+
+    def share_url(self, token: str) -> str:
+        """The link of a token: `PublicUrl`, or the listener's own address, then `/share/<token>`."""
+        server = self.settings.ShareServer
+        if not server.PublicUrl and self.listener is not None and self.listener.port:
+            server = replace(server, Port=self.listener.port)  # Port 0 in the settings: the port actually used
+        return f"{server.base_url()}/share/{token}"
 
     def source(self) -> Source:
         """The NAS source for the current connection (kept, so SMB sessions are reused)."""
@@ -44,10 +67,13 @@ class NasApp:
             old.close()
 
     def close(self) -> None:
-        """Orthanc is stopping: stop indexing, drop NAS sessions."""
+        """Orthanc is stopping: end downloads in progress, stop indexing, drop NAS sessions."""
+        if self.listener is not None:
+            self.listener.stop()
         self.indexer.stop()
         self.indexer.wait(timeout=30)
         with self._source_lock:
             if self._source is not None:
                 self._source.close()
                 self._source = None
+        self.shares.close()

@@ -215,6 +215,21 @@ class Catalog:
         series = conn.execute("SELECT count(*) FROM series").fetchone()[0]
         return {"files": files, "series": series}
 
+    def series_rows(self, keys: Sequence[str]) -> dict[str, sqlite3.Row]:
+        """The series rows of the given keys that are in the index (missing keys are left out)."""
+        found: dict[str, sqlite3.Row] = {}
+        for chunk in _chunks(list(keys)):
+            marks = ",".join("?" * len(chunk))
+            for row in self.reader().execute(f"SELECT * FROM series WHERE series_key IN ({marks})", chunk):
+                found[row["series_key"]] = row
+        return found
+
+    def series_files(self, key: str) -> list[sqlite3.Row]:
+        """The readable files of one series (path, size, mtime_ns), in instance order."""
+        return self.reader().execute(
+            "SELECT path, size, mtime_ns FROM files WHERE series_key=? AND error IS NULL "
+            "ORDER BY InstanceNumber, path", (key,)).fetchall()
+
 
 class CatalogWriter:
     """Writes one indexing run into the catalog. Used from a single thread."""

@@ -92,6 +92,14 @@ class Gone(NasError):
     default_hint = "Ask the sender for a new link."
 
 
+class FileChanged(NasError):
+    """A NAS file is gone or differs from the index: a download built from the index must break off."""
+
+    status = 409
+    kind = "not_found"
+    default_hint = "The files on the NAS changed since indexing: run indexing again, then download again."
+
+
 class TooManyRequests(NasError):
     status = 429
     kind = "bad_request"

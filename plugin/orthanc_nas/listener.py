@@ -1,0 +1,291 @@
+"""The public share listener: `GET`/`HEAD /share/{token}` on a waitress server of its own.
+
+Orthanc checks credentials before any plugin code runs, so a link that works
+without an Orthanc account cannot go through Orthanc's port. The plugin
+therefore serves downloads on `ShareServer.Host:Port` itself, from inside
+the Orthanc process: nothing but this one route is reachable there, and when
+the plugin is not running nothing is served at all.
+
+Tokens are secrets: they never reach a log line. The plugin logs share ids,
+and waitress's own records (which quote the request path) pass through
+`RedactingHandler` on their way to Orthanc's log.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import socket
+import threading
+import time
+
+from waitress import create_server, wasyncore
+
+from .archive import Interrupted, ShareArchive, archive_filename, content_disposition, plan_members
+from .errors import FileChanged, Gone, NasError
+from .shares import (
+    BROKEN,
+    COMPLETE,
+    DISCONNECTED,
+    EXPIRED,
+    FAILED,
+    HEAD,
+    RATE_LIMITED,
+    STARTED,
+    STOPPED,
+    UNAVAILABLE,
+    UNKNOWN,
+    BadTokenLimiter,
+    Share,
+)
+
+log = logging.getLogger("orthanc_nas")
+
+SHARE_PATH = re.compile(r"^/share/([^/]+)$")
+THREADS = 8  # simultaneous downloads; more wait in waitress's queue
+# Waitress keeps unsent output in memory up to the high watermark, then makes the
+# download thread wait; past `outbuf_overflow` a buffer would move to a temporary
+# file. Overflow far above the watermark: a slow client never causes a disk write.
+OUTBUF_HIGH_WATERMARK = 2 * 1024 * 1024
+OUTBUF_OVERFLOW = 64 * 1024 * 1024
+NO_STORE = [("Cache-Control", "no-store"), ("Referrer-Policy", "no-referrer"),
+            ("X-Content-Type-Options", "nosniff"), ("X-Robots-Tag", "noindex")]
+_TOKEN_IN_TEXT = re.compile(r"/share/[^\s/?#'\"]+")
+
+STATUS_LINES = {200: "200 OK", 404: "404 Not Found", 410: "410 Gone", 429: "429 Too Many Requests",
+                500: "500 Internal Server Error", 503: "503 Service Unavailable"}
+
+
+def redact(text: str) -> str:
+    """Cut share tokens out of a text that may quote a request path."""
+    return _TOKEN_IN_TEXT.sub("/share/<token>", text)
+
+
+class RedactingHandler(logging.Handler):
+    """Passes waitress's records to the plugin's log with tokens cut out.
+
+    A download that ends on a NAS error (a changed file, a network failure) or
+    because the server stops is already audited and logged by `Download`:
+    waitress's traceback of it is dropped.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, NasError | Interrupted):
+            return
+        try:
+            text = redact(self.format(record))
+        except Exception:  # a record that cannot be formatted must not break the server
+            text = "unreadable log record"
+        log.log(record.levelno, "share listener: %s", text)
+
+
+_redacting_handler = RedactingHandler()
+
+
+def route_waitress_logs() -> None:
+    """Send waitress's logger (and its children) only through `RedactingHandler`."""
+    waitress_log = logging.getLogger("waitress")
+    if _redacting_handler not in waitress_log.handlers:
+        waitress_log.addHandler(_redacting_handler)
+    waitress_log.setLevel(logging.WARNING)  # its per-request info lines quote paths and add nothing
+    waitress_log.propagate = False
+
+
+class ShareApp:
+    """The WSGI application: checks the link, audits the attempt, streams the zip."""
+
+    def __init__(self, nas, limiter: BadTokenLimiter | None = None, stop: threading.Event | None = None):
+        self.nas = nas  # NasApp: .shares, .catalog, .source()
+        self.limiter = limiter or BadTokenLimiter()
+        self.stop = stop or threading.Event()
+
+    def __call__(self, environ, start_response):
+        method = environ["REQUEST_METHOD"]
+        text = functools.partial(_text, start_response, head=method == "HEAD")
+        match = SHARE_PATH.match(environ.get("PATH_INFO", ""))
+        if match is None or method not in ("GET", "HEAD"):
+            return text(404, "Not found.")
+        client = environ.get("REMOTE_ADDR") or "unknown"
+        try:
+            return self._serve(match.group(1), client, method == "HEAD", start_response, text)
+        except Exception:
+            log.exception("share listener: a request from %s failed", client)
+            return text(500, "The server could not answer. Try again later.")
+
+    def _serve(self, token: str, client: str, head: bool, start_response, text):
+        store = self.nas.shares
+        wait = self.limiter.retry_after(client)
+        if wait:
+            store.audit(client, None, RATE_LIMITED)
+            return text(429, "Too many wrong links from your address; try again later.",
+                         [("Retry-After", str(wait))])
+        share = store.lookup(token)
+        if share is None:
+            store.audit(client, None, UNKNOWN)
+            if self.limiter.miss(client):
+                log.warning("share listener: refusing %s for a while after %d wrong links",
+                            client, self.limiter.limit)
+            return text(404, "This link is not valid. Check that it was copied whole.")
+        refusal = share.refusal(store.clock())
+        if refusal:
+            store.audit(client, share.id, refusal)
+            log.warning("share %s: refused a download to %s: the link is %s", share.id, client, refusal)
+            what = "has expired" if refusal == EXPIRED else "was revoked"
+            return text(410, f"This link {what}. Ask the sender for a new link.")
+        try:
+            archive, filename = self._archive(share)
+        except NasError as exc:
+            store.audit(client, share.id, UNAVAILABLE, exc.message)
+            log.warning("share %s: cannot serve %s: %s", share.id, client, exc.message)
+            status = 410 if isinstance(exc, Gone) else 503
+            return text(status, f"The shared images cannot be sent: {exc.message}.")
+        headers = [("Content-Type", "application/zip"), ("Content-Length", str(len(archive))),
+                   ("Content-Disposition", content_disposition(filename)), *NO_STORE]
+        if head:
+            archive.close()
+            store.audit(client, share.id, HEAD)
+            start_response(STATUS_LINES[200], headers)
+            return []
+        audit_id = store.audit(client, share.id, STARTED)
+        log.info("share %s: download of %d bytes started by %s", share.id, len(archive), client)
+        start_response(STATUS_LINES[200], headers)
+        return Download(archive, store, audit_id, share.id, client, self.stop)
+
+    def _archive(self, share: Share) -> tuple[ShareArchive, str]:
+        catalog = self.nas.catalog
+        rows = catalog.series_rows(share.series)
+        missing = [key for key in share.series if key not in rows]
+        if missing:
+            raise Gone(f"series {missing[0]} is no longer in the NAS index")
+        series = [rows[key] for key in share.series]
+        members = plan_members(series, catalog.series_files)
+        return ShareArchive(self.nas.source(), members, stop=self.stop), archive_filename(series)
+
+
+class Download:
+    """The body of one download; records how it ended (complete, broken, client gone, server stopping)."""
+
+    def __init__(self, archive: ShareArchive, store, audit_id: int, share_id: str, client: str,
+                 stop: threading.Event):
+        self.archive, self.store, self.audit_id = archive, store, audit_id
+        self.share_id, self.client, self.stop = share_id, client, stop
+        self.sent = 0
+        self.ended = False
+
+    def __iter__(self):
+        try:
+            for chunk in self.archive:
+                self.sent += len(chunk)
+                yield chunk
+        except FileChanged as exc:
+            self._end(BROKEN, exc.message)
+            raise  # waitress closes the connection: the client sees a short, broken download
+        except Interrupted:
+            self._end(STOPPED, "the server stopped")
+            raise
+        except NasError as exc:
+            self._end(FAILED, exc.message)
+            raise
+        except Exception as exc:
+            self._end(FAILED, str(exc) or type(exc).__name__)
+            raise
+        self._end(COMPLETE)
+
+    def close(self) -> None:
+        """Called by waitress when the body ends for any reason: frees the NAS file."""
+        try:
+            self.archive.close()
+        finally:
+            self._end(STOPPED if self.stop.is_set() else DISCONNECTED, None)
+
+    def _end(self, outcome: str, detail: str | None = None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.store.finish(self.audit_id, outcome, self.sent, detail)
+        level = logging.INFO if outcome == COMPLETE else logging.WARNING
+        log.log(level, "share %s: download by %s %s after %d bytes%s", self.share_id, self.client, outcome,
+                self.sent, f": {detail}" if detail else "")
+
+
+def _text(start_response, status: int, message: str, extra: list | None = None, *, head: bool = False):
+    """A short answer for a person; no body for HEAD (waitress would send one)."""
+    body = (message + "\n").encode("utf-8")
+    start_response(STATUS_LINES[status], [("Content-Type", "text/plain; charset=utf-8"),
+                                          ("Content-Length", str(len(body))), *NO_STORE, *(extra or [])])
+    return [] if head else [body]
+
+
+class ShareListener:
+    """Runs a WSGI app on waitress in a thread of its own; `stop()` ends downloads in progress."""
+
+    def __init__(self, app: ShareApp, host: str, port: int, *, threads: int = THREADS):
+        self.app, self.host, self.requested_port, self.threads = app, host, port, threads
+        self.port: int | None = None
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> bool:
+        """Listen and serve. If the address cannot be had, say so in the log and return False."""
+        route_waitress_logs()
+        try:
+            sock = _bind(self.host, self.requested_port)
+        except OSError as exc:
+            log.error("the share listener cannot listen on %s:%s (%s). Share links will not work until "
+                      "Nas.ShareServer.Port is set to a free port (or the other program is stopped) and "
+                      "Orthanc is restarted; the rest of the NAS plugin works.",
+                      self.host, self.requested_port, exc.strerror or exc)
+            return False
+        self._server = create_server(
+            self.app, sockets=[sock], threads=self.threads, ident="orthanc-nas",
+            outbuf_high_watermark=OUTBUF_HIGH_WATERMARK, outbuf_overflow=OUTBUF_OVERFLOW,
+            asyncore_use_poll=True)
+        self.port = sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._server.run, name="nas-share-listener", daemon=True)
+        self._thread.start()
+        log.info("share listener on %s:%d", self.host, self.port)
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening, cut the connections of downloads in progress and wait for their threads."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self.app.stop.set()  # a download reading from the NAS ends at its next chunk
+        closed = threading.Event()
+
+        def close_all() -> None:  # runs in the server's own thread, which owns its sockets
+            for channel in list(server.active_channels.values()):
+                channel.handle_close()  # wakes a download thread waiting to send, which then ends
+            wasyncore.close_all(server._map)
+            closed.set()
+
+        server.trigger.pull_trigger(close_all)
+        deadline = time.monotonic() + timeout
+        self._thread.join(timeout)
+        if not closed.is_set():
+            wasyncore.close_all(server._map, ignore_all=True)
+        server.task_dispatcher.shutdown(timeout=max(0.1, deadline - time.monotonic()))
+        log.info("share listener stopped")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        # lets a restarted Orthanc listen again at once, not after TIME_WAIT; still refuses a port in use
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock

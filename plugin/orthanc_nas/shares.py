@@ -1,0 +1,267 @@
+"""Share links: `shares.db` (SQLite) and the limiter of wrong links.
+
+A share gives whoever holds its token the series it names, until it expires
+or is revoked. Only the SHA-256 of a token is stored: a copy of `shares.db`
+(a backup, a support bundle) opens nothing. Every download attempt, allowed
+or not, goes into the `audit` table with its time, the client address, the
+share (when known) and the outcome; never the token.
+
+Schema changes go through numbered migrations, as for the index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .catalog import connect, migrate
+from .errors import BadRequest, NotFound
+from .status import iso
+
+SHARES_NAME = "shares.db"
+TOKEN_BYTES = 32  # 256 bits
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # what secrets.token_urlsafe(32) gives
+MAX_SERIES = 1000
+MAX_LABEL = 200
+
+MIGRATIONS: list[str] = [
+    # 1: shares and the audit of download attempts
+    """
+    CREATE TABLE shares (
+        id TEXT PRIMARY KEY,
+        token_sha256 BLOB NOT NULL UNIQUE,
+        label TEXT,
+        series TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        client TEXT NOT NULL,
+        share_id TEXT,
+        outcome TEXT NOT NULL,
+        detail TEXT,
+        bytes_sent INTEGER,
+        finished_at REAL
+    );
+    CREATE INDEX audit_by_share ON audit(share_id, outcome);
+    """,
+]
+
+#: outcomes written to the audit table
+STARTED, COMPLETE, HEAD = "started", "complete", "head"
+BROKEN, DISCONNECTED, STOPPED, FAILED = "broken", "disconnected", "stopped", "error"
+UNKNOWN, EXPIRED, REVOKED, RATE_LIMITED, UNAVAILABLE = "unknown", "expired", "revoked", "rate_limited", "unavailable"
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode("ascii")).digest()
+
+
+@dataclass(frozen=True)
+class Share:
+    id: str
+    label: str | None
+    series: list[str]
+    created_at: float
+    expires_at: float
+    revoked_at: float | None
+
+    def refusal(self, now: float) -> str | None:
+        """Why this share may not be downloaded now (REVOKED or EXPIRED), or None."""
+        if self.revoked_at is not None:
+            return REVOKED
+        if now >= self.expires_at:
+            return EXPIRED
+        return None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Share:
+        return cls(row["id"], row["label"], json.loads(row["series"]), row["created_at"], row["expires_at"],
+                   row["revoked_at"])
+
+
+def parse_share_request(body: dict, default_hours: float, max_hours: float) -> tuple[list[str], float, str | None]:
+    """Validate a `POST /nas/shares` body into (series keys, hours, label); 400 naming the field otherwise."""
+    unknown = set(body) - {"series", "expires_in_hours", "label"}
+    if unknown:
+        raise BadRequest(f"unknown field {sorted(unknown)[0]!r} in the body",
+                         'The body holds "series", and optionally "expires_in_hours" and "label".')
+    series = body.get("series")
+    if not isinstance(series, list) or not series or not all(isinstance(k, str) and k for k in series):
+        raise BadRequest("field 'series' must be a non-empty list of series keys",
+                         'Give the series_key values found by GET /nas/search, e.g. {"series": ["..."]}.')
+    if len(series) > MAX_SERIES:
+        raise BadRequest(f"field 'series' holds more than {MAX_SERIES} series", "Share fewer series per link.")
+    hours = body.get("expires_in_hours", default_hours)
+    # bool is an int in Python; JSON's true is not a number of hours. Python's json also reads NaN/Infinity.
+    if isinstance(hours, bool) or not isinstance(hours, int | float) or not math.isfinite(hours) \
+            or not 0 < hours <= max_hours:
+        raise BadRequest(f"field 'expires_in_hours' must be a positive number of hours, at most {max_hours:g}",
+                         f"Nas.MaxShareHours allows links of at most {max_hours:g} hours.")
+    label = body.get("label")
+    if label is not None and (not isinstance(label, str) or len(label) > MAX_LABEL):
+        raise BadRequest(f"field 'label' must be a string of at most {MAX_LABEL} characters")
+    return list(dict.fromkeys(series)), float(hours), label
+
+
+class ShareStore:
+    """`shares.db` of one DataDirectory; safe to use from many threads (one connection per thread)."""
+
+    def __init__(self, data_dir: str, clock: Callable[[], float] = time.time):
+        self.path = os.path.join(data_dir, SHARES_NAME)
+        self.clock = clock
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            conn = connect(self.path)
+            migrate(conn, MIGRATIONS)
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    # -- shares -----------------------------------------------------------------
+    def create(self, series: Sequence[str], hours: float, label: str | None = None) -> tuple[Share, str]:
+        """A new share and its token. The token is returned once and never stored."""
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        now = self.clock()
+        share = Share(secrets.token_hex(8), label, list(series), now, now + hours * 3600, None)
+        self._conn().execute(
+            "INSERT INTO shares(id, token_sha256, label, series, created_at, expires_at) VALUES (?,?,?,?,?,?)",
+            (share.id, hash_token(token), label, json.dumps(share.series), share.created_at, share.expires_at))
+        return share, token
+
+    def lookup(self, token: str) -> Share | None:
+        """The share of a token, or None. Found by the token's hash, confirmed in constant time."""
+        if not TOKEN_RE.match(token):
+            return None
+        digest = hash_token(token)
+        row = self._conn().execute("SELECT * FROM shares WHERE token_sha256=?", (digest,)).fetchone()
+        if row is None or not hmac.compare_digest(bytes(row["token_sha256"]), digest):
+            return None
+        return Share.from_row(row)
+
+    def revoke(self, share_id: str) -> dict:
+        """Revoke a share (again is fine: the first revocation time is kept); 404 if unknown."""
+        self._conn().execute("UPDATE shares SET revoked_at=coalesce(revoked_at, ?) WHERE id=?",
+                             (self.clock(), share_id))
+        return self.describe(share_id)
+
+    def _described(self, where: str = "", args: tuple = ()) -> list[dict]:
+        rows = self._conn().execute(
+            "SELECT s.*, count(a.id) AS downloads, max(a.finished_at) AS last_download_at FROM shares s "
+            f"LEFT JOIN audit a ON a.share_id=s.id AND a.outcome=? {where} "
+            "GROUP BY s.id ORDER BY s.created_at DESC, s.id", (COMPLETE, *args)).fetchall()
+        return [{"id": row["id"], "label": row["label"], "series": json.loads(row["series"]),
+                 "created_at": iso(row["created_at"]), "expires_at": iso(row["expires_at"]),
+                 "revoked": row["revoked_at"] is not None, "downloads": row["downloads"],
+                 "last_download_at": iso(row["last_download_at"])} for row in rows]
+
+    def describe(self, share_id: str) -> dict:
+        """One share as `GET /nas/shares` answers it (never the token); 404 if unknown."""
+        found = self._described("WHERE s.id=?", (share_id,))
+        if not found:
+            raise NotFound(f"no share with id {share_id!r}", "GET /nas/shares lists the shares.")
+        return found[0]
+
+    def list(self) -> list[dict]:
+        """Every share, newest first, with the number of completed downloads."""
+        return self._described()
+
+    # -- audit ------------------------------------------------------------------
+    def audit(self, client: str, share_id: str | None, outcome: str, detail: str | None = None) -> int:
+        """Record one attempt; returns its row id (to finish it later for a download)."""
+        cur = self._conn().execute(
+            "INSERT INTO audit(at, client, share_id, outcome, detail) VALUES (?,?,?,?,?)",
+            (self.clock(), client, share_id, outcome, detail))
+        return cur.lastrowid
+
+    def finish(self, audit_id: int, outcome: str, bytes_sent: int, detail: str | None = None) -> None:
+        """Record how a download that was let through ended."""
+        self._conn().execute("UPDATE audit SET outcome=?, detail=?, bytes_sent=?, finished_at=? WHERE id=?",
+                             (outcome, detail, bytes_sent, self.clock(), audit_id))
+
+    def audit_log(self, share_id: str | None = None, limit: int = 100) -> list[dict]:
+        """The latest attempts, newest first (all shares, or one)."""
+        where, args = ("WHERE share_id=?", (share_id,)) if share_id else ("", ())
+        rows = self._conn().execute(f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?", (*args, limit))
+        return [dict(row) for row in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            try:
+                conn.close()
+            except sqlite3.ProgrammingError:  # closed from another thread than its own: harmless at exit
+                pass
+        self._local = threading.local()
+
+
+class BadTokenLimiter:
+    """Refuses an address that sent too many wrong links lately (429), so tokens cannot be guessed at speed.
+
+    A sliding window per client address, in memory: after `limit` wrong links
+    within `window` seconds the address is refused until the oldest of them
+    leaves the window. Refused attempts do not count, so someone who stops
+    retrying gets back in. At most `max_clients` addresses are remembered
+    (the least recently seen are forgotten first), so memory stays bounded.
+    """
+
+    def __init__(self, limit: int = 10, window: float = 600.0, max_clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic):
+        self.limit, self.window, self.max_clients, self.clock = limit, window, max_clients, clock
+        self._misses: OrderedDict[str, deque[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> deque[float] | None:
+        misses = self._misses.get(client)
+        if misses is not None:
+            while misses and misses[0] <= now - self.window:
+                misses.popleft()
+            if not misses:
+                del self._misses[client]
+                return None
+        return misses
+
+    def retry_after(self, client: str) -> int:
+        """Seconds until `client` may try again; 0 if it is not refused."""
+        with self._lock:
+            now = self.clock()
+            misses = self._recent(client, now)
+            if misses is None or len(misses) < self.limit:
+                return 0
+            return max(1, math.ceil(misses[-self.limit] + self.window - now))
+
+    def miss(self, client: str) -> bool:
+        """Count a wrong link from `client`; True when this one makes it refused."""
+        with self._lock:
+            now = self.clock()
+            misses = self._recent(client, now)
+            if misses is None:
+                misses = self._misses[client] = deque(maxlen=self.limit)
+                while len(self._misses) > self.max_clients:
+                    self._misses.popitem(last=False)
+            self._misses.move_to_end(client)
+            misses.append(now)
+            return len(misses) >= self.limit

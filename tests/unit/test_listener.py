@@ -1,0 +1,135 @@
+"""The share listener on waitress, without Orthanc: routes, refusals, stopping, and no token in any log."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import logging
+import os
+import socket
+import threading
+import time
+import zipfile
+
+import pytest
+
+from orthanc_nas.app import NasApp
+from orthanc_nas.catalog import CatalogWriter
+from orthanc_nas.config import parse_settings
+from orthanc_nas.errors import FileChanged
+from orthanc_nas.listener import RedactingHandler, ShareListener, redact, route_waitress_logs
+from orthanc_nas.sources import FileEntry
+
+
+@pytest.fixture
+def app(tmp_path):
+    """A NasApp whose index holds one series of 4 files of 3 MB, its listener on a free port."""
+    nas = tmp_path / "nas"
+    entries = []
+    for n in range(4):
+        path = nas / "ct" / f"IM{n}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(3_000_000))
+        st = path.stat()
+        entries.append((FileEntry(f"ct/IM{n}.dcm", st.st_size, st.st_mtime_ns),
+                        {"SeriesInstanceUID": "1.2.3", "InstanceNumber": n, "PatientName": "DOE^J"}, None))
+    settings = parse_settings({"Connection": {"Type": "local", "Path": str(nas)}, "DataDirectory": str(tmp_path / "d"),
+                               "ShareServer": {"Port": 0}})
+    app = NasApp(settings)
+    writer = CatalogWriter(app.catalog)
+    writer.begin_run()
+    writer.write(entries)
+    writer.close()
+    assert app.start_share_listener()
+    yield app
+    app.close()
+
+
+def share(app) -> tuple[str, str]:
+    key = app.catalog.reader().execute("SELECT series_key FROM series").fetchone()[0]
+    created, token = app.shares.create([key], 1)
+    return created.id, token
+
+
+def request(app, method: str, path: str) -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", app.listener.port, timeout=10)
+    try:
+        conn.request(method, path)
+        answer = conn.getresponse()
+        return answer.status, dict(answer.getheaders()), answer.read()
+    finally:
+        conn.close()
+
+
+def test_redact():
+    assert redact("Exception while serving /share/abc-DEF_123") == "Exception while serving /share/<token>"
+    assert redact("GET /share/abc?x=1 HTTP/1.1") == "GET /share/<token>?x=1 HTTP/1.1"
+
+
+def test_waitress_records_reach_the_log_without_tokens(caplog):
+    route_waitress_logs()
+    handler = RedactingHandler()
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("waitress", logging.ERROR, __file__, 1, "Exception while serving /share/SECRET",
+                                   None, __import__("sys").exc_info())
+    with caplog.at_level(logging.INFO, logger="orthanc_nas"):
+        handler.emit(record)
+        changed = logging.LogRecord("waitress", logging.ERROR, __file__, 1, "Exception while serving /share/SECRET",
+                                    None, (FileChanged, FileChanged("x changed"), None))
+        handler.emit(changed)  # already audited and logged by the download itself
+    assert "SECRET" not in caplog.text and "/share/<token>" in caplog.text and "ValueError: boom" in caplog.text
+    assert caplog.text.count("share listener:") == 1
+    assert logging.getLogger("waitress").propagate is False
+
+
+def test_download_head_and_refusals(app, caplog):
+    caplog.set_level(logging.INFO, logger="orthanc_nas")
+    share_id, token = share(app)
+    status, headers, body = request(app, "GET", f"/share/{token}")
+    assert status == 200 and int(headers["Content-Length"]) == len(body)
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        assert len(archive.namelist()) == 4 and archive.testzip() is None
+    status, headers, body = request(app, "HEAD", f"/share/{token}")
+    assert status == 200 and body == b"" and headers["Cache-Control"] == "no-store"
+    assert request(app, "GET", "/share/" + "x" * 43)[0] == 404
+    status, headers, body = request(app, "HEAD", "/share/" + "y" * 43)
+    assert status == 404 and body == b"" and int(headers["Content-Length"]) > 0
+    assert request(app, "POST", f"/share/{token}")[0] == 404
+    assert request(app, "GET", "/")[0] == 404
+    app.shares.revoke(share_id)
+    assert request(app, "GET", f"/share/{token}")[0] == 410
+    assert token not in caplog.text and share_id in caplog.text
+
+
+def test_port_in_use_is_reported(app, caplog):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        second = ShareListener(app.listener.app, "127.0.0.1", port)
+        with caplog.at_level(logging.ERROR, logger="orthanc_nas"):
+            assert second.start() is False
+    assert f"cannot listen on 127.0.0.1:{port}" in caplog.text and "rest of the NAS plugin works" in caplog.text
+    second.stop()  # harmless when it never started
+
+
+def test_stop_ends_a_download_in_progress_promptly(app):
+    share_id, token = share(app)
+    sock = socket.create_connection(("127.0.0.1", app.listener.port))
+    sock.sendall(f"GET /share/{token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    sock.recv(1024)  # under way; this client reads no further, so the server waits to send
+    started = time.monotonic()
+    app.listener.stop()
+    assert time.monotonic() - started < 3
+    assert not app.listener.running
+    deadline = time.monotonic() + 5
+    while app.shares.audit_log(share_id)[0]["outcome"] == "started":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert app.shares.audit_log(share_id)[0]["outcome"] == "stopped"
+    sock.close()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", app.listener.port), timeout=1).close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("waitress-")]
