@@ -34,7 +34,7 @@ import psutil
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "plugin")]
 
-from tests.support.dicom_files import write_series  # noqa: E402
+from tests.support.dicom import write_series  # noqa: E402
 from tests.support.orthanc import OrthancServer, free_port  # noqa: E402
 
 from orthanc_nas.catalog import series_key  # noqa: E402

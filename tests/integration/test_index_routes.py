@@ -54,7 +54,7 @@ def big_nas(tmp_path_factory):
     """Enough files that indexing takes a few seconds inside Orthanc."""
     root = tmp_path_factory.mktemp("big-nas")
     for s in range(40):
-        write_series(root / f"patient{s % 7}" / f"series {s}", 100, PatientID=f"P{s % 7}", pixels=16)
+        write_series(root / f"patient{s % 7}" / f"series {s}", 100, PatientID=f"P{s % 7}", pixel_bytes=16)
     return root
 
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 import requests
-from tests.support.dicom_files import write_instance, write_series
+from tests.support.dicom import write_dicom, write_series
 from tests.support.orthanc import OrthancServer, free_port
 
 from orthanc_nas.catalog import series_key
@@ -44,7 +44,7 @@ def corpus(tmp_path_factory) -> dict:
     fragile_key, fragile = _series(root / "fragile", 3)
     changed_key, changed = _series(root / "changed", 3)
     uid = f"2.25.{secrets.randbits(64)}"
-    hostile = [write_instance(root / "hostile" / name, InstanceNumber=n, SeriesInstanceUID=uid,
+    hostile = [write_dicom(root / "hostile" / name, InstanceNumber=n, SeriesInstanceUID=uid,
                               PatientName=HOSTILE_PATIENT, SeriesDescription=HOSTILE_DESCRIPTION,
                               SpecificCharacterSet="ISO_IR 192")
                for n, name in enumerate(HOSTILE_FILES, start=1)]
@@ -153,7 +153,7 @@ def test_share_downloads_without_credentials_byte_for_byte(orthanc, corpus):
     assert headers["content-type"] == "application/zip"
     assert int(headers["content-length"]) == len(body)
     assert headers["referrer-policy"] == "no-referrer" and headers["cache-control"] == "no-store"
-    assert headers["content-disposition"].startswith('attachment; filename="DOE_JANE_20240102_AXIAL.zip"')
+    assert headers["content-disposition"].startswith('attachment; filename="DOE_JOHN_20240102_AXIAL.zip"')
     with zipfile.ZipFile(io.BytesIO(body)) as archive:
         assert archive.testzip() is None
         names = archive.namelist()

@@ -1,45 +1,58 @@
-"""Small DICOM files for tests, written with pydicom (the benchmark corpus lives in bench/corpus.py)."""
+"""Small DICOM files for tests, written with pydicom (the benchmark corpus lives in bench/corpus.py).
+
+The header is a real DICOM header; the pixel data is appended by hand so it can
+be random bytes (byte-for-byte comparisons then catch any offset error) or a
+sparse hole (a 2 GB series costs no disk space and no time to write).
+"""
 
 from __future__ import annotations
 
+import os
+import struct
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+PIXEL_DATA_OB = b"\xe0\x7f\x10\x00OB\x00\x00"  # (7FE0,0010) OB, explicit VR little endian, 4-byte length
 
 
-def write_dicom(path: Path | str, *, charset: str | None = None, pixels: int = 64, **attrs) -> Path:
-    """Write a small CT image. `attrs` are DICOM keywords; a value of None leaves the attribute out."""
+def write_dicom(path: Path | str, *, charset: str | None = None, pixel_bytes: int = 64, sparse: bool = False,
+                **attrs) -> Path:
+    """One CT instance. `attrs` are DICOM keywords (None leaves one out); pixels random or a sparse hole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds = Dataset()
-    if charset:
-        ds.SpecificCharacterSet = charset
     values = {
-        "SOPClassUID": CT_IMAGE, "SOPInstanceUID": generate_uid(), "StudyDate": "20240102",
-        "Modality": "CT", "PatientName": "DOE^JOHN", "PatientID": "P001", "StudyInstanceUID": generate_uid(),
+        "SOPClassUID": CT_IMAGE, "SOPInstanceUID": generate_uid(), "StudyDate": "20240102", "Modality": "CT",
+        "PatientName": "DOE^JOHN", "PatientID": "P001", "StudyInstanceUID": generate_uid(),
         "SeriesInstanceUID": generate_uid(), "SeriesNumber": 1, "InstanceNumber": 1,
         "StudyDescription": "CHEST", "SeriesDescription": "AXIAL",
     }
     values.update(attrs)
+    ds = Dataset()
+    if charset:
+        ds.SpecificCharacterSet = charset
     for keyword, value in values.items():
         if value is not None:
             setattr(ds, keyword, value)
-    ds.Rows = ds.Columns = 1
-    ds.BitsAllocated = 16
-    ds.PixelData = b"\0" * pixels
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.save_as(path, enforce_file_format=True)
+    pixel_bytes += pixel_bytes % 2  # DICOM values have an even length
+    with open(path, "ab") as fh:
+        fh.write(PIXEL_DATA_OB + struct.pack("<I", pixel_bytes))
+        if sparse:
+            fh.truncate(fh.tell() + pixel_bytes)
+        else:
+            fh.write(os.urandom(pixel_bytes))
     return path
 
 
-def write_series(folder: Path | str, count: int, **attrs) -> list[Path]:
-    """`count` instances of one series in `folder`."""
-    attrs.setdefault("StudyInstanceUID", generate_uid())
-    attrs.setdefault("SeriesInstanceUID", generate_uid())
-    return [write_dicom(Path(folder) / f"IM{i:05d}.dcm", InstanceNumber=i + 1, **attrs) for i in range(count)]
+def write_series(folder: Path | str, count: int, *, names: str = "IM{:05d}.dcm", **kw) -> list[Path]:
+    """`count` instances of one series in `folder` (same study and series UIDs unless given)."""
+    kw.setdefault("StudyInstanceUID", generate_uid())
+    kw.setdefault("SeriesInstanceUID", generate_uid())
+    return [write_dicom(Path(folder) / names.format(i + 1), InstanceNumber=i + 1, **kw) for i in range(count)]

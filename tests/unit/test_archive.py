@@ -197,12 +197,12 @@ def test_series_of_several_studies_get_a_study_folder():
     series = [series_row("s1"), series_row("s2", StudyInstanceUID="9.9", PatientName="ROE^RICHARD",
                                            StudyDate="20230505", SeriesNumber=None, SeriesDescription="")]
     members = plan_members(series, lambda key: [{"path": f"{key}/f", "size": 1, "mtime_ns": 1}])
-    assert [m.name for m in members] == ["DOE_JANE_20240102/3_AX_T2/f", "ROE_RICHARD_20230505/MR/f"]
+    assert [m.name for m in members] == ["DOE_JOHN_20240102/3_AX_T2/f", "ROE_RICHARD_20230505/MR/f"]
 
 
 def test_archive_filename_and_content_disposition():
-    assert archive_filename([series_row("s1")]) == "DOE_JANE_20240102_AX_T2.zip"
-    assert archive_filename([series_row("s1"), series_row("s2")]) == "DOE_JANE_20240102_2_series.zip"
+    assert archive_filename([series_row("s1")]) == "DOE_JOHN_20240102_AX_T2.zip"
+    assert archive_filename([series_row("s1"), series_row("s2")]) == "DOE_JOHN_20240102_2_series.zip"
     hostile = series_row("s", PatientName='"; filename=evil.exe\r\nX: y', StudyDate=None,
                          SeriesDescription="Ünïcode ß")
     name = archive_filename([hostile])

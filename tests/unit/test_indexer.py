@@ -61,7 +61,7 @@ def test_unchanged_files_are_skipped_and_changed_ones_read(tmp_path, nas):
     ix.run()
     s = ix.run()
     assert s["files_skipped"] == 13 and s["files_processed"] == 13 and s["errors"] == 0
-    write_dicom(nas / "P1" / "CT" / "IM00000.dcm", PatientName="RENAMED^NOW")
+    write_dicom(nas / "P1" / "CT" / "IM00001.dcm", PatientName="RENAMED^NOW")
     s = ix.run()
     assert s["files_skipped"] == 12
     assert "RENAMED^NOW" in {r[0] for r in catalog.reader().execute("SELECT PatientName FROM series")}
