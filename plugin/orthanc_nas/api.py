@@ -6,6 +6,7 @@ import logging
 
 from .errors import BadRequest, NotFound
 from .http import Request, Response, Router, json_response
+from .search import SearchParams, search, series_detail
 from .shares import parse_share_request
 from .status import iso
 
@@ -36,6 +37,18 @@ def start_index(app, request: Request) -> Response:
 @router.route("DELETE", "/nas/index")
 def stop_index(app, request: Request) -> Response:
     return json_response({"stopping": app.indexer.stop(), "phase": app.status.phase})
+
+
+@router.route("GET", "/nas/search")
+def search_series(app, request: Request) -> Response:
+    params = SearchParams.parse(request.query)
+    result = search(app.catalog.reader(), params)
+    return json_response(result.series, headers={"X-Total-Count": str(result.total)})
+
+
+@router.route("GET", "/nas/series/([^/]+)")
+def get_series(app, request: Request, key: str) -> Response:
+    return json_response(series_detail(app.catalog.reader(), key))
 
 
 @router.route("POST", "/nas/shares")

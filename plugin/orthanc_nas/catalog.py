@@ -2,7 +2,8 @@
 
 One row per file (path relative to the NAS root, size, mtime, the per-file
 attributes, the error if it could not be read, the run that last saw it) and
-one row per series (its attributes and file count). Schema changes go through
+one row per series (its attributes, file count and the folded text searches
+look in, see `normalize`). Schema changes go through
 numbered migrations recorded in `PRAGMA user_version`, so an index made by an
 older version opens in a newer one.
 
@@ -19,10 +20,11 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 
 from .errors import NotFound
+from .normalize import fold, search_text
 
 INDEX_NAME = "index.db"
 
@@ -33,7 +35,33 @@ SERIES_FIELDS = (
     "Modality",
 )
 
-MIGRATIONS: list[str] = [
+#: the fields a search term is looked for in, folded into `series.search_text`
+SEARCHED_FIELDS = ("PatientName", "PatientID", "StudyDescription", "SeriesDescription")
+
+
+def search_columns(values: dict) -> tuple[str, str]:
+    """`(search_text, sort_name)` of a series from its DICOM fields (decoded text)."""
+    return search_text(values.get(f) for f in SEARCHED_FIELDS), fold(values.get("PatientName"))
+
+
+def _add_search_columns(conn: sqlite3.Connection) -> None:
+    """Migration 2: folded search columns, filled for the series already indexed, and the search indexes."""
+    conn.execute("ALTER TABLE series ADD COLUMN search_text TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE series ADD COLUMN sort_name TEXT NOT NULL DEFAULT ''")
+    rows = conn.execute(f"SELECT series_key, {', '.join(SEARCHED_FIELDS)} FROM series").fetchall()
+    conn.executemany("UPDATE series SET search_text=?, sort_name=? WHERE series_key=?",
+                     (search_columns(dict(zip(SEARCHED_FIELDS, row[1:], strict=True))) + (row[0],)
+                      for row in rows))
+    # the answer's order (newest first): a search without words reads its first page straight off it
+    conn.execute("CREATE INDEX series_by_date ON series(StudyDate DESC, sort_name, SeriesNumber, series_key)")
+    conn.execute("CREATE INDEX series_by_modality ON series(Modality, StudyDate)")
+
+
+#: Schema versions, in order: an SQL script, or a function given the connection for what SQL alone
+#: cannot do (e.g. filling a column computed in Python). Each runs in its own transaction.
+Migration = str | Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: list[Migration] = [
     # 1: files, series, runs
     """
     CREATE TABLE files (
@@ -61,6 +89,8 @@ MIGRATIONS: list[str] = [
         outcome TEXT
     );
     """,
+    # 2: folded search columns on series, indexes for the search filters and order
+    _add_search_columns,
 ]
 
 
@@ -92,21 +122,41 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def migrate(conn: sqlite3.Connection, migrations: Sequence[str] = MIGRATIONS) -> int:
-    """Apply the migrations the database has not seen yet; returns the schema version."""
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Apply the migrations the database has not seen yet; returns the schema version.
+
+    Safe when several connections open an older index at once (the indexer and
+    request threads): each step checks the version again under the write lock.
+    """
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    for number, script in enumerate(migrations[version:], start=version + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in script.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+    for number, step in enumerate(migrations[version:], start=version + 1):
+        with transaction(conn):
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= number:
+                continue  # another connection applied it meanwhile
+            if callable(step):
+                step(conn)
+            else:
+                for statement in step.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
             conn.execute(f"PRAGMA user_version={number}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     return len(migrations)
+
+
+@contextmanager
+def read_snapshot(conn: sqlite3.Connection):
+    """Run several reads on one consistent state of the index (WAL: writers are not blocked).
+
+    Within an enclosing transaction, that one's snapshot is used.
+    """
+    if conn.in_transaction:
+        yield conn
+        return
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        conn.execute("COMMIT")
 
 
 @contextmanager
@@ -221,7 +271,7 @@ class CatalogWriter:
                 key = None
                 if record is not None:
                     key = series_key(record, entry.path)
-                    series_rows[key] = tuple(record.get(f) for f in SERIES_FIELDS)
+                    series_rows[key] = (*(record.get(f) for f in SERIES_FIELDS), *search_columns(record))
                     dirty.add(key)
                 file_rows.append((entry.path, entry.size, entry.mtime_ns, key,
                                   record and record.get("SOPInstanceUID"), record and record.get("InstanceNumber"),
@@ -229,10 +279,11 @@ class CatalogWriter:
             self.conn.executemany(
                 "INSERT OR REPLACE INTO files(path, size, mtime_ns, series_key, SOPInstanceUID, InstanceNumber, "
                 "error, seen_run) VALUES (?,?,?,?,?,?,?,?)", file_rows)
-            columns = ", ".join(SERIES_FIELDS)
-            updates = ", ".join(f"{f}=excluded.{f}" for f in SERIES_FIELDS)
+            stored = (*SERIES_FIELDS, "search_text", "sort_name")
+            columns = ", ".join(stored)
+            updates = ", ".join(f"{f}=excluded.{f}" for f in stored)
             self.conn.executemany(
-                f"INSERT INTO series(series_key, {columns}) VALUES (?{',?' * len(SERIES_FIELDS)}) "
+                f"INSERT INTO series(series_key, {columns}) VALUES (?{',?' * len(stored)}) "
                 f"ON CONFLICT(series_key) DO UPDATE SET {updates}",
                 ((key, *values) for key, values in series_rows.items()))
             self._recount(dirty)

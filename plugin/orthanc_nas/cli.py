@@ -1,6 +1,7 @@
 """Command line: index, search and show status without Orthanc.
 
     python -m orthanc_nas index /mnt/nas/dicom --data /var/lib/orthanc/nas
+    python -m orthanc_nas search "john doe" --data /var/lib/orthanc/nas
     python -m orthanc_nas status --data /var/lib/orthanc/nas
 """
 
@@ -11,10 +12,13 @@ import json
 import logging
 import sys
 import threading
+import unicodedata
 
 from .app import NasApp
+from .catalog import Catalog
 from .config import parse_settings
 from .errors import NasError
+from .search import SearchParams, search
 
 
 def _progress(app: NasApp, done: threading.Event) -> None:
@@ -64,6 +68,65 @@ def cmd_status(args) -> int:
     return 0
 
 
+#: (heading, field, widest) of the search table
+SEARCH_COLUMNS = (
+    ("Date", "StudyDate", 10), ("Patient", "PatientName", 28), ("ID", "PatientID", 14),
+    ("Study", "StudyDescription", 24), ("Series", "SeriesDescription", 24), ("Mod", "Modality", 4),
+    ("Files", "file_count", 6), ("Key", "series_key", 20),
+)
+
+
+def _width(text: str) -> int:
+    """Columns a string takes on a terminal (CJK characters take two)."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _fit(text: str, width: int) -> str:
+    """`text` cut to `width` terminal columns (with … when cut) and padded to it."""
+    if _width(text) > width:
+        while _width(text) > width - 1:
+            text = text[:-1]
+        text += "…"
+    return text + " " * (width - _width(text))
+
+
+def _cell(series: dict, field: str) -> str:
+    value = series.get(field)
+    if value is None:
+        return ""
+    if field == "StudyDate" and len(value) == 8 and value.isdigit():
+        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+    if field == "PatientName":  # DOE^JOHN=ドウ^ジョン → DOE JOHN = ドウ ジョン
+        groups = (" ".join(group.replace("^", " ").split()) for group in value.split("="))
+        return " = ".join(group for group in groups if group)
+    return str(value)
+
+
+def format_table(rows: list[dict], total: int, offset: int) -> str:
+    """The search answer as an aligned text table with a line saying how many there are."""
+    cells = [[_cell(row, field) for _, field, _ in SEARCH_COLUMNS] for row in rows]
+    widths = [min(limit, max([_width(heading)] + [_width(r[i]) for r in cells]))
+              for i, (heading, _, limit) in enumerate(SEARCH_COLUMNS)]
+    lines = ["  ".join(_fit(heading, w) for (heading, _, _), w in zip(SEARCH_COLUMNS, widths, strict=True))]
+    lines += ["  ".join(_fit(c, w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    shown = f"{offset + 1}–{offset + len(rows)} of {total}" if rows else f"none of {total}"
+    more = " (--offset shows more)" if offset + len(rows) < total else ""
+    lines.append(f"{shown} series{more}")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def cmd_search(args) -> int:
+    query = {"q": " ".join(args.words), "modality": args.modality, "date_from": args.date_from,
+             "date_to": args.date_to, "limit": args.limit, "offset": args.offset}
+    params = SearchParams.parse({k: v for k, v in query.items() if v is not None})
+    result = search(Catalog(args.data).reader(), params)
+    if args.json:
+        print(json.dumps(result.series, indent=2, ensure_ascii=False))
+    else:
+        print(format_table(result.series, result.total, params.offset))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m orthanc_nas", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="read every file again, even unchanged ones")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search the index by patient name, ID, study or series description")
+    p.add_argument("words", nargs="*", help="words that must all occur (any case, accents ignored)")
+    p.add_argument("--data", required=True, help="folder of index.db")
+    p.add_argument("--modality", help="only this modality, e.g. CT")
+    p.add_argument("--from", dest="date_from", metavar="YYYYMMDD", help="study date on or after")
+    p.add_argument("--to", dest="date_to", metavar="YYYYMMDD", help="study date on or before")
+    p.add_argument("--limit", help="series shown (default 100, at most 1000)")
+    p.add_argument("--offset", help="series skipped first")
+    p.add_argument("--json", action="store_true", help="print the JSON the REST route answers")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("status", help="show the status of the last indexing")
     p.add_argument("--data", required=True, help="folder for index.db and index_status.json")
