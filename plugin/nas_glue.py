@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 from orthanc_nas.api import router
 from orthanc_nas.app import NasApp
 from orthanc_nas.config import parse_settings
 from orthanc_nas.errors import NasError
 from orthanc_nas.http import Request, Response, parse_query
-
-EXTENSION_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "explorer-extension")
+from orthanc_nas.panel import explorer_script
 
 log = logging.getLogger("orthanc_nas")
 
@@ -43,11 +41,16 @@ class OrthancLogHandler(logging.Handler):
 
 def send(output, response: Response) -> None:
     """Answer through Orthanc's HTTP server (one buffer: plugin 4.0 cannot stream)."""
+    if response.status == 301:  # Orthanc wants redirections through its own call
+        output.Redirect(response.headers["Location"])
+        return
     body = response.body if not response.streamed else b"".join(response.body)
     for name, value in response.headers.items():
         output.SetHttpHeader(name, value)
     if response.status == 200:
         output.AnswerBuffer(body, response.content_type)
+    elif response.status == 405:  # as for 301, Orthanc refuses this status through SendHttpStatus
+        output.SendMethodNotAllowed(response.headers.get("Allow", "GET"))
     elif not body:
         output.SendHttpStatusCode(response.status)
     else:
@@ -87,10 +90,9 @@ def register(orthanc) -> NasApp:
 
     orthanc.RegisterRestCallback("/nas/(.*)", make_callback(app))
     app.start_share_listener()  # a port in use is logged; the rest of the plugin works without it
-    extend = os.path.join(EXTENSION_DIR, "extend-explorer.js")
-    if os.path.exists(extend):
-        with open(extend, encoding="utf-8") as fh:
-            orthanc.ExtendOrthancExplorer(fh.read())
+    script = explorer_script()
+    if script is not None:
+        orthanc.ExtendOrthancExplorer(script)
 
     def on_change(change_type, level, resource_id):
         if change_type == orthanc.ChangeType.ORTHANC_STOPPED:

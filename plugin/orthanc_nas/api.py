@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from .errors import BadRequest, NotFound
+from .config import parse_web_connection, parse_web_settings
+from .errors import BadRequest, ConfigError, NotFound
 from .http import Request, Response, Router, json_response
+from .panel import panel_file
 from .search import SearchParams, search, series_detail
 from .shares import parse_share_request
 from .status import iso
@@ -79,3 +81,48 @@ def revoke_share(app, request: Request, share_id: str) -> Response:
     answer = app.shares.revoke(share_id)
     log.info("share %s revoked", share_id)
     return json_response(answer)
+
+
+@router.route("GET", "/nas/config")
+def get_config(app, request: Request) -> Response:
+    return json_response(app.settings.public())
+
+
+@router.route("PUT", "/nas/config")
+def put_config(app, request: Request) -> Response:
+    """Validate, save, reconnect, then test the new connection. The settings are saved even when the test
+    fails (a NAS may be down for a moment, or set up ahead of time): the answer's `test` says so."""
+    settings = parse_web_settings(request.json(), app.settings)
+    app.configure(settings)
+    return json_response({**app.settings.public(), "test": app.test_connection()})
+
+
+@router.route("POST", "/nas/config/test")
+def test_config(app, request: Request) -> Response:
+    body = request.json(required=False)
+    unknown = sorted(set(body) - {"Connection"})
+    if unknown:
+        raise ConfigError(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}",
+                          'The body is {"Connection": {...}}, or empty to test the saved connection.',
+                          field=unknown[0])
+    connection = parse_web_connection(body["Connection"], app.settings.Connection) if body else None
+    result = app.test_connection(connection)
+    return json_response(result, 200 if result["ok"] else 502)
+
+
+# Orthanc hands `/nas/app/` over as `/nas/app`, so the two cannot be told apart: both are sent on to
+# "index.html", which from `/nas/app/` is the panel and from `/nas/app` is `/nas/index.html`, sent on in
+# turn. Relative redirections keep working behind a reverse proxy that adds a prefix.
+@router.route("GET", "/nas/app")
+def panel_redirect(app, request: Request) -> Response:
+    return Response(301, b"", headers={"Location": "index.html"})
+
+
+@router.route("GET", "/nas/index.html")
+def panel_redirect_without_slash(app, request: Request) -> Response:
+    return Response(301, b"", headers={"Location": "app/index.html"})
+
+
+@router.route("GET", "/nas/app/([^/]+)")
+def get_panel_file(app, request: Request, name: str) -> Response:
+    return panel_file(name)

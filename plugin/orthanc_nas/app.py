@@ -7,9 +7,10 @@ import threading
 from dataclasses import replace
 
 from .catalog import Catalog
-from .config import Settings, load_saved_connection
+from .config import Connection, Settings, load_saved_connection, save_connection
 from .indexer import Indexer
 from .listener import ShareApp, ShareListener
+from .probe import try_source
 from .shares import ShareStore
 from .sources import Source, open_source
 from .status import IndexStatus
@@ -28,6 +29,7 @@ class NasApp:
         self.status.load(self.catalog.counts()["series"])
         self._source: Source | None = None
         self._source_lock = threading.Lock()
+        self._config_lock = threading.Lock()  # one save from the web at a time
         self.indexer = Indexer(self.catalog, self.status, self.source, lambda: self.settings.Workers,
                                parse_processes=parse_processes)
         self.shares = ShareStore(self.settings.DataDirectory)
@@ -57,6 +59,23 @@ class NasApp:
             if self._source is None:
                 self._source = open_source(self.settings.Connection, self.settings.Enumerator)
             return self._source
+
+    def configure(self, settings: Settings) -> None:
+        """Save settings made from the web to nas-config.json and use them at once; Busy while indexing runs.
+
+        Workers goes into the file only when it differs from orthanc.json's.
+        """
+        with self._config_lock, self.indexer.idle("the NAS connection cannot change while indexing runs"):
+            save_connection(settings, include_workers=settings.Workers != self.base_settings.Workers)
+            self.reconnect(settings)
+        log.info("NAS connection saved from the web: %s, %d workers", settings.Connection.describe(),
+                 settings.Workers)
+
+    def test_connection(self, connection: Connection | None = None) -> dict:
+        """List the root of `connection` (default: the one in use) through a source of its own, so the
+        test logs on afresh and leaves the sessions of indexing and downloads alone. See `probe`."""
+        connection = connection or self.settings.Connection
+        return try_source(open_source(connection, self.settings.Enumerator), close=True)
 
     def reconnect(self, settings: Settings) -> None:
         """Use new settings: the old source's sessions are dropped so new credentials take effect."""

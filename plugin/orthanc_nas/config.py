@@ -7,8 +7,10 @@ configuration error fails closed and loudly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -19,6 +21,13 @@ ENUMERATORS = ("auto", "scandir", "robocopy", "powershell")
 DEFAULT_WORKERS = 12
 MIN_WORKERS, MAX_WORKERS = 1, 64
 SAVED_CONFIG_NAME = "nas-config.json"
+SMB_REQUIRED = ("Host", "Share", "Username", "Password")
+_SMB_FIELD_HELP = {
+    "Host": "the NAS's name or IP address, e.g. nas.hospital.local or 10.0.0.12.",
+    "Share": "the name of the shared folder on the NAS, e.g. dicom (as in \\\\nas\\dicom).",
+    "Username": "an account of the NAS allowed to read the share.",
+    "Password": "the password of that account.",
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,13 @@ class Connection:
         data.pop("Password")
         data["PasswordSet"] = bool(self.Password)
         return data
+
+    def describe(self) -> str:
+        """Where the files are, for a log line: a folder, or //host:port/share/path as user (no password)."""
+        if self.Type == "local":
+            return f"folder {self.Path}"
+        user = f"{self.Domain}\\{self.Username}" if self.Domain else self.Username
+        return f"//{self.Host}:{self.Port}/{self.Share}/{self.Path.strip('/')}".rstrip("/") + f" as {user}"
 
 
 @dataclass(frozen=True)
@@ -97,16 +113,18 @@ _TOP_KEYS: dict[str, tuple[type, ...]] = {
 
 def _check_object(obj: Any, keys: dict, where: str) -> None:
     if not isinstance(obj, dict):
-        raise ConfigError(f"{where} must be a JSON object")
+        raise ConfigError(f"{where} must be a JSON object", field=where)
     for key, value in obj.items():
         if key not in keys:
             known = ", ".join(sorted(keys))
-            raise ConfigError(f"unknown setting {where}.{key}", f"Known keys of {where}: {known}.")
+            raise ConfigError(f"unknown setting {where}.{key}", f"Known keys of {where}: {known}.",
+                              field=f"{where}.{key}")
         types = keys[key]
         # JSON booleans are ints in Python: refuse them where a number is expected.
         if isinstance(value, bool) or not isinstance(value, types):
             names = " or ".join("null" if t is type(None) else _TYPE_NAMES.get(t, t.__name__) for t in types)
-            raise ConfigError(f"setting {where}.{key} must be {names}, not {json.dumps(value)[:60]}")
+            raise ConfigError(f"setting {where}.{key} must be {names}, not {json.dumps(value)[:60]}",
+                              field=f"{where}.{key}")
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object"}
@@ -117,22 +135,34 @@ def parse_connection(raw: Any, where: str = "Nas.Connection") -> Connection:
     _check_object(raw, _CONNECTION_KEYS, where)
     conn = Connection(**raw)
     if conn.Type not in CONNECTION_TYPES:
-        raise ConfigError(f"setting {where}.Type must be one of {', '.join(CONNECTION_TYPES)}, not {conn.Type!r}")
-    if conn.Type == "local" and not conn.Path:
+        raise ConfigError(f"setting {where}.Type must be one of {', '.join(CONNECTION_TYPES)}, not {conn.Type!r}",
+                          field=f"{where}.Type")
+    if conn.Type == "local" and not conn.Path.strip():
         raise ConfigError(f"setting {where}.Path is required for a local connection",
-                          "Set Path to the mounted NAS folder, e.g. /mnt/nas/dicom or \\\\nas\\dicom.")
+                          "Set Path to the mounted NAS folder, e.g. /mnt/nas/dicom or \\\\nas\\dicom.",
+                          field=f"{where}.Path")
     if conn.Type == "smb":
-        for key in ("Host", "Share", "Username", "Password"):
-            if not getattr(conn, key):
-                raise ConfigError(f"setting {where}.{key} is required for an SMB connection")
+        for key in SMB_REQUIRED:
+            value = getattr(conn, key)
+            if not (value if key == "Password" else value.strip()):
+                raise ConfigError(f"setting {where}.{key} is required for an SMB connection",
+                                  f"Fill in {key}: " + _SMB_FIELD_HELP[key], field=f"{where}.{key}")
+        for key, refused in (("Host", "/\\ "), ("Share", "/\\")):  # e.g. a UNC path typed into Host
+            if any(c in getattr(conn, key) for c in refused):
+                raise ConfigError(f"setting {where}.{key} must be a name only, not {getattr(conn, key)!r}",
+                                  "Host is the NAS's name or address (nas.hospital.local), Share the shared "
+                                  "folder's name (dicom); a folder inside the share goes into Path.",
+                                  field=f"{where}.{key}")
     if not 0 < conn.Port < 65536:
-        raise ConfigError(f"setting {where}.Port must be between 1 and 65535")
+        raise ConfigError(f"setting {where}.Port must be between 1 and 65535",
+                          "The SMB port is 445 unless the NAS was set up otherwise.", field=f"{where}.Port")
     return conn
 
 
 def parse_workers(value: Any, where: str = "Nas.Workers") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not MIN_WORKERS <= value <= MAX_WORKERS:
-        raise ConfigError(f"setting {where} must be an integer between {MIN_WORKERS} and {MAX_WORKERS}")
+        raise ConfigError(f"setting {where} must be an integer between {MIN_WORKERS} and {MAX_WORKERS}",
+                          field=where)
     return value
 
 
@@ -185,6 +215,56 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
     )
 
 
+#: what the web (PUT /nas/config) may change; the rest of the section is set in orthanc.json only
+WEB_KEYS = ("Connection", "Workers")
+_IDENTITY = ("Host", "Username", "Domain")  # who the saved password belongs to
+
+
+def parse_web_connection(raw: Any, current: Connection, where: str = "Connection") -> Connection:
+    """Validate a connection sent from the web (NAS panel, REST); ConfigError naming the field otherwise.
+
+    `PasswordSet`, which GET /nas/config adds, is ignored. A missing or empty `Password` keeps the saved
+    one, but only for the same Host, Username and Domain: a saved password is never handed to a server
+    or an account other than the one it was saved for.
+    """
+    if not isinstance(raw, dict):
+        return parse_connection(raw, where)  # refused, naming `where`
+    raw = {k: v for k, v in raw.items() if k != "PasswordSet"}
+    if not raw.get("Password") and raw.get("Type") == "smb" and current.Type == "smb" and current.Password:
+        if all(str(raw.get(k, "")).strip().lower() == getattr(current, k).strip().lower() for k in _IDENTITY):
+            raw["Password"] = current.Password
+        else:
+            raise ConfigError(f"setting {where}.Password is required: the saved password belongs to another "
+                              "host, user or domain", "Type the password of this account again.",
+                              field=f"{where}.Password")
+    return parse_connection(raw, where)
+
+
+def parse_web_settings(body: dict, current: Settings) -> Settings:
+    """Validate a `PUT /nas/config` body into the new settings; ConfigError naming the field otherwise.
+
+    The body holds `Connection` and optionally `Workers`. The section's other keys are accepted only
+    unchanged, so that the answer of GET /nas/config can be sent back as it is.
+    """
+    unknown = sorted(set(body) - set(_TOP_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}",
+                          "The body holds Connection and optionally Workers.", field=unknown[0])
+    public = current.public()
+    for key in sorted(set(body) - set(WEB_KEYS)):
+        if body[key] != public[key]:
+            raise ConfigError(f"setting {key} cannot be changed from the web",
+                              f'Change {key} in the "Nas" section of orthanc.json, then restart Orthanc.',
+                              field=key)
+    if "Connection" not in body:
+        raise ConfigError("setting Connection is required",
+                          'Send the whole connection, e.g. {"Connection": {"Type": "local", "Path": "/mnt/nas"}}.',
+                          field="Connection")
+    connection = parse_web_connection(body["Connection"], current.Connection)
+    workers = parse_workers(body["Workers"], "Workers") if "Workers" in body else None
+    return current.with_connection(connection, workers)
+
+
 def load_saved_connection(settings: Settings) -> Settings:
     """Apply `<DataDirectory>/nas-config.json` (saved from the web) over the orthanc.json connection."""
     path = os.path.join(settings.DataDirectory, SAVED_CONFIG_NAME)
@@ -204,18 +284,27 @@ def load_saved_connection(settings: Settings) -> Settings:
     return settings.with_connection(connection, workers)
 
 
-def save_connection(settings: Settings) -> None:
-    """Write the connection (and Workers) to nas-config.json atomically, mode 0600."""
+def save_connection(settings: Settings, *, include_workers: bool = True) -> None:
+    """Write the connection (and Workers) to nas-config.json atomically, mode 0600.
+
+    Without `include_workers`, Workers stays out of the file and orthanc.json's value keeps applying.
+    The password is never in a file anyone else may read, not even for a moment: the temporary file
+    is created 0600 (never reused), then renamed over the old one.
+    """
     os.makedirs(settings.DataDirectory, exist_ok=True)
     path = os.path.join(settings.DataDirectory, SAVED_CONFIG_NAME)
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
+    saved: dict[str, Any] = {"Connection": asdict(settings.Connection)}
+    if include_workers:
+        saved["Workers"] = settings.Workers
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # left by a crash: O_EXCL below must create the file anew, with our mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"Connection": asdict(settings.Connection), "Workers": settings.Workers}, fh, indent=2)
+            json.dump(saved, fh, indent=2)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -14,15 +14,21 @@ class NasError(Exception):
     kind = "internal"
     default_hint = "See Orthanc's log for details."
 
-    def __init__(self, message: str, hint: str | None = None, *, status: int | None = None):
+    def __init__(self, message: str, hint: str | None = None, *, status: int | None = None,
+                 field: str | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint if hint is not None else self.default_hint
+        self.field = field  # the setting or body field at fault (e.g. "Connection.Host"), if one is
         if status is not None:
             self.status = status
 
     def to_json(self) -> dict:
-        return {"error": self.message, "kind": self.kind, "hint": self.hint}
+        """The spec's error object; `field` is added when one field is at fault (forms mark it)."""
+        data = {"error": self.message, "kind": self.kind, "hint": self.hint}
+        if self.field:
+            data["field"] = self.field
+        return data
 
 
 class ConfigError(NasError):

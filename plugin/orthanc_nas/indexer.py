@@ -17,8 +17,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 
 from .catalog import Catalog, CatalogWriter
 from .errors import Busy, NasError, NasNetworkError
@@ -137,6 +138,15 @@ class Indexer:
             self.status.start(self._workers())
             self._thread = threading.Thread(target=self.run, args=(full,), name="nas-indexer", daemon=True)
             self._thread.start()
+
+    @contextmanager
+    def idle(self, busy_message: str) -> Iterator[None]:
+        """Run a block while no indexing runs, and keep one from starting meanwhile; Busy (409) otherwise."""
+        with self._lock:
+            if self.running:
+                raise Busy(busy_message, "Stop indexing (Stop in the NAS panel, or DELETE /nas/index) or wait "
+                                         "until it ends, then try again.")
+            yield
 
     def stop(self) -> bool:
         """Ask a running indexing to stop at the next file boundary. True if one was running."""
