@@ -33,8 +33,9 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugin"), str(REPO / "bench")]
 
-from corpus import write_corpus  # noqa: E402
 from tests.support.orthanc import OrthancServer  # noqa: E402
+
+from corpus import write_corpus  # noqa: E402
 
 PY = sys.executable
 CHILD_ENV = dict(os.environ, PYTHONPATH=f"{REPO / 'plugin'}:{REPO}")
