@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SAMPLE_NAS := var/sample-nas
 APT_RUN := orthanc orthanc-python python3-venv python3-smbc
-APT_TEST := $(APT_RUN) dcmtk samba smbclient chromium debootstrap
+APT_TEST := $(APT_RUN) dcmtk samba smbclient chromium debootstrap python3-yaml
 PYTEST_ARGS ?=
 
 # Orthanc 1.12 + Python plugin 5.0 (Debian 13 packages) run from a Debian 13 tree made once with
@@ -46,7 +46,7 @@ $(VENV)/.deps: pyproject.toml
 
 deps: $(VENV)/.deps ## install Orthanc, its Python plugin and the Python dependencies (.venv)
 
-deps-test: deps ## deps + what the tests need (dcmtk, Samba, Chromium, debootstrap)
+deps-test: deps ## deps + what the tests need (dcmtk, Samba, Chromium, debootstrap, PyYAML)
 	$(call apt_install,$(APT_TEST))
 
 orthanc-1.12: deps ## Orthanc 1.12 in the Debian 13 tree var/debian13 (made once, ~1 min) and .venv-3.13
