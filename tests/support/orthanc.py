@@ -93,7 +93,8 @@ class OrthancServer:
         # The repository and the temporary folder are always mounted; the script skips folders inside
         # those. A NAS folder elsewhere must exist when Orthanc starts to be seen.
         folders = [self.workdir]
-        path = (self.nas.get("Connection") or {}).get("Path") if isinstance(self.nas, dict) else None
+        conn = self.nas.get("Connection") if isinstance(self.nas, dict) else None
+        path = conn.get("Path") if isinstance(conn, dict) else None
         if isinstance(path, str) and os.path.isabs(path) and os.path.isdir(path):
             folders.append(Path(path))
         binds = [arg for folder in folders for arg in ("--bind", str(folder))]
