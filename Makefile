@@ -8,13 +8,25 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SAMPLE_NAS := var/sample-nas
 APT_RUN := orthanc orthanc-python python3-venv python3-smbc
-APT_TEST := $(APT_RUN) dcmtk samba smbclient chromium
+APT_TEST := $(APT_RUN) dcmtk samba smbclient chromium debootstrap python3-yaml
 PYTEST_ARGS ?=
 
-.PHONY: help deps deps-test run sample test test-unit test-integration test-e2e bench lint clean
+# Orthanc 1.12 + Python plugin 5.0 (Debian 13 packages) run from a Debian 13 tree made once with
+# debootstrap (tools/debian13.sh); its Python is 3.13, whose dependencies go to .venv-3.13 (pip --target
+# from the host: nothing is downloaded from inside the tree). plugin/nas_plugin.py picks the venv of the
+# Python it runs in.
+DEBIAN13 ?= var/debian13
+DEBIAN13_PYTHON := 3.13
+VENV_1_12 := .venv-$(DEBIAN13_PYTHON)
+SITE_1_12 := $(VENV_1_12)/lib/python$(DEBIAN13_PYTHON)/site-packages
+# The Orthancs the integration tests run against (the harness reads ORTHANC_TARGET).
+ORTHANC_TARGETS ?= 1.10 1.12
+
+.PHONY: help deps deps-test orthanc-1.12 run run-1.12 sample test test-unit test-integration test-e2e bench \
+	lint clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 define apt_install
 	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -29,13 +41,29 @@ $(VENV)/.deps: pyproject.toml
 	# system site packages: Debian's python3-smbc (libsmbclient) is used from the venv as inside Orthanc
 	$(PYTHON_SYSTEM) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $$($(PYTHON_SYSTEM) tools/deps.py runtime test)
+	$(PY) -m pip install -q -r <($(PYTHON_SYSTEM) tools/deps.py runtime test)
 	touch $@
 
 deps: $(VENV)/.deps ## install Orthanc, its Python plugin and the Python dependencies (.venv)
 
-deps-test: deps ## deps + what the tests need (dcmtk, Samba, Chromium)
+deps-test: deps ## deps + what the tests need (dcmtk, Samba, Chromium, debootstrap, PyYAML)
 	$(call apt_install,$(APT_TEST))
+
+orthanc-1.12: deps ## Orthanc 1.12 in the Debian 13 tree var/debian13 (made once, ~1 min) and .venv-3.13
+	$(call apt_install,debootstrap)
+	tools/debian13.sh build $(DEBIAN13)
+	@[ "$$(cat $(DEBIAN13)/.orthanc-nas-ready)" = $(DEBIAN13_PYTHON) ] || \
+	  { echo "the Debian 13 tree has Python $$(cat $(DEBIAN13)/.orthanc-nas-ready), not $(DEBIAN13_PYTHON)"; exit 1; }
+	@$(MAKE) --no-print-directory $(VENV_1_12)/.deps
+
+$(VENV_1_12)/.deps: pyproject.toml
+	rm -rf $(VENV_1_12)
+	$(PY) -m pip install -q --target $(SITE_1_12) --python-version $(DEBIAN13_PYTHON) --only-binary=:all: \
+	  -r <($(PYTHON_SYSTEM) tools/deps.py runtime)
+	# check that they import in the tree's Python, with Debian's python3-smbc
+	tools/debian13.sh run $(DEBIAN13) -- /usr/bin/python3 -c \
+	  'import sys; sys.path.insert(0, "$(abspath $(SITE_1_12))"); import pydicom, zipstream, waitress, smbprotocol, smbc'
+	touch $@
 
 sample: deps ## generate the sample NAS folder var/sample-nas (a few hundred synthetic DICOM files)
 	@[ -d $(SAMPLE_NAS) ] || $(PY) bench/corpus.py $(SAMPLE_NAS) --sample
@@ -44,14 +72,29 @@ run: deps sample ## start Orthanc on port 8042 with the plugin on the sample NAS
 	mkdir -p var/orthanc
 	/usr/sbin/Orthanc orthanc.json
 
-test: deps-test ## install what tests need and run the whole suite
-	$(PY) -m pytest $(PYTEST_ARGS)
+run-1.12: orthanc-1.12 sample ## the same with Orthanc 1.12 from the Debian 13 tree
+	mkdir -p var/orthanc
+	tools/debian13.sh run $(DEBIAN13) --cd $(CURDIR) -- /usr/sbin/Orthanc $(CURDIR)/orthanc.json
+
+# The integration tier once for each Orthanc of ORTHANC_TARGETS, setting `status=1` if a run fails.
+INTEGRATION_RUNS = for target in $(ORTHANC_TARGETS); do \
+	  echo "== integration tests on Orthanc $$target"; \
+	  ORTHANC_TARGET=$$target ORTHANC_DEBIAN13=$(abspath $(DEBIAN13)) \
+	    $(PY) -m pytest tests/integration $(PYTEST_ARGS) || status=1; \
+	done
+ORTHANC_1_12_IF_WANTED := $(if $(filter 1.12,$(ORTHANC_TARGETS)),orthanc-1.12)
+
+test: deps-test $(ORTHANC_1_12_IF_WANTED) ## the whole suite: unit and e2e once, integration on Orthanc 1.10 and 1.12
+	@status=0; \
+	$(PY) -m pytest --ignore=tests/integration $(PYTEST_ARGS) || status=1; \
+	$(INTEGRATION_RUNS); \
+	exit $$status
 
 test-unit: deps ## unit tests only (no Orthanc, no Samba)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: deps-test ## integration tests (real Orthanc, real smbd)
-	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+test-integration: deps-test $(ORTHANC_1_12_IF_WANTED) ## integration tests (real Orthanc, real smbd) on ORTHANC_TARGETS
+	@status=0; $(INTEGRATION_RUNS); exit $$status
 
 test-e2e: deps-test ## the NAS panel in headless Chromium
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
@@ -62,5 +105,6 @@ bench: deps-test ## benchmarks: figures and ratios against simple baselines
 lint: deps ## ruff
 	$(PY) -m ruff check plugin tests bench tools
 
-clean: ## remove the venv and generated data
-	rm -rf $(VENV) var .pytest_cache
+clean: ## remove the venvs and generated data (the Debian 13 tree too)
+	tools/debian13.sh remove $(DEBIAN13)
+	rm -rf $(VENV) $(VENV_1_12) var .pytest_cache

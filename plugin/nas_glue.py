@@ -39,14 +39,35 @@ class OrthancLogHandler(logging.Handler):
             self.orthanc.LogInfo(message)
 
 
+def can_stream(output) -> bool:
+    """Whether this Python plugin can answer in chunks (5.x has StartStreamAnswer; 4.0 only one buffer)."""
+    return hasattr(output, "StartStreamAnswer")
+
+
+def send_status(output, status: int, body: bytes) -> None:
+    """An answer other than 200 with a body.
+
+    Plugin 5.x takes `(status, body)`; 4.0 takes `(status, body as str, length)` and refuses bytes.
+    Each refuses the other's form with a TypeError before anything is sent, so the first that fits wins.
+    """
+    try:
+        output.SendHttpStatus(status, body)
+    except TypeError:
+        text = body.decode("utf-8")
+        output.SendHttpStatus(status, text, len(body))
+
+
 def send(output, response: Response) -> None:
-    """Answer through Orthanc's HTTP server (one buffer: plugin 4.0 cannot stream)."""
+    """Answer through Orthanc's HTTP server: a streamed 200 in chunks where the plugin can, else one buffer."""
     if response.status == 301:  # Orthanc wants redirections through its own call
         output.Redirect(response.headers["Location"])
         return
-    body = response.body if not response.streamed else b"".join(response.body)
     for name, value in response.headers.items():
         output.SetHttpHeader(name, value)
+    if response.status == 200 and response.streamed and can_stream(output):
+        stream(output, response)
+        return
+    body = response.body if not response.streamed else b"".join(response.body)
     if response.status == 200:
         output.AnswerBuffer(body, response.content_type)
     elif response.status == 405:  # as for 301, Orthanc refuses this status through SendHttpStatus
@@ -55,9 +76,25 @@ def send(output, response: Response) -> None:
         output.SendHttpStatusCode(response.status)
     else:
         output.SetHttpHeader("Content-Type", response.content_type)
-        # Plugin 4.0 takes the body as str, with its length.
-        text = body.decode("utf-8")
-        output.SendHttpStatus(response.status, text, len(text.encode("utf-8")))
+        send_status(output, response.status, body)
+
+
+def stream(output, response: Response) -> None:
+    """Send the body chunk by chunk. Once the first chunk is out, the status can no longer change: a
+    failure then is logged and the answer ends short (the connection closes without a complete body)."""
+    output.StartStreamAnswer(response.content_type)
+    sent = 0
+    try:
+        for chunk in response.body:
+            if chunk:
+                output.SendStreamChunk(chunk)
+                sent += len(chunk)
+    except Exception:
+        log.exception("streaming an answer failed after %d bytes", sent)
+    finally:
+        close = getattr(response.body, "close", None)
+        if close is not None:
+            close()
 
 
 def make_callback(app: NasApp):

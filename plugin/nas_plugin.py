@@ -10,7 +10,9 @@ import os
 import sys
 
 _here = os.path.dirname(os.path.abspath(__file__))
-_venv = glob.glob(os.path.join(_here, os.pardir, ".venv", "lib",
+# `.venv` holds the dependencies for the host's Python (`make deps`), `.venv-3.13` those for the Python
+# 3.13 of Orthanc 1.12 in the Debian 13 tree (`make orthanc-1.12`): each Python takes its own version's.
+_venv = glob.glob(os.path.join(_here, os.pardir, ".venv*", "lib",
                                f"python{sys.version_info.major}.{sys.version_info.minor}", "site-packages"))
 for _path in [_here, *_venv]:
     if _path not in sys.path:

@@ -1,4 +1,4 @@
-"""Print the Python dependencies named in pyproject.toml, for pip: `deps.py runtime test`."""
+"""Print the Python dependencies named in pyproject.toml, one a line, for `pip install -r`: `deps.py runtime test`."""
 
 import sys
 import tomllib
@@ -9,4 +9,4 @@ wanted = sys.argv[1:] or ["runtime"]
 deps = list(project["dependencies"]) if "runtime" in wanted else []
 for extra in wanted:
     deps += project.get("optional-dependencies", {}).get(extra, [])
-print(" ".join(deps))
+print("\n".join(deps))

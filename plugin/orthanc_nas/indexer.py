@@ -39,6 +39,7 @@ RETRIES = 3
 BACKOFF = 0.5  # seconds before the first retry; doubled each time
 NAS_GONE_AFTER = 60.0  # seconds without any successful read while reads keep failing on the network
 SLOW_READ_SECONDS = 0.05  # mean head read time above which a local mount is suggested
+FINISHING_WAIT = 10.0  # seconds a new start waits for a run whose status has ended to let go
 
 
 class NasGone(NasNetworkError):
@@ -132,6 +133,10 @@ class Indexer:
 
     def start(self, full: bool = False) -> None:
         with self._lock:
+            if self.running and not self.status.running:
+                # The status already says the run ended (a client may start the next one) while its
+                # thread still closes the catalog: that takes moments, wait for it.
+                self._thread.join(FINISHING_WAIT)
             if self.running:
                 raise Busy("indexing is already running")
             self._stop.clear()

@@ -3,6 +3,12 @@
 Used by the integration and e2e tests and by the benchmarks. Importable
 without pytest. `OrthancServer(workdir, nas={...})` writes an orthanc.json,
 starts `Orthanc` and polls `GET /system` until it answers.
+
+`ORTHANC_TARGET` chooses the Orthanc: `1.10` (default) is the host's, from
+Debian 12 packages; `1.12` is Debian 13's, run by `tools/debian13.sh` inside
+the tree that `make orthanc-1.12` makes (`var/debian13`, or `ORTHANC_DEBIAN13`),
+with the repository, the temporary folder and the server's folders mounted at
+the same paths, so tests see no difference.
 """
 
 from __future__ import annotations
@@ -19,7 +25,14 @@ import requests
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN_SCRIPT = REPO / "plugin" / "nas_plugin.py"
-ORTHANC_BINARY = os.environ.get("ORTHANC_BINARY", "/usr/sbin/Orthanc")
+TARGETS = ("1.10", "1.12")
+TARGET = os.environ.get("ORTHANC_TARGET") or "1.10"
+if TARGET not in TARGETS:
+    raise ValueError(f"ORTHANC_TARGET must be one of {', '.join(TARGETS)}, not {TARGET!r}")
+DEBIAN13 = Path(os.environ.get("ORTHANC_DEBIAN13") or REPO / "var" / "debian13").resolve()
+DEBIAN13_RUN = REPO / "tools" / "debian13.sh"
+# Inside the Debian 13 tree, Orthanc and its plugin sit where Debian puts them.
+ORTHANC_BINARY = os.environ.get("ORTHANC_BINARY", "/usr/sbin/Orthanc") if TARGET == "1.10" else "/usr/sbin/Orthanc"
 PYTHON_PLUGIN = os.environ.get("ORTHANC_PYTHON_PLUGIN", "/usr/share/orthanc/plugins/libOrthancPython.so")
 USER, PASSWORD = "nasadmin", "nas-test-password"
 
@@ -72,10 +85,25 @@ class OrthancServer:
     def write_config(self) -> None:
         self.config_path.write_text(json.dumps(self.config(), indent=2))
 
+    def command(self) -> list[str]:
+        """The command line that starts this Orthanc (the same PID as Orthanc's, for signals)."""
+        orthanc = [ORTHANC_BINARY, "--verbose", str(self.config_path)]
+        if TARGET == "1.10":
+            return orthanc
+        # The repository and the temporary folder are always mounted; the script skips folders inside
+        # those. A NAS folder elsewhere must exist when Orthanc starts to be seen.
+        folders = [self.workdir]
+        conn = self.nas.get("Connection") if isinstance(self.nas, dict) else None
+        path = conn.get("Path") if isinstance(conn, dict) else None
+        if isinstance(path, str) and os.path.isabs(path) and os.path.isdir(path):
+            folders.append(Path(path))
+        binds = [arg for folder in folders for arg in ("--bind", str(folder))]
+        return [str(DEBIAN13_RUN), "run", str(DEBIAN13), *binds, "--cd", str(self.workdir), "--", *orthanc]
+
     def start(self, timeout: float = 30, expect_failure: bool = False) -> OrthancServer:
         self.write_config()
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([ORTHANC_BINARY, "--verbose", str(self.config_path)], cwd=self.workdir,
+        self.proc = subprocess.Popen(self.command(), cwd=self.workdir,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         if expect_failure:

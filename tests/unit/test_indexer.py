@@ -172,3 +172,22 @@ def test_a_second_start_while_running_is_busy(tmp_path, nas):
         ix.start()
     ix.stop()
     ix.wait(30)
+
+
+def test_a_start_right_after_the_status_says_done_is_not_busy(tmp_path, nas, monkeypatch):
+    """The status ends a run before its thread has closed the catalog: a client polling the status
+    and starting the next run at once must not be told the indexing is busy."""
+    ix, _ = make(tmp_path, nas)
+    closing = threading.Event()
+    close = indexer_mod.CatalogWriter.close
+
+    def slow_close(writer):
+        closing.set()
+        time.sleep(0.5)
+        close(writer)
+
+    monkeypatch.setattr(indexer_mod.CatalogWriter, "close", slow_close)
+    ix.start()
+    assert closing.wait(30) and not ix.status.running
+    ix.start()  # no Busy
+    assert ix.wait(30) and ix.status.phase == "done"

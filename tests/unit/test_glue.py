@@ -1,0 +1,89 @@
+"""nas_glue.send against stand-ins with the call forms measured on each Python plugin.
+
+Plugin 4.0 (Orthanc 1.10, Debian 12): `SendHttpStatus(status, str, length)`, no streaming.
+Plugin 5.0 (Orthanc 1.12, Debian 13): `SendHttpStatus(status, body)`, `StartStreamAnswer`/`SendStreamChunk`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import nas_glue
+from orthanc_nas.http import Response, json_response
+
+
+class Output40:
+    def __init__(self):
+        self.calls = []
+
+    def SetHttpHeader(self, name, value):
+        self.calls.append(("header", name, value))
+
+    def AnswerBuffer(self, body, mime):
+        self.calls.append(("buffer", bytes(body), mime))
+
+    def SendHttpStatusCode(self, status):
+        self.calls.append(("code", status))
+
+    def SendHttpStatus(self, *args):
+        if len(args) != 3 or not isinstance(args[1], str):
+            raise TypeError("Bad types for the arguments (3 arguments expected)")
+        self.calls.append(("status", args[0], args[1].encode(), args[2]))
+
+
+class Output50(Output40):
+    def SendHttpStatus(self, *args):
+        if len(args) != 2:
+            raise TypeError("Bad types for the arguments (2 arguments expected)")
+        body = args[1].encode() if isinstance(args[1], str) else bytes(args[1])
+        self.calls.append(("status", args[0], body, len(body)))
+
+    def StartStreamAnswer(self, mime):
+        self.calls.append(("stream", mime))
+
+    def SendStreamChunk(self, chunk):
+        self.calls.append(("chunk", bytes(chunk)))
+
+
+@pytest.mark.parametrize("output", [Output40(), Output50()], ids=["plugin-4.0", "plugin-5.0"])
+def test_an_error_answer_keeps_its_status_body_and_type(output):
+    nas_glue.send(output, json_response({"error": "gone", "kind": "not_found", "hint": "é"}, 404))
+    assert ("header", "Content-Type", "application/json; charset=utf-8") in output.calls
+    status = [c for c in output.calls if c[0] == "status"]
+    body = '{"error": "gone", "kind": "not_found", "hint": "é"}'.encode()
+    assert status == [("status", 404, body, len(body))]
+
+
+def test_a_stream_is_streamed_where_the_plugin_can():
+    output = Output50()
+    closed = []
+
+    def body():
+        try:
+            yield b"ab"
+            yield b""
+            yield b"cd"
+        finally:
+            closed.append(True)
+
+    nas_glue.send(output, Response(200, body(), "application/zip", {"Content-Disposition": "attachment"}))
+    assert output.calls == [("header", "Content-Disposition", "attachment"), ("stream", "application/zip"),
+                            ("chunk", b"ab"), ("chunk", b"cd")]
+    assert closed
+
+
+def test_a_stream_is_one_buffer_where_the_plugin_cannot():
+    output = Output40()
+    nas_glue.send(output, Response(200, iter([b"ab", b"cd"]), "application/zip"))
+    assert output.calls == [("buffer", b"abcd", "application/zip")]
+
+
+def test_a_stream_failing_midway_ends_short_and_is_closed():
+    output = Output50()
+
+    def body():
+        yield b"ab"
+        raise OSError("NAS gone")
+
+    nas_glue.send(output, Response(200, body(), "application/zip"))  # logged, not raised
+    assert output.calls[-1] == ("chunk", b"ab")
