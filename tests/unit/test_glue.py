@@ -25,6 +25,12 @@ class Output40:
     def SendHttpStatusCode(self, status):
         self.calls.append(("code", status))
 
+    def Redirect(self, location):
+        self.calls.append(("redirect", location))
+
+    def SendMethodNotAllowed(self, allowed):
+        self.calls.append(("not allowed", allowed))
+
     def SendHttpStatus(self, *args):
         if len(args) != 3 or not isinstance(args[1], str):
             raise TypeError("Bad types for the arguments (3 arguments expected)")
@@ -87,3 +93,12 @@ def test_a_stream_failing_midway_ends_short_and_is_closed():
 
     nas_glue.send(output, Response(200, body(), "application/zip"))  # logged, not raised
     assert output.calls[-1] == ("chunk", b"ab")
+
+
+@pytest.mark.parametrize("output", [Output40(), Output50()], ids=["plugin-4.0", "plugin-5.0"])
+def test_redirections_and_405_go_through_their_own_calls(output):
+    """Orthanc refuses 301 and 405 through SendHttpStatus ("use the dedicated methods")."""
+    nas_glue.send(output, Response(301, b"", headers={"Location": "index.html"}))
+    nas_glue.send(output, json_response({"error": "no"}, 405, {"Allow": "GET, PUT"}))
+    assert ("redirect", "index.html") in output.calls and ("not allowed", "GET, PUT") in output.calls
+    assert not [c for c in output.calls if c[0] == "status"]
