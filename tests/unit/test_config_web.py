@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from tests.support.web_settings import BODY_RULES, CONNECTION_RULES, IDENTITY_CHANGES, SAVED
 
 from orthanc_nas.config import (
     Connection,
@@ -21,7 +22,7 @@ from orthanc_nas.config import (
 from orthanc_nas.errors import ConfigError, NasAuthError
 from orthanc_nas.probe import try_source
 
-SMB = {"Type": "smb", "Host": "nas.example", "Share": "dicom", "Username": "reader", "Password": "s3cret"}
+SMB = SAVED
 
 
 @pytest.fixture
@@ -36,41 +37,14 @@ def refused(body, current) -> ConfigError:
     return info.value
 
 
-@pytest.mark.parametrize("connection, field", [
-    ({"Type": "smb", "Share": "d", "Username": "u", "Password": "p"}, "Connection.Host"),
-    ({"Type": "smb", "Host": "h", "Username": "u", "Password": "p"}, "Connection.Share"),
-    ({"Type": "smb", "Host": "h", "Share": "d", "Password": "p"}, "Connection.Username"),
-    ({"Type": "smb", "Host": "h", "Share": "d", "Username": "   ", "Password": "p"}, "Connection.Username"),
-    ({"Type": "smb", "Host": "other", "Share": "d", "Username": "u"}, "Connection.Password"),
-    ({"Type": "smb", "Host": "\\\\nas\\dicom", "Share": "d", "Username": "u", "Password": "p"}, "Connection.Host"),
-    ({"Type": "smb", "Host": "nas", "Share": "dicom/ct", "Username": "u", "Password": "p"}, "Connection.Share"),
-    ({"Type": "smb", "Host": "h", "Share": "d", "Username": "u", "Password": "p", "Port": 0}, "Connection.Port"),
-    ({"Type": "smb", "Host": "h", "Share": "d", "Username": "u", "Password": "p", "Port": "445"}, "Connection.Port"),
-    ({"Type": "local"}, "Connection.Path"),
-    ({"Type": "local", "Path": "  "}, "Connection.Path"),
-    ({"Type": "nfs", "Path": "/x"}, "Connection.Type"),
-    ({"Type": "local", "Path": "/x", "Prot": 1}, "Connection.Prot"),
-    ({"Type": "local", "Path": 3}, "Connection.Path"),
-    ("local", "Connection"),
-])
+@pytest.mark.parametrize("connection, field", CONNECTION_RULES)
 def test_each_connection_rule_names_its_field(connection, field, current):
     err = refused({"Connection": connection}, current)
     assert err.field == field and field in err.message
     assert err.to_json()["field"] == field and err.hint
 
 
-@pytest.mark.parametrize("body, field, words", [
-    ({}, "Connection", "required"),
-    ({"Workers": 4}, "Connection", "required"),
-    ({"Connection": {"Type": "local", "Path": "/x"}, "Workers": 0}, "Workers", "between 1 and 64"),
-    ({"Connection": {"Type": "local", "Path": "/x"}, "Workers": "8"}, "Workers", "between 1 and 64"),
-    ({"Connection": {"Type": "local", "Path": "/x"}, "Workers": True}, "Workers", "between 1 and 64"),
-    ({"Connection": {"Type": "local", "Path": "/x"}, "Nope": 1, "Also": 2}, "Also", "unknown settings Also, Nope"),
-    ({"Connection": {"Type": "local", "Path": "/x"}, "DataDirectory": "/elsewhere"}, "DataDirectory",
-     "cannot be changed from the web"),
-    ({"Connection": {"Type": "local", "Path": "/x"}, "MaxShareHours": 1}, "MaxShareHours",
-     "cannot be changed from the web"),
-])
+@pytest.mark.parametrize("body, field, words", BODY_RULES)
 def test_each_body_rule_names_its_field(body, field, words, current):
     err = refused(body, current)
     assert err.field == field and words in err.message
@@ -95,7 +69,7 @@ def test_a_missing_password_keeps_the_saved_one_for_the_same_server_and_account(
     assert typed.Password == "new one"
 
 
-@pytest.mark.parametrize("change", [{"Host": "attacker.example"}, {"Username": "admin"}, {"Domain": "OTHER"}])
+@pytest.mark.parametrize("change", IDENTITY_CHANGES)
 def test_the_saved_password_never_goes_to_another_server_or_account(change, current):
     raw = {**{k: v for k, v in SMB.items() if k != "Password"}, **change}
     with pytest.raises(ConfigError) as info:
