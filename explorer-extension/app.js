@@ -258,6 +258,9 @@
     if (result.ok) {
       showMessage(box, 'success', savedText || 'Connection works.',
                   'The NAS answered in ' + number(result.elapsed_ms) + ' ms.');
+      if (savedText) {
+        box.appendChild(el('a', { className: 'next', href: '#indexing', text: 'Next: index the NAS ›' }));
+      }
       showListing(result, '');
       return;
     }
@@ -321,6 +324,7 @@
     if (s.phase === 'done' && s.finished_at) { phase = 'Indexing finished at ' + localTime(s.finished_at) + '.'; }
     if (running && s.started_at) { phase += ' Started at ' + localTime(s.started_at) + '.'; }
     setText('phase', phase);
+    $('go-search').hidden = s.phase !== 'done';
 
     var progress = $('progress');
     progress.classList.toggle('failed', s.phase === 'failed');
@@ -603,6 +607,7 @@
     $('share-label').value = suggestedLabel(rows);
     $('share-form').hidden = false;
     $('share-result').hidden = true;
+    $('share-url').value = '';
     $('share-create').disabled = false;
     hide($('share-message'));
     $('share-dialog').showModal();
