@@ -166,12 +166,14 @@
     return TITLES[err.kind] || TITLES.internal;
   }
 
+  function sentence(text) { return text ? text.charAt(0).toUpperCase() + text.slice(1) : text; }
+
   function showError(box, err) {
     if (!(err instanceof ApiError)) {  // a bug of this page: say so rather than fail silently
       window.console.error(err);
       err = new ApiError(0, { error: String(err), hint: 'Reload the page; if it happens again, tell your administrator.' });
     }
-    return showMessage(box, 'error', errorTitle(err), err.error, err.hint);
+    return showMessage(box, 'error', errorTitle(err), sentence(err.error), err.hint);
   }
 
   function hide(box) { box.hidden = true; clear(box); }
@@ -230,13 +232,20 @@
     return c;
   }
 
-  function markField(field) {
+  /** Mark the input of a refused field, and name it in the error as the form does ("setting
+   *  Connection.Host is required" becomes "NAS host is required"). */
+  function markField(err) {
     form.querySelectorAll('.invalid').forEach(function (input) { input.classList.remove('invalid'); });
-    if (!field) { return; }
-    var name = field.split('.').pop();
+    if (!err.field) { return err; }
+    var name = err.field.split('.').pop();
     var input = Array.prototype.filter.call(form.querySelectorAll('[data-field="' + name + '"]'),
                                             function (node) { return node.offsetParent !== null; })[0];
-    if (input) { input.classList.add('invalid'); input.focus(); }
+    if (!input) { return err; }
+    input.classList.add('invalid');
+    input.focus();
+    var label = form.querySelector('label[for="' + input.id + '"]');
+    if (label) { err.error = err.error.replace('setting ' + err.field, '“' + label.textContent + '”'); }
+    return err;
   }
 
   function showListing(result, intro) {
@@ -274,7 +283,7 @@
   }
 
   $('test-connection').addEventListener('click', function () {
-    markField(null);
+    markField({});
     hide($('connection-message'));
     $('connection-listing').hidden = true;
     setConnectionBusy('Testing… (this can take up to 30 seconds if the NAS does not answer)');
@@ -282,14 +291,13 @@
       connectionDone(answer.data);
     }, function (err) {
       if (err.status === 502 && err.result && err.result.ok === false) { connectionDone(err.result); return; }
-      markField(err.field);
-      showError($('connection-message'), err);
+      showError($('connection-message'), markField(err));
     }).then(function () { setConnectionBusy(''); });
   });
 
   form.addEventListener('submit', function (event) {
     event.preventDefault();
-    markField(null);
+    markField({});
     hide($('connection-message'));
     $('connection-listing').hidden = true;
     var body = { Connection: readConnection() };
@@ -303,8 +311,7 @@
       fillConnection(state.settings);
       connectionDone(test, 'Saved.');
     }, function (err) {
-      markField(err.field);
-      showError($('connection-message'), err);
+      showError($('connection-message'), markField(err));
     }).then(function () { setConnectionBusy(''); });
   });
 
