@@ -24,6 +24,7 @@ timeout, ECONNABORTED for a dropped connection, EACCES, ENOENT, ...).
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import tempfile
 import threading
@@ -31,6 +32,8 @@ import urllib.parse
 from contextlib import nullcontext
 from ctypes import CFUNCTYPE, POINTER, c_char_p, c_int, c_size_t, c_ssize_t, c_uint, c_uint16, c_void_p
 from typing import NamedTuple
+
+log = logging.getLogger(__name__)
 
 FILE_ATTRIBUTE_DIRECTORY = 0x10
 
@@ -66,6 +69,7 @@ _READDIRPLUS = CFUNCTYPE(POINTER(_FileInfo), c_void_p, c_void_p, use_errno=True)
 _CLOSE = CFUNCTYPE(c_int, c_void_p, c_void_p, use_errno=True)  # closedir has the same shape
 _OPEN = CFUNCTYPE(c_void_p, c_void_p, c_char_p, c_int, c_uint, use_errno=True)
 _READ = CFUNCTYPE(c_ssize_t, c_void_p, c_void_p, c_void_p, c_size_t, use_errno=True)
+_LOG = CFUNCTYPE(None, c_void_p, c_int, c_char_p)
 _GET_CACHED = CFUNCTYPE(c_void_p, c_void_p, c_char_p, c_char_p, c_char_p, c_char_p)
 _AUTH = CFUNCTYPE(None, c_void_p, c_char_p, c_char_p, c_void_p, c_int, c_void_p, c_int, c_void_p, c_int)
 
@@ -74,6 +78,7 @@ _load_lock = threading.Lock()
 #: False when the library's state could not be made per-thread: every call then takes `_serial`
 THREAD_SAFE = True
 _serial = threading.Lock()
+_create_lock = threading.Lock()
 
 # struct smb_thread_functions (lib/util/smb_threads.h): mutexes and thread-local storage
 _CREATE = CFUNCTYPE(c_int, c_char_p, POINTER(c_void_p), c_char_p)  # create_mutex and create_tls
@@ -169,22 +174,32 @@ def load() -> ctypes.CDLL:
         lib.smbc_init_context.argtypes = [c_void_p]
         lib.smbc_free_context.argtypes = [c_void_p, c_int]
         lib.smbc_setConfiguration.argtypes = [c_void_p, c_char_p]
+        lib.smbc_setLogCallback.argtypes = [c_void_p, c_void_p, _LOG]
         for name in ("Opendir", "ReaddirPlus", "Closedir", "Open", "Read", "Close", "GetCachedServer"):
             fn = getattr(lib, f"smbc_getFunction{name}")
             fn.restype, fn.argtypes = c_void_p, [c_void_p]
-        # The configuration is global to the library; the first context runs its one-time set-up
-        # (which reads the default smb.conf), then ours replaces it, before any connection exists.
-        first: list[int] = []
-        THREAD_SAFE = _install_thread_hooks(lambda: first.append(lib.smbc_new_context()))
+        # The library's global set-up (smb.conf, charsets, debug) happens with its first context and
+        # is torn down whenever the count of initialised contexts falls back to zero -- e.g. when
+        # the last pooled connection is dropped -- under the feet of any thread still using it,
+        # and then reloaded from the machine's smb.conf. An anchor context, initialised and never
+        # freed, keeps it alive; ours replaces the default configuration before anything connects.
+        created: list[int] = []
+        THREAD_SAFE = _install_thread_hooks(lambda: created.append(lib.smbc_new_context()))
+        anchor = created[0]
         fd, path = tempfile.mkstemp(prefix="orthanc-nas-smbclient-", suffix=".conf")
-        ctx0 = first[0] if first else lib.smbc_new_context()
         try:
             with os.fdopen(fd, "w") as fh:
                 fh.write(CLIENT_CONF)
-            lib.smbc_setConfiguration(ctx0, path.encode())
+            lib.smbc_setConfiguration(anchor, path.encode())
         finally:
             os.unlink(path)
-            lib.smbc_free_context(ctx0, 1)
+        if not lib.smbc_init_context(anchor):
+            raise OSError(ctypes.get_errno(), "libsmbclient: smbc_init_context failed")
+        # The library's own messages (level 0: errors only) go to the log, not to Orthanc's stdout.
+        forward = _LOG(lambda _p, level, msg: log.warning("libsmbclient: %s",
+                                                          msg.decode("utf-8", "replace").strip()))
+        lib.smbc_setLogCallback(anchor, None, forward)
+        _hooks.extend((anchor, forward))
         _warm_up_gensec()
         _lib = lib
         return lib
@@ -241,7 +256,9 @@ class Context:
             _fill(pw, pwlen, secret)
 
         self._auth = _AUTH(auth)  # kept referenced: libsmbclient calls it at each connection
-        with _exclusive():
+        # Creating a context rewrites global settings (smbc_new_context sets the process-wide
+        # log level): one at a time. It does not touch the network, so the lock is never held long.
+        with _create_lock if THREAD_SAFE else _serial:
             ctx = lib.smbc_new_context()
             if not ctx:
                 raise MemoryError("smbc_new_context failed")

@@ -130,8 +130,9 @@ class SmbSource:
             reason = exc.strerror or str(exc)
             if code == errno.ETIMEDOUT:
                 reason = f"no answer within {self.timeout:g} s"
-            elif code == errno.EINVAL and not _resolves(c.Host):
-                reason = "the host name does not resolve"
+            elif code == errno.EINVAL:
+                reason = ("the host name does not resolve" if not _resolves(c.Host)
+                          else "the connection could not be set up; is it an SMB2/3 server?")
             return NasNetworkError(f"cannot reach the NAS {c.Host}:{c.Port} ({reason}) for {what}",
                                    "Check that the NAS is on and reachable from this server (host name, port "
                                    f"{c.Port}, firewall). {self._mount_hint()}")
