@@ -111,8 +111,9 @@ def test_unreadable_file_and_folder_are_permission_errors(smb_source, locked):
     assert smb_source.read_head("flat/IM 0001.dcm", 4) == b"\0\0\0\0"  # the connection is still fine
 
 
-def test_silent_server_fails_within_30_seconds(smb_connection):
-    with SilentListener() as silent:
+@pytest.mark.parametrize("drop_syn", [False, True], ids=["silent", "unreachable"])
+def test_silent_or_unreachable_server_fails_within_30_seconds(smb_connection, drop_syn):
+    with SilentListener(drop_syn=drop_syn) as silent:
         source = SmbSource(replace(smb_connection, Port=silent.port))  # production timeouts
         started = time.monotonic()
         with pytest.raises(NasNetworkError) as info:

@@ -7,7 +7,8 @@ process group, which would otherwise be the test runner's. Signals for pause,
 resume and kill go to that whole group, so the per-connection children (the
 processes that actually answer a client) are frozen or killed too.
 
-`SilentListener` accepts TCP connections and never answers: a NAS that hangs.
+`SilentListener` accepts TCP connections and never answers: a NAS that hangs (or, with
+`drop_syn=True`, one that never answers the TCP handshake: an unreachable host).
 """
 
 from __future__ import annotations
@@ -101,7 +102,14 @@ class SambaServer:
 
     # -- life cycle -------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> SambaServer:
-        """Start smbd and wait until it lists the share."""
+        """Start smbd and wait until it lists the share.
+
+        The lock directory (share modes, open handles: volatile state) starts empty, as after a
+        NAS reboot; entries left by a killed smbd otherwise trip smbd 4.17's own assertions.
+        """
+        lock_dir = os.path.join(self.dir, "lock")
+        shutil.rmtree(lock_dir, ignore_errors=True)
+        os.makedirs(lock_dir)
         self.proc = subprocess.Popen(
             ["smbd", "-s", self.conf, "--foreground", "--no-process-group"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -196,17 +204,34 @@ def make_share_dir(prefix: str = "nas-share-") -> str:
 
 
 class SilentListener:
-    """Accepts TCP connections on a free loopback port and never answers (a hung NAS)."""
+    """A TCP port on loopback where the NAS hangs.
 
-    def __init__(self):
+    By default it accepts connections and never answers (a frozen server). With
+    `drop_syn=True` it never even completes the TCP handshake: its accept queue is
+    kept full, so the kernel drops new SYNs, as for an unreachable host.
+    """
+
+    def __init__(self, drop_syn: bool = False):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self._conns: list[socket.socket] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, name="silent-listener", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if drop_syn:
+            self.sock.listen(0)
+            for _ in range(3):  # fill the accept queue; nobody accepts
+                filler = socket.socket()
+                filler.setblocking(False)
+                try:
+                    filler.connect(("127.0.0.1", self.port))
+                except BlockingIOError:
+                    pass
+                self._conns.append(filler)
+        else:
+            self.sock.listen(64)
+            self._thread = threading.Thread(target=self._accept, name="silent-listener", daemon=True)
+            self._thread.start()
 
     def _accept(self) -> None:
         self.sock.settimeout(0.2)
@@ -221,7 +246,8 @@ class SilentListener:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(2)
+        if self._thread is not None:
+            self._thread.join(2)
         for conn in self._conns:
             conn.close()
         self.sock.close()

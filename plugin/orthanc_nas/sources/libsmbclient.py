@@ -15,7 +15,7 @@ its talloc stack frames in one global unless thread functions are registered
 with `smb_thread_set_functions` (its own `smbc_thread_posix` is not exported),
 and without them 16 threads with a context each abort the process within
 seconds ("Bad talloc magic value") -- python3-smbc included. `load()` registers
-pthread-based functions; see `_install_thread_hooks`.
+pthread-based functions: see `samba_threads.py`.
 Errors are raised as `OSError` whose errno is libsmbclient's own mapping of the
 server's NTSTATUS (ETIMEDOUT for a request that got no answer within the
 timeout, ECONNABORTED for a dropped connection, EACCES, ENOENT, ...).
@@ -32,6 +32,8 @@ import urllib.parse
 from contextlib import nullcontext
 from ctypes import CFUNCTYPE, POINTER, c_char_p, c_int, c_size_t, c_ssize_t, c_uint, c_uint16, c_void_p
 from typing import NamedTuple
+
+from . import samba_threads
 
 log = logging.getLogger(__name__)
 
@@ -79,80 +81,7 @@ _load_lock = threading.Lock()
 THREAD_SAFE = True
 _serial = threading.Lock()
 _create_lock = threading.Lock()
-
-# struct smb_thread_functions (lib/util/smb_threads.h): mutexes and thread-local storage
-_CREATE = CFUNCTYPE(c_int, c_char_p, POINTER(c_void_p), c_char_p)  # create_mutex and create_tls
-_DESTROY = CFUNCTYPE(None, c_void_p, c_char_p)
-_LOCK = CFUNCTYPE(c_int, c_void_p, c_int, c_char_p)
-_GET_TLS = CFUNCTYPE(c_void_p, c_void_p, c_char_p)
-
-
-class _ThreadFunctions(ctypes.Structure):
-    _fields_ = [("create_mutex", _CREATE), ("destroy_mutex", _DESTROY), ("lock_mutex", _LOCK),
-                ("create_tls", _CREATE), ("destroy_tls", _DESTROY), ("set_tls", c_void_p), ("get_tls", c_void_p)]
-
-
-_hooks: list = []  # structures, callbacks and mutexes handed to the library: they must live forever
-
-
-def _install_thread_hooks(boot) -> bool:
-    """Give Samba pthread mutexes and thread-local storage; True if its stack frames are now per thread.
-
-    The hot path (get_tls/set_tls, at every talloc_tos()) must not call back into Python, which
-    would take the GIL thousands of times per second: it goes straight to pthread_getspecific and
-    pthread_setspecific, with the key number itself as Samba's opaque key handle (the extra
-    `location` argument is ignored by the C calling convention). The rare calls -- creating a
-    mutex or the key, locking the mutex of smb_thread_once -- are Python callbacks. Samba asks
-    for its key only after a first get_tls on a not-yet-created (NULL) key, and key 0 may belong
-    to someone else (CPython's thread state): during `boot()` a Python get_tls answers NULL for
-    it, then the native table replaces it.
-    """
-    try:
-        util = ctypes.CDLL("libsamba-util.so.0")
-        set_functions = util.smb_thread_set_functions
-    except (OSError, AttributeError):
-        return True  # a Samba without the hook keeps its stack frames per thread by itself
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.pthread_mutex_init.argtypes = libc.pthread_mutex_lock.argtypes = [c_void_p]
-    libc.pthread_mutex_unlock.argtypes = [c_void_p]
-    libc.pthread_key_create.argtypes = [POINTER(c_uint), c_void_p]
-    libc.pthread_getspecific.argtypes, libc.pthread_getspecific.restype = [c_uint], c_void_p
-    keys: list[int] = []
-
-    def create_mutex(_name, pplock, _location):
-        mutex = ctypes.create_string_buffer(64)  # >= sizeof(pthread_mutex_t) on every Linux ABI
-        libc.pthread_mutex_init(mutex, None)
-        _hooks.append(mutex)
-        pplock[0] = ctypes.addressof(mutex)
-        return 0
-
-    def lock_mutex(plock, lock_type, _location):  # 1 = lock, 2 = unlock
-        return libc.pthread_mutex_lock(plock) if lock_type == 1 else libc.pthread_mutex_unlock(plock)
-
-    def create_tls(_name, ppkey, _location):
-        key = c_uint()
-        err = libc.pthread_key_create(ctypes.byref(key), None)
-        if not err:
-            keys.append(key.value)
-            ppkey[0] = key.value
-        return err
-
-    def boot_get_tls(pkey, _location):
-        return libc.pthread_getspecific(pkey) if keys else None
-
-    def table(get_tls) -> _ThreadFunctions:
-        t = _ThreadFunctions(_CREATE(create_mutex), _DESTROY(lambda *_: None), _LOCK(lock_mutex),
-                             _CREATE(create_tls), _DESTROY(lambda *_: None),
-                             ctypes.cast(libc.pthread_setspecific, c_void_p), get_tls)
-        _hooks.append(t)
-        return t
-
-    boot_get = _GET_TLS(boot_get_tls)
-    _hooks.append(boot_get)
-    set_functions(ctypes.byref(table(ctypes.cast(boot_get, c_void_p))))
-    boot()  # the library's first stack frame: Samba creates its key through create_tls
-    set_functions(ctypes.byref(table(ctypes.cast(libc.pthread_getspecific, c_void_p))))
-    return len(keys) == 1  # no key: Samba was used in this process before, its frames stay global
+_keep: list = []  # objects handed to the library for good: they must never be collected
 
 
 class LibraryMissing(ImportError):
@@ -184,8 +113,8 @@ def load() -> ctypes.CDLL:
         # and then reloaded from the machine's smb.conf. An anchor context, initialised and never
         # freed, keeps it alive; ours replaces the default configuration before anything connects.
         created: list[int] = []
-        THREAD_SAFE = _install_thread_hooks(lambda: created.append(lib.smbc_new_context()))
-        anchor = created[0]
+        THREAD_SAFE = samba_threads.install(lambda: created.append(lib.smbc_new_context()))
+        anchor = created[0] if created else lib.smbc_new_context()  # no hooks needed: no boot call
         fd, path = tempfile.mkstemp(prefix="orthanc-nas-smbclient-", suffix=".conf")
         try:
             with os.fdopen(fd, "w") as fh:
@@ -196,10 +125,10 @@ def load() -> ctypes.CDLL:
         if not lib.smbc_init_context(anchor):
             raise OSError(ctypes.get_errno(), "libsmbclient: smbc_init_context failed")
         # The library's own messages (level 0: errors only) go to the log, not to Orthanc's stdout.
-        forward = _LOG(lambda _p, level, msg: log.warning("libsmbclient: %s",
-                                                          msg.decode("utf-8", "replace").strip()))
+        forward = _LOG(lambda _p, _level, msg: log.warning("libsmbclient: %s",
+                                                           msg.decode("utf-8", "replace").strip()))
         lib.smbc_setLogCallback(anchor, None, forward)
-        _hooks.extend((anchor, forward))
+        _keep.extend((anchor, forward))
         _warm_up_gensec()
         _lib = lib
         return lib

@@ -64,7 +64,7 @@ class SmbSource:
         self.conn = connection
         self.timeout = timeout
         self.threads = max(1, threads)
-        self.base = safe_relpath(connection.Path or "")
+        self.base = safe_relpath((connection.Path or "").strip("/\\"))  # "/ct" and "\\ct" mean the folder ct
         port = "" if connection.Port == 445 else f":{connection.Port}"
         self.description = f"smb://{connection.Host}{port}/{connection.Share}/{self.base}".rstrip("/")
         self._idle: list[libsmbclient.Context] = []

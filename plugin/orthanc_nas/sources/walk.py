@@ -115,12 +115,10 @@ def parallel_walk(list_folder: ListFolder, stop: threading.Event,
     for t in workers:
         t.start()
     try:
-        while True:
+        while not stop.is_set():  # checked between chunks, not only when the queue runs dry
             try:
                 item = out.get(timeout=0.2)
             except queue.Empty:
-                if stop.is_set():
-                    return
                 continue
             if item is _DONE:
                 return
