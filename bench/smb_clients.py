@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import queue
+import shutil
 import socket
 import subprocess
 import sys
@@ -275,22 +276,24 @@ def main() -> None:
     if args.serve_proxy:
         return serve_proxy(int(args.serve_proxy[0]), float(args.serve_proxy[1]))
     root, paths = make_corpus(args.files)
-    with SambaServer(root) as server:
-        conn = server.connection()
-        delayed = ProxyProcess(server.port, args.delay_ms / 1000) if args.delay_ms else None
-        if delayed:
-            conn = replace(conn, Port=delayed.port)
-        print(f"{len(paths)} files of 20 kB in {len(paths) // PER_FOLDER} folders, smbd on loopback, "
-              f"{os.cpu_count()} CPUs, {f'+{args.delay_ms:g} ms each way' if args.delay_ms else 'no added delay'}"
-              "\n")
-        bench_libsmbclient(conn, paths)
-        bench_smbprotocol(conn, paths)
-        bench_pysmbc(conn, paths)
-        print()
-        round_trips(server, conn, args.delay_ms / 1000)
-        if delayed:
-            delayed.close()
-    subprocess.run(["rm", "-rf", root], check=False)
+    try:
+        with SambaServer(root) as server:
+            conn = server.connection()
+            delayed = ProxyProcess(server.port, args.delay_ms / 1000) if args.delay_ms else None
+            if delayed:
+                conn = replace(conn, Port=delayed.port)
+            print(f"{len(paths)} files of 20 kB in {len(paths) // PER_FOLDER} folders, smbd on loopback, "
+                  f"{os.cpu_count()} CPUs, {f'+{args.delay_ms:g} ms each way' if args.delay_ms else 'no added delay'}"
+                  "\n")
+            bench_libsmbclient(conn, paths)
+            bench_smbprotocol(conn, paths)
+            bench_pysmbc(conn, paths)
+            print()
+            round_trips(server, conn, args.delay_ms / 1000)
+            if delayed:
+                delayed.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import threading
 
-from orthanc_nas.errors import NasError, NasPermissionError
+from orthanc_nas.errors import NasError, NasNetworkError, NasPermissionError
+from orthanc_nas.sources import walk
 from orthanc_nas.sources.base import FileEntry, WalkError
 from orthanc_nas.sources.local import LocalSource
 from orthanc_nas.sources.walk import CHUNK, Folder, parallel_walk
@@ -71,3 +72,20 @@ def test_local_walk_links_and_errors(tmp_path):
     assert not [e for e in items if isinstance(e, WalkError)]
     missing = list(LocalSource(str(tmp_path / "missing")).walk(threading.Event()))
     assert [(e.path, e.error.kind) for e in missing] == [("/", "not_found")]
+
+
+def test_network_errors_listing_a_folder_are_retried(monkeypatch):
+    monkeypatch.setattr(walk, "BACKOFF", 0.01)
+    failures = {"d0": 2, "d1": 99}
+    base = tree_lister(1, 2, 3)
+
+    def list_folder(rel):
+        if failures.get(rel, 0) > 0:
+            failures[rel] -= 1
+            raise NasNetworkError(f"folder {rel}: no answer")
+        yield from base(rel)
+
+    items = list(parallel_walk(list_folder, threading.Event(), 2))
+    assert {e.path for e in items if isinstance(e, FileEntry) and e.path.startswith("d0/")} == {"d0/f0", "d0/f1", "d0/f2"}
+    assert [(e.path, e.error.kind) for e in items if isinstance(e, WalkError)] == [("d1", "network")]
+    assert failures["d1"] == 99 - 4  # one try and three retries

@@ -6,8 +6,10 @@ once (the threads wait on the network with the GIL released). What a source
 knows is how to list one folder: `list_folder(rel)` yields the folder's files
 (`FileEntry`), its subfolders (`Folder`) and per-entry problems (`WalkError`).
 A `NasError` raised while listing becomes a `WalkError` for that folder and the
-walk goes on. Entries go out in chunks through a bounded queue, so memory does
-not grow with the number of files, and a slow consumer slows the listing down.
+walk goes on; a network error is retried first, since the consumer of the walk
+cannot ask for one folder again. Entries go out in chunks through a bounded
+queue, so memory does not grow with the number of files, and a slow consumer
+slows the listing down.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from ..errors import NasError
+from ..errors import NasError, NasNetworkError
 from .base import FileEntry, WalkError
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 WALK_THREADS = 4
 CHUNK = 512  # entries per queue item: one put/get per chunk instead of per file
 QUEUE_CHUNKS = 32  # bounded: at most QUEUE_CHUNKS * CHUNK entries wait in memory
+RETRIES = 3  # network errors listing a folder: retried this many times,
+BACKOFF = 0.5  # after 0.5, 1, 2 s
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +44,8 @@ ListFolder = Callable[[str], Iterable[FileEntry | WalkError | Folder]]
 _DONE = object()
 
 
-def parallel_walk(list_folder: ListFolder, stop: threading.Event,
-                  threads: int = WALK_THREADS) -> Iterator[FileEntry | WalkError]:
+def parallel_walk(list_folder: ListFolder, stop: threading.Event, threads: int = WALK_THREADS,
+                  retries: int = RETRIES) -> Iterator[FileEntry | WalkError]:
     """Stream every file under the root (`""`), listing folders on `threads` threads.
 
     Ends early, without error, when `stop` is set or the consumer stops iterating.
@@ -66,32 +70,45 @@ def parallel_walk(list_folder: ListFolder, stop: threading.Event,
         return False
 
     def list_one(rel: str) -> list[str]:
-        """List one folder, sending files out in chunks; returns its subfolders."""
-        subdirs: list[str] = []
-        chunk: list = []
-        items = list_folder(rel)
-        try:
-            for item in items:
-                if isinstance(item, Folder):
-                    subdirs.append(item.path)
+        """List one folder, sending files out in chunks; returns its subfolders.
+
+        A network error before the folder gave anything is retried with backoff (the
+        consumer cannot ask for one folder again); after that, or after other errors,
+        the folder becomes a WalkError.
+        """
+        for attempt in range(retries + 1):
+            subdirs: list[str] = []
+            chunk: list = []
+            emitted = False
+            items = list_folder(rel)
+            try:
+                for item in items:
+                    emitted = True
+                    if isinstance(item, Folder):
+                        subdirs.append(item.path)
+                        continue
+                    chunk.append(item)
+                    if len(chunk) >= CHUNK:
+                        if not put(chunk):
+                            return []
+                        chunk = []
+            except NasNetworkError as exc:
+                if not emitted and attempt < retries and not stop.wait(BACKOFF * 2 ** attempt) and not stopped():
                     continue
-                chunk.append(item)
-                if len(chunk) >= CHUNK:
-                    if not put(chunk):
-                        return []
-                    chunk = []
-        except NasError as exc:
-            chunk.append(WalkError(rel or "/", exc))
-        except Exception as exc:  # a bug must not hang the walk: report the folder and go on
-            log.exception("listing folder %r failed", rel)
-            chunk.append(WalkError(rel or "/", NasError(f"folder {rel or '/'}: {exc}")))
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:  # a generator left early (walk stopped) releases its folder handle now
-                close()
-        if chunk:
-            put(chunk)
-        return subdirs
+                chunk.append(WalkError(rel or "/", exc))
+            except NasError as exc:
+                chunk.append(WalkError(rel or "/", exc))
+            except Exception as exc:  # a bug must not hang the walk: report the folder and go on
+                log.exception("listing folder %r failed", rel)
+                chunk.append(WalkError(rel or "/", NasError(f"folder {rel or '/'}: {exc}")))
+            finally:
+                close = getattr(items, "close", None)
+                if close is not None:  # a generator left early (walk stopped) releases its folder handle now
+                    close()
+            if chunk:
+                put(chunk)
+            return subdirs
+        return []  # not reached: the last attempt always returns
 
     def worker() -> None:
         while True:
