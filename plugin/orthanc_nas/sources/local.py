@@ -27,10 +27,14 @@ NETWORK_ERRNOS = {errno.EIO, errno.ETIMEDOUT, errno.EHOSTDOWN, errno.EHOSTUNREAC
                   errno.ENETUNREACH, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.ESTALE}
 
 
-def safe_relpath(path: str) -> str:
-    """Refuse paths that would leave the NAS root."""
-    parts = path.replace("\\", "/").split("/")
-    if path.startswith(("/", "\\")) or any(p in ("..",) for p in parts) or (parts and ":" in parts[0]):
+def safe_relpath(path: str, windows: bool = os.name == "nt") -> str:
+    """Refuse paths that would leave the NAS root.
+
+    On Windows a backslash separates folders too and a drive (`C:`) would leave the root;
+    elsewhere both are ordinary characters of a file name.
+    """
+    parts = (path.replace("\\", "/") if windows else path).split("/")
+    if path.startswith("/") or ".." in parts or (windows and (path.startswith("\\") or ":" in parts[0])):
         raise NasNotFound(f"refused path outside the NAS root: {path!r}")
     return "/".join(p for p in parts if p not in ("", "."))
 

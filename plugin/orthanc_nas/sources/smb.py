@@ -64,7 +64,7 @@ class SmbSource:
         self.conn = connection
         self.timeout = timeout
         self.threads = max(1, threads)
-        self.base = safe_relpath((connection.Path or "").strip("/\\"))  # "/ct" and "\\ct" mean the folder ct
+        self.base = safe_relpath((connection.Path or "").strip("/\\"), windows=True)  # "/ct" and "\\ct" mean the folder ct
         port = "" if connection.Port == 445 else f":{connection.Port}"
         self.description = f"smb://{connection.Host}{port}/{connection.Share}/{self.base}".rstrip("/")
         self._idle: list[libsmbclient.Context] = []
@@ -168,7 +168,7 @@ class SmbSource:
 
     # -- paths ----------------------------------------------------------------
     def _path(self, rel: str) -> str:
-        rel = safe_relpath(rel)
+        rel = safe_relpath(rel, windows=True)  # the SMB server separates folders with backslashes
         return f"{self.base}/{rel}".strip("/") if self.base else rel
 
     def _listdir(self, rel: str) -> list[libsmbclient.DirEntry]:
