@@ -7,7 +7,7 @@ PYTHON_SYSTEM ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SAMPLE_NAS := var/sample-nas
-APT_RUN := orthanc orthanc-python python3-venv python3-smbc
+APT_RUN := orthanc orthanc-python python3-venv libsmbclient
 APT_TEST := $(APT_RUN) dcmtk samba smbclient chromium debootstrap python3-yaml
 PYTEST_ARGS ?=
 
@@ -38,7 +38,7 @@ endef
 
 $(VENV)/.deps: pyproject.toml
 	$(call apt_install,$(APT_RUN))
-	# system site packages: Debian's python3-smbc (libsmbclient) is used from the venv as inside Orthanc
+	# system site packages: the venv sees what Orthanc's embedded Python sees
 	$(PYTHON_SYSTEM) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r <($(PYTHON_SYSTEM) tools/deps.py runtime test)

@@ -106,6 +106,7 @@ def make_callback(app: NasApp):
             query=parse_query(request.get("get")),
             headers={k.lower(): v for k, v in (request.get("headers") or {}).items()},
             body=body.encode("utf-8") if isinstance(body, str) else bytes(body),
+            can_stream=can_stream(output),
         )
         send(output, router.dispatch(app, req))
     return on_rest

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from .archive import content_disposition, series_archive
 from .config import parse_web_connection, parse_web_settings
-from .errors import BadRequest, ConfigError, NotFound
+from .errors import BadRequest, ConfigError, NotFound, NotSupported
 from .http import Request, Response, Router, json_response
 from .panel import panel_file
 from .search import SearchParams, search, series_detail
@@ -51,6 +52,17 @@ def search_series(app, request: Request) -> Response:
 @router.route("GET", "/nas/series/([^/]+)")
 def get_series(app, request: Request, key: str) -> Response:
     return json_response(series_detail(app.catalog.reader(), key))
+
+
+@router.route("GET", "/nas/series/([^/]+)/archive")
+def series_zip(app, request: Request, key: str) -> Response:
+    """The series as a zip, streamed straight from the NAS to an authenticated Orthanc user."""
+    if not request.can_stream:
+        raise NotSupported("this Orthanc cannot stream a zip through its own port (Python plugin 4.x)",
+                           "Create a share link (the Share button, or POST /nas/shares) and download "
+                           "the series from it; or use Orthanc 1.12 with Python plugin 5.")
+    archive, filename = series_archive(app.catalog, app.source(), [key])
+    return Response(200, archive, "application/zip", {"Content-Disposition": content_disposition(filename)})
 
 
 @router.route("POST", "/nas/shares")

@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 from zipstream import ZipStream
 
-from .errors import FileChanged, NasNotFound
+from .errors import FileChanged, NasNotFound, NotFound
 
 CHUNK = 512 * 1024  # a typical CT image in one read; larger files in several
 MAX_COMPONENT = 80  # characters per file or folder name: far below every file system's limit
@@ -128,6 +128,18 @@ def content_disposition(filename: str) -> str:
     ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode("ascii")
     ascii_name = safe_component(ascii_stem, "series") + ".zip"
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def series_archive(catalog, source, keys: Sequence[str], *, stop: threading.Event | None = None
+                   ) -> tuple[ShareArchive, str]:
+    """The zip of the given series and its download file name. Raises `NotFound` naming an unknown series."""
+    rows = catalog.series_rows(keys)
+    for key in keys:
+        if key not in rows:
+            raise NotFound(f"series {key} is not in the NAS index", "Search again: the NAS may have changed.")
+    series = [rows[key] for key in keys]
+    members = plan_members(series, catalog.series_files)
+    return ShareArchive(source, members, stop=stop), archive_filename(series)
 
 
 # -- the stream ---------------------------------------------------------------------

@@ -225,10 +225,10 @@ class Catalog:
         return found
 
     def series_files(self, key: str) -> list[sqlite3.Row]:
-        """The readable files of one series (path, size, mtime_ns), in instance order."""
+        """The readable files of one series (path, size, mtime_ns), in instance order as `GET /nas/series` lists them."""
         return self.reader().execute(
             "SELECT path, size, mtime_ns FROM files WHERE series_key=? AND error IS NULL "
-            "ORDER BY InstanceNumber, path", (key,)).fetchall()
+            "ORDER BY InstanceNumber IS NULL, InstanceNumber, path", (key,)).fetchall()
 
 
 class CatalogWriter:

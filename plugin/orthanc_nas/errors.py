@@ -112,6 +112,13 @@ class TooManyRequests(NasError):
     default_hint = "Too many wrong links from your address; wait a few minutes and try again."
 
 
+class NotSupported(NasError):
+    """This Orthanc cannot do what was asked (e.g. stream a large answer: Python plugin 4.x)."""
+
+    status = 501
+    kind = "bad_request"
+
+
 class Internal(NasError):
     status = 500
     kind = "internal"

@@ -55,10 +55,18 @@ class NeedMore:
 
     size: int
 
-def _value(raw, how: str, encodings) -> str | int | None:
+def _value(raw, how: str, encodings: list[str] | None) -> str | int | None:
     value = raw.value
     if value is None:
         return None
+    if encodings is None and isinstance(value, bytes):
+        # No SpecificCharacterSet: the standard says ASCII, but many exports write UTF-8 without
+        # declaring it. Bytes that are valid UTF-8 are read as such, anything else as Latin-1.
+        try:
+            value.decode("utf-8")
+            encodings = ["UTF8"]
+        except UnicodeDecodeError:
+            encodings = ["iso8859"]
     if isinstance(value, bytes):
         if how == _INT:
             text = value.decode("ascii", "replace").strip(" \0")
@@ -140,9 +148,10 @@ def parse_head(buf: bytes, complete: bool) -> dict | NeedMore:
     record.pop("SpecificCharacterSet")
     return record
 
-def _charsets(raw) -> list[str]:
-    if raw is None or raw.value is None:
-        return ["iso8859"]
+def _charsets(raw) -> list[str] | None:
+    """Python codecs for the file's SpecificCharacterSet; None when the file declares none."""
+    if raw is None or not raw.value:
+        return None
     value = raw.value
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")

@@ -28,6 +28,8 @@ class Request:
     headers: dict[str, str] = field(default_factory=dict)  # lower-case names
     body: bytes = b""
     client: str = ""
+    #: whether the server can send a body in chunks (Orthanc's Python plugin 4.x cannot)
+    can_stream: bool = True
 
     def json(self, *, required: bool = True) -> dict:
         """The JSON object in the body. 415 if not JSON, 400 if malformed; {} for an empty optional body."""

@@ -22,8 +22,8 @@ import time
 
 from waitress import create_server, wasyncore
 
-from .archive import Interrupted, ShareArchive, archive_filename, content_disposition, plan_members
-from .errors import FileChanged, Gone, NasError
+from .archive import Interrupted, ShareArchive, content_disposition, series_archive
+from .errors import FileChanged, Gone, NasError, NotFound
 from .shares import (
     BROKEN,
     COMPLETE,
@@ -154,14 +154,10 @@ class ShareApp:
         return Download(archive, store, audit_id, share.id, client, self.stop)
 
     def _archive(self, share: Share) -> tuple[ShareArchive, str]:
-        catalog = self.nas.catalog
-        rows = catalog.series_rows(share.series)
-        missing = [key for key in share.series if key not in rows]
-        if missing:
-            raise Gone(f"series {missing[0]} is no longer in the NAS index")
-        series = [rows[key] for key in share.series]
-        members = plan_members(series, catalog.series_files)
-        return ShareArchive(self.nas.source(), members, stop=self.stop), archive_filename(series)
+        try:
+            return series_archive(self.nas.catalog, self.nas.source(), share.series, stop=self.stop)
+        except NotFound as exc:  # the share outlived its series (a later indexing removed them)
+            raise Gone(exc.message.replace("is not in", "is no longer in")) from exc
 
 
 class Download:

@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import io
 import os
+import posixpath
 import secrets
 import socket
 import sqlite3
@@ -19,7 +20,7 @@ import psutil
 import pytest
 import requests
 from tests.support.dicom import write_dicom, write_series
-from tests.support.orthanc import OrthancServer, free_port
+from tests.support.orthanc import TARGET, OrthancServer, free_port
 
 from orthanc_nas.catalog import series_key
 
@@ -384,3 +385,18 @@ def test_orthanc_stops_promptly_during_a_download(tmp_path_factory, corpus):
             requests.get(share["url"], timeout=5)
     finally:
         server.stop()
+
+
+# -- an authenticated download straight from Orthanc (streamed where the plugin can) ------------
+def test_series_archive_streams_on_plugin_5_and_points_to_shares_on_4(orthanc, corpus):
+    key, files = corpus["plain"]
+    answer = orthanc.get(f"/nas/series/{key}/archive", headers={"Accept-Encoding": "identity"})
+    if TARGET == "1.10":  # Python plugin 4.0: no StartStreamAnswer
+        assert answer.status_code == 501
+        assert answer.json()["kind"] == "bad_request" and "share" in answer.json()["hint"].lower()
+        return
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(answer.content)) as zf:
+        got = {posixpath.basename(n): zf.read(n) for n in zf.namelist()}
+    assert got == {f.name: f.read_bytes() for f in files}
+    assert orthanc.get("/nas/series/unknown-key/archive").status_code == 404

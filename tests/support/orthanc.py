@@ -70,6 +70,7 @@ class OrthancServer:
             "Name": "orthanc-nas-test",
             "HttpPort": self.port,
             "DicomPort": free_port(),
+            "DicomServerEnabled": False,  # not needed here; saves a second at every stop
             "StorageDirectory": str(self.workdir / "storage"),
             "IndexDirectory": str(self.workdir / "storage"),
             "Plugins": [PYTHON_PLUGIN],

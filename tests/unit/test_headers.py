@@ -125,3 +125,19 @@ def test_attributes_agree_with_dcmdump(name):
             assert record[keyword] == dumped[tag].strip(), keyword
     if "00200011" in dumped:
         assert record["SeriesNumber"] == int(dumped["00200011"])
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("Müller^Jürgen".encode(), "Müller^Jürgen"),  # undeclared UTF-8, common in exports
+    ("Müller^Jürgen".encode("latin-1"), "Müller^Jürgen"),  # undeclared Latin-1
+    (b"DOE^JOHN", "DOE^JOHN"),
+])
+def test_names_without_a_declared_character_set(tmp_path, raw, expected):
+    p = write_dicom(tmp_path / "a.dcm", PatientName="PLACEHOLDER^NAME")
+    data = p.read_bytes()
+    # swap the value in place (explicit VR: 2-byte length before the value)
+    at = data.index(b"PLACEHOLDER^NAME")
+    value = raw + (b" " if len(raw) % 2 else b"")
+    data = data[:at - 2] + len(value).to_bytes(2, "little") + value + data[at + len(b"PLACEHOLDER^NAME"):]
+    p.write_bytes(data)
+    assert record_of(p)["PatientName"] == expected

@@ -87,10 +87,16 @@ def test_missing_root_is_not_found(tmp_path):
 
 
 def test_safe_relpath_refuses_escapes():
-    for bad in ("../etc/passwd", "/etc/passwd", "a/../../b", "C:/x", "\\\\srv\\x"):
+    for bad in ("../etc/passwd", "/etc/passwd", "a/../../b"):
         with pytest.raises(NasNotFound):
             safe_relpath(bad)
+    for bad in ("C:/x", "\\\\srv\\x", "a\\..\\..\\b"):
+        with pytest.raises(NasNotFound):
+            safe_relpath(bad, windows=True)
     assert safe_relpath("a/./b//c.dcm") == "a/b/c.dcm"
+    # on Linux a colon or a backslash is part of a name, not a way out
+    assert safe_relpath("a:b.dcm", windows=False) == "a:b.dcm"
+    assert safe_relpath("x\\y.dcm", windows=False) == "x\\y.dcm"
 
 
 def test_read_head_reads_a_prefix_and_maps_errors(tmp_path):

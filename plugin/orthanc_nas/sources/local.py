@@ -1,17 +1,16 @@
 """A local or mounted folder (or a UNC path on Windows): a parallel `os.scandir` walk.
 
-`os.walk` lists one folder at a time and builds whole lists per folder; here a
-few threads take folders from a shared stack, so the NAS answers several
-directory listings at once (on a mounted share most of the time goes in round
-trips, during which the threads release the GIL). Entries go out in chunks
-through a bounded queue, so memory does not grow with the number of files.
+`os.walk` lists one folder at a time and builds whole lists per folder; here the
+shared `parallel_walk` lists several folders at once (on a mounted share most of
+the time goes in round trips, during which the threads release the GIL), and
+this module only says how to list one folder with `os.scandir`, streaming its
+entries as they come.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import queue
 import stat
 import threading
 from collections.abc import Iterator
@@ -19,22 +18,23 @@ from typing import BinaryIO
 
 from ..errors import NasError, NasNetworkError, NasNotFound, NasPermissionError
 from .base import FileEntry, WalkError
+from .walk import CHUNK, QUEUE_CHUNKS, WALK_THREADS, Folder, parallel_walk
 
-WALK_THREADS = 4
-CHUNK = 512  # entries per queue item: one put/get per chunk instead of per file
-QUEUE_CHUNKS = 32  # bounded: at most QUEUE_CHUNKS * CHUNK entries wait in memory
+__all__ = ["CHUNK", "QUEUE_CHUNKS", "WALK_THREADS", "LocalSource", "os_error", "safe_relpath"]
 
 # errno values a mounted network share returns when the server, not the file, is in trouble
 NETWORK_ERRNOS = {errno.EIO, errno.ETIMEDOUT, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETDOWN,
                   errno.ENETUNREACH, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.ESTALE}
 
-_DONE = object()
 
+def safe_relpath(path: str, windows: bool = os.name == "nt") -> str:
+    """Refuse paths that would leave the NAS root.
 
-def safe_relpath(path: str) -> str:
-    """Refuse paths that would leave the NAS root."""
-    parts = path.replace("\\", "/").split("/")
-    if path.startswith(("/", "\\")) or any(p in ("..",) for p in parts) or (parts and ":" in parts[0]):
+    On Windows a backslash separates folders too and a drive (`C:`) would leave the root;
+    elsewhere both are ordinary characters of a file name.
+    """
+    parts = (path.replace("\\", "/") if windows else path).split("/")
+    if path.startswith("/") or ".." in parts or (windows and (path.startswith("\\") or ":" in parts[0])):
         raise NasNotFound(f"refused path outside the NAS root: {path!r}")
     return "/".join(p for p in parts if p not in ("", "."))
 
@@ -86,31 +86,15 @@ class LocalSource:
 
     # -- walk -----------------------------------------------------------------
     def walk(self, stop: threading.Event) -> Iterator[FileEntry | WalkError]:
-        out: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
-        halt = threading.Event()  # set when the consumer goes away or `stop` is set
-        folders: list[str] = [""]
-        cond = threading.Condition()
-        state = {"pending": 1, "finished": 0}
-        seen_dirs: set[tuple[int, int]] = set()
+        seen_dirs: set[tuple[int, int]] = set()  # every folder listed, so links never list one twice
+        seen_lock = threading.Lock()
         try:
             root_st = os.stat(self.root)
             seen_dirs.add((root_st.st_dev, root_st.st_ino))
         except OSError:
             pass
 
-        def put(item) -> bool:
-            while not (halt.is_set() or stop.is_set()):
-                try:
-                    out.put(item, timeout=0.2)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def list_folder(rel: str) -> list[str]:
-            """List one folder, sending files out; returns its subfolders."""
-            subdirs: list[str] = []
-            chunk: list = []
+        def list_folder(rel: str) -> Iterator[FileEntry | WalkError | Folder]:
             prefix = f"{rel}/" if rel else ""
             full = os.path.join(self.root, rel) if rel else self.root
             try:
@@ -122,62 +106,21 @@ class LocalSource:
                                 # a symlink loop ends at its second visit
                                 st = entry.stat()
                                 key = (st.st_dev, st.st_ino)
-                                with cond:
+                                with seen_lock:
                                     if key in seen_dirs:
                                         continue
                                     seen_dirs.add(key)
-                                subdirs.append(prefix + entry.name)
+                                yield Folder(prefix + entry.name)
                             elif entry.is_file():
                                 st = entry.stat()
-                                chunk.append(FileEntry(prefix + entry.name, st.st_size, st.st_mtime_ns))
-                                if len(chunk) >= CHUNK:
-                                    if not put(chunk):
-                                        return []
-                                    chunk = []
+                                yield FileEntry(prefix + entry.name, st.st_size, st.st_mtime_ns)
                         except OSError as exc:  # a dangling link, a file gone meanwhile
                             if not (isinstance(exc, FileNotFoundError) and entry.is_symlink()):
-                                chunk.append(WalkError(prefix + entry.name, os_error(exc, prefix + entry.name)))
+                                yield WalkError(prefix + entry.name, os_error(exc, prefix + entry.name))
             except OSError as exc:
-                chunk.append(WalkError(rel or "/", os_error(exc, f"folder {rel or '/'}")))
-            if chunk:
-                put(chunk)
-            return subdirs
+                raise os_error(exc, f"folder {rel or '/'}") from exc
 
-        def worker() -> None:
-            while True:
-                with cond:
-                    while not folders and state["pending"] and not halt.is_set() and not stop.is_set():
-                        cond.wait(0.2)
-                    if not folders or halt.is_set() or stop.is_set():
-                        state["finished"] += 1
-                        if state["finished"] == self.threads:
-                            put(_DONE)
-                        return
-                    rel = folders.pop()  # depth first: keeps the stack short
-                subdirs = list_folder(rel)
-                with cond:
-                    folders.extend(reversed(subdirs))
-                    state["pending"] += len(subdirs) - 1
-                    cond.notify_all()
-
-        threads = [threading.Thread(target=worker, name=f"nas-walk-{i}", daemon=True) for i in range(self.threads)]
-        for t in threads:
-            t.start()
-        try:
-            while True:
-                try:
-                    item = out.get(timeout=0.2)
-                except queue.Empty:
-                    if stop.is_set():
-                        return
-                    continue
-                if item is _DONE:
-                    return
-                yield from item
-        finally:
-            halt.set()
-            with cond:
-                cond.notify_all()
+        return parallel_walk(list_folder, stop, self.threads)
 
     # -- reading --------------------------------------------------------------
     def _full(self, path: str) -> str:

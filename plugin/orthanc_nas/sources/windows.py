@@ -98,7 +98,7 @@ def _relative(full: str, root: str) -> str:
     full, base = _plain(full), _plain(root).rstrip("\\")
     if full[:len(base)].lower() != base.lower() or full[len(base):len(base) + 1] not in ("", "\\"):
         raise NasNotFound(f"listed path outside the NAS root: {full!r}")
-    return safe_relpath(full[len(base):].lstrip("\\"))
+    return safe_relpath(full[len(base):].lstrip("\\"), windows=True)
 
 
 def windows_error(code: int, what: str, detail: str = "") -> NasError:
