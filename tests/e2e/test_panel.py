@@ -2,8 +2,9 @@
 
 Open Orthanc Explorer, click NAS, fill in the connection (first wrong, then right), test it, save,
 index and watch the bar reach done, search a name with an accent typed without it, open a series,
-share it, download the link without credentials, revoke it. Each step leaves a screenshot in
-test-artifacts/e2e/; with UPDATE_SCREENSHOTS=1 the README's picture (docs/panel.png) is taken anew.
+share it, download the link without credentials, revoke it. Once with the NAS reached directly over
+SMB (a real smbd), once as a mounted folder. Each step leaves a screenshot in test-artifacts/e2e/;
+with UPDATE_SCREENSHOTS=1 the README's picture (docs/panel.png) is taken anew.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -23,6 +25,7 @@ from playwright.sync_api import Page, expect
 from tests.support.browser import SCREEN
 from tests.support.dicom import write_series
 from tests.support.orthanc import REPO, OrthancServer, free_port
+from tests.support.smbd import SambaServer, make_share_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -48,13 +51,26 @@ CORPUS = [
 FILES = sum(count for _, count, _ in CORPUS)
 
 
-@pytest.fixture(scope="module")
-def nas_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e-nas")
+def write_corpus(root: Path) -> Path:
     for folder, count, attrs in CORPUS:
         write_series(root / folder, count, **attrs)
     (root / "doe" / "scanned request.pdf").write_bytes(b"%PDF-1.4 not a DICOM file")
     return root
+
+
+@pytest.fixture(scope="module")
+def nas_folder(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("e2e-nas"))
+
+
+@pytest.fixture(scope="module")
+def samba():
+    """The same files on a real Samba server (nasuser/secret on loopback)."""
+    share = Path(make_share_dir("nas-e2e-share-"))
+    server = SambaServer(str(write_corpus(share))).start()
+    yield server
+    server.cleanup()
+    shutil.rmtree(share, ignore_errors=True)
 
 
 @dataclass
@@ -64,7 +80,8 @@ class Target:
     fill_right: Callable[[Page], None]
     fill_wrong: Callable[[Page], None]
     wrong_title: str  # the heading the panel shows for the wrong entry
-    description: str
+    description: str  # how the log names the saved connection
+    readme_picture: bool = False  # this run takes docs/panel.png when UPDATE_SCREENSHOTS=1
 
 
 def local_target(root) -> Target:
@@ -77,6 +94,21 @@ def local_target(root) -> Target:
     return Target(fill(root), fill(f"{root}-not-mounted"), "Not found", f"folder {root}")
 
 
+def smb_target(samba: SambaServer) -> Target:
+    def fill(password):
+        def fill_form(page: Page) -> None:
+            page.get_by_label("A share on the NAS").check()
+            page.get_by_label("NAS host").fill(samba.host)
+            page.get_by_label("Port").fill(str(samba.port))
+            page.get_by_role("textbox", name="Share", exact=True).fill(samba.share)
+            page.get_by_label("User name").fill(samba.user)
+            page.get_by_label("Password").fill(password)
+        return fill_form
+
+    return Target(fill(samba.password), fill("not-the-password"), "The NAS refused the user name or password",
+                  f"//{samba.host}:{samba.port}/{samba.share}", readme_picture=True)
+
+
 @pytest.fixture
 def orthanc(tmp_path):
     """An Orthanc without a NAS connection yet: the panel is where it is set up."""
@@ -86,8 +118,14 @@ def orthanc(tmp_path):
     server.stop()
 
 
-def test_a_radiologist_sets_up_indexes_searches_and_shares(page, orthanc, nas_folder, screenshots):
-    run_the_panel(page, orthanc, local_target(nas_folder), screenshots)
+@pytest.mark.parametrize("nas", ["smb", "local"])
+def test_a_radiologist_sets_up_indexes_searches_and_shares(request, page, orthanc, nas, screenshots):
+    """The whole flow, with the NAS reached directly over SMB, and as a mounted (local) folder."""
+    if nas == "smb":
+        target = smb_target(request.getfixturevalue("samba"))
+    else:
+        target = local_target(request.getfixturevalue("nas_folder"))
+    run_the_panel(page, orthanc, target, screenshots)
 
 
 def run_the_panel(page: Page, orthanc: OrthancServer, target: Target, shot) -> None:
@@ -128,6 +166,10 @@ def run_the_panel(page: Page, orthanc: OrthancServer, target: Target, shot) -> N
     expect(message.locator(".title")).to_have_text("Saved.")
     saved = orthanc.get("/nas/config").json()["Connection"]
     assert "Password" not in saved
+    if saved["Type"] == "smb":  # the password is gone from the form, which says one is saved
+        expect(page.locator("#f-Password")).to_have_value("")
+        expect(page.locator("#f-Password")).to_have_attribute("placeholder", "saved (leave empty to keep it)")
+    assert target.description in orthanc.log()  # "NAS connection saved from the web: ..."
     shot(page, "saved")
 
     # indexing: the bar moves and reaches done; the file that is not DICOM is among the errors
@@ -170,7 +212,7 @@ def run_the_panel(page: Page, orthanc: OrthancServer, target: Target, shot) -> N
     rows.filter(has_text="PD fs coronal").locator("input[type=checkbox]").check()
     expect(page.locator("#share-selected")).to_have_text("Share 2 selected series")
     path = shot(page, "search-all")
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+    if target.readme_picture and os.environ.get("UPDATE_SCREENSHOTS") == "1":
         shutil.copyfile(path, REPO / "docs" / "panel.png")
 
     # a selection is shared in one link
