@@ -131,13 +131,17 @@ class Indexer:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def _busy(self) -> bool:
+        """Whether a run is going on; called with the lock held."""
+        if self.running and not self.status.running:
+            # The status already says the run ended (a client may start the next one, or change the
+            # connection) while its thread still closes the catalog: that takes moments, wait for it.
+            self._thread.join(FINISHING_WAIT)
+        return self.running
+
     def start(self, full: bool = False) -> None:
         with self._lock:
-            if self.running and not self.status.running:
-                # The status already says the run ended (a client may start the next one) while its
-                # thread still closes the catalog: that takes moments, wait for it.
-                self._thread.join(FINISHING_WAIT)
-            if self.running:
+            if self._busy():
                 raise Busy("indexing is already running")
             self._stop.clear()
             self.status.start(self._workers())
@@ -148,7 +152,7 @@ class Indexer:
     def idle(self, busy_message: str) -> Iterator[None]:
         """Run a block while no indexing runs, and keep one from starting meanwhile; Busy (409) otherwise."""
         with self._lock:
-            if self.running:
+            if self._busy():
                 raise Busy(busy_message, "Stop indexing (Stop in the NAS panel, or DELETE /nas/index) or wait "
                                          "until it ends, then try again.")
             yield
