@@ -29,7 +29,7 @@
     enumerating: 'Listing the files of the NAS…',
     indexing: 'Reading the DICOM headers…',
     done: 'Indexing finished.',
-    cancelled: 'Indexing was stopped.',
+    cancelled: 'Indexing was stopped. The index keeps what was read; “Index now” goes on from there.',
     failed: 'Indexing failed.',
     interrupted: 'Indexing was interrupted (Orthanc stopped while it ran). “Index now” resumes where it stopped.'
   };
@@ -340,7 +340,7 @@
     progress.setAttribute('aria-valuenow', Math.round(percent));
     var label;
     if (running && !s.enumerated_files) { label = 'Looking for files…'; }
-    else if (s.phase === 'idle') { label = ''; }
+    else if (s.phase === 'idle' || !s.enumerated_files) { label = ''; }
     else {
       label = number(s.files_processed) + ' of ' + (s.enumeration_done || !running ? '' : 'at least ') +
               plural(s.enumerated_files, 'file') + ' · ' + Math.floor(percent) + ' %';

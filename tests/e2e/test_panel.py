@@ -1,7 +1,7 @@
 """The NAS panel in headless Chromium against a real Orthanc: what a radiologist does, step by step.
 
 Open Orthanc Explorer, click NAS, fill in the connection (first wrong, then right), test it, save,
-index and watch the bar reach done, search a name with an accent typed without it, open a series,
+index and watch the bar reach done, stop a second run, search a name with an accent typed without it, open a series,
 share it, download the link without credentials, revoke it. Once with the NAS reached directly over
 SMB (a real smbd), once as a mounted folder. Each step leaves a screenshot in test-artifacts/e2e/;
 with UPDATE_SCREENSHOTS=1 the README's picture (docs/panel.png) is taken anew.
@@ -191,8 +191,18 @@ def run_the_panel(page: Page, orthanc: OrthancServer, target: Target, shot) -> N
     page.wait_for_timeout(500)  # the bar's last stretch is animated
     shot(page, "indexing-done")
 
+    # reading everything again can be stopped; the index stays as it was
+    page.get_by_label("Read every file again").check()
+    page.get_by_role("button", name="Index now").click()
+    page.get_by_role("button", name="Stop").click()  # enabled as soon as the run shows as running
+    expect(page.locator("#phase")).to_contain_text("Indexing was stopped.")
+    expect(page.get_by_role("button", name="Stop")).to_be_disabled()
+    page.wait_for_timeout(500)  # the bar's animation
+    shot(page, "indexing-stopped")
+    page.get_by_label("Read every file again").uncheck()
+
     # search: "muller" finds Müller; a filter narrows; everything is listed without words
-    page.get_by_role("link", name="Search the NAS").click()
+    page.get_by_role("link", name="Search", exact=True).click()
     page.locator("#q").fill("muller")
     page.locator("#q").press("Enter")
     rows = page.locator("#results tbody tr[data-key]")
