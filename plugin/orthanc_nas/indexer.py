@@ -276,6 +276,7 @@ class _Run:
         governor = Governor(workers, status, self.ix.gone_after)
         entries: queue.Queue = queue.Queue(maxsize=ENUM_QUEUE_CHUNKS)
         walker = threading.Thread(target=self._walk, args=(source, entries, governor), name="nas-walk", daemon=True)
+        walker.start()  # the walk fills its queue while the parse processes start (about half a second)
         parser = ParsePool(self.ix.parse_processes)
         if parser.error:
             log.warning("NAS indexing parses in threads only: %s", parser.error)
@@ -284,7 +285,6 @@ class _Run:
         pending: list[tuple] = []
         last_write = time.monotonic()
         entries_open = True
-        walker.start()
         try:
             status.set_phase("indexing")
             while True:
