@@ -31,7 +31,7 @@ log = logging.getLogger("orthanc_nas")
 
 ENUM_CHUNK = 256
 ENUM_QUEUE_CHUNKS = 16
-READ_BATCH = 16
+READ_BATCH = 32
 WRITE_BATCH = 256
 WRITE_INTERVAL = 0.5
 RETRIES = 3
