@@ -60,9 +60,10 @@ $(VENV_1_12)/.deps: pyproject.toml
 	rm -rf $(VENV_1_12)
 	$(PY) -m pip install -q --target $(SITE_1_12) --python-version $(DEBIAN13_PYTHON) --only-binary=:all: \
 	  -r <($(PYTHON_SYSTEM) tools/deps.py runtime)
-	# check that they import in the tree's Python, with Debian's python3-smbc
+	# check that they import in the tree's Python, and that its libsmbclient loads for the SMB source
 	tools/debian13.sh run $(DEBIAN13) -- /usr/bin/python3 -c \
-	  'import sys; sys.path.insert(0, "$(abspath $(SITE_1_12))"); import pydicom, zipstream, waitress, smbprotocol, smbc'
+	  'import sys; sys.path[:0] = ["$(abspath $(SITE_1_12))", "$(abspath plugin)"]; import pydicom, zipstream, waitress; \
+	   from orthanc_nas.sources import libsmbclient; libsmbclient.load()'
 	touch $@
 
 sample: deps ## generate the sample NAS folder var/sample-nas (a few hundred synthetic DICOM files)

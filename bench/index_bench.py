@@ -43,7 +43,7 @@ CHILD_ENV = dict(os.environ, PYTHONPATH=f"{REPO / 'plugin'}:{REPO}")
 
 def corpus(files: int) -> Path:
     folder = REPO / "var" / "bench" / f"corpus-{files}"
-    done = folder / ".complete"
+    done = folder.with_suffix(".complete")  # beside the corpus, not in it: it is no DICOM file
     if not done.exists():
         shutil.rmtree(folder, ignore_errors=True)
         started = time.monotonic()
@@ -93,8 +93,6 @@ warnings.simplefilter("ignore")
 t = time.monotonic(); n = 0
 for folder, _, names in os.walk({root!r}):
     for name in names:
-        if name.startswith("."):
-            continue
         try:
             ds = pydicom.dcmread(os.path.join(folder, name), stop_before_pixels=True)
             {values}

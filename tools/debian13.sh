@@ -12,7 +12,7 @@
 #        script (every step execs), so signals and kill -9 of its process group reach it directly.
 set -euo pipefail
 
-PACKAGES=orthanc,orthanc-python,python3-smbc
+PACKAGES=orthanc,orthanc-python,python3-smbc  # python3-smbc brings libsmbclient, whatever its package name
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 STAMP=.orthanc-nas-ready
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)

@@ -32,7 +32,7 @@ log = logging.getLogger("orthanc_nas")
 
 ENUM_CHUNK = 256
 ENUM_QUEUE_CHUNKS = 16
-READ_BATCH = 16
+READ_BATCH = 32
 WRITE_BATCH = 256
 WRITE_INTERVAL = 0.5
 RETRIES = 3
@@ -290,6 +290,7 @@ class _Run:
         governor = Governor(workers, status, self.ix.gone_after)
         entries: queue.Queue = queue.Queue(maxsize=ENUM_QUEUE_CHUNKS)
         walker = threading.Thread(target=self._walk, args=(source, entries, governor), name="nas-walk", daemon=True)
+        walker.start()  # the walk fills its queue while the parse processes start (about half a second)
         parser = ParsePool(self.ix.parse_processes)
         if parser.error:
             log.warning("NAS indexing parses in threads only: %s", parser.error)
@@ -298,7 +299,6 @@ class _Run:
         pending: list[tuple] = []
         last_write = time.monotonic()
         entries_open = True
-        walker.start()
         try:
             status.set_phase("indexing")
             while True:
