@@ -56,7 +56,7 @@ def connection_section(where: str) -> dict:
         raise ConfigError(f"not an SMB address: {where}", "Write it as smb://user@host[:port]/share[/folder].")
     password = os.environ.get("NAS_PASSWORD")
     if not password:
-        raise ConfigError("the SMB password is missing", "Put it in the environment variable NAS_PASSWORD.")
+        raise ConfigError("the SMB password is missing: set the environment variable NAS_PASSWORD")
     section = {"Type": "smb", "Host": url.hostname, "Share": urllib.parse.unquote(share),
                "Path": urllib.parse.unquote(path), "Username": user, "Password": password, "Domain": domain}
     if url.port:
