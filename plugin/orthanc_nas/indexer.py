@@ -64,13 +64,15 @@ class Governor:
     baseline, since fewer workers would only lose throughput. `RAISE_AFTER` blocks in a row that
     are not slow add a worker back, up to `Workers`.
 
-    The NAS is gone when its requests keep failing on the network and nothing (a read or a listing)
-    succeeded for `gone_after` seconds.
+    The NAS is gone when its requests keep failing on the network and nothing succeeded for
+    `gone_after` seconds: no read, and no other answer -- `last_answer()` for a source that knows
+    when the NAS last answered, else `alive()`, called as listed files come in.
     """
 
     def __init__(self, workers: int, status: IndexStatus, gone_after: float = NAS_GONE_AFTER,
-                 slow_hint: str | None = None):
+                 slow_hint: str | None = None, last_answer: Callable[[], float] | None = None):
         self.max = workers
+        self.last_answer = last_answer
         self.limit = workers
         self.status = status
         self.gone_after = gone_after
@@ -88,7 +90,7 @@ class Governor:
         self.warned = False
 
     def alive(self) -> None:
-        """The NAS answered (a listing arrived); says nothing about read times."""
+        """The NAS answered (listed files came in); says nothing about read times."""
         self.last_success = time.monotonic()
         self.failures_since_success = 0
 
@@ -135,7 +137,8 @@ class Governor:
 
     def gone(self) -> bool:
         with self._lock:
-            return self.failures_since_success > 0 and time.monotonic() - self.last_success > self.gone_after
+            last = max(self.last_success, self.last_answer()) if self.last_answer else self.last_success
+            return self.failures_since_success > 0 and time.monotonic() - last > self.gone_after
 
     def _set(self, limit: int, now: float) -> None:
         self.limit = limit
@@ -273,6 +276,7 @@ class _Run:
     # -- enumeration (its own thread) --------------------------------------------
     def _walk(self, source: Source, out: queue.Queue, governor: Governor) -> None:
         chunk: list[FileEntry] = []
+        answers = hasattr(source, "last_answer")
         try:
             for item in source.walk(self.stop):
                 if isinstance(item, WalkError):
@@ -280,10 +284,13 @@ class _Run:
                     self.status.add_error(item.path, item.error.message)
                     if isinstance(item.error, NasNetworkError):
                         governor.failure()
-                    else:
+                    elif not answers:
                         governor.alive()  # a refusal is an answer: the NAS is there
                     continue
-                governor.alive()
+                if not answers:
+                    # Listed files coming in: the NAS answers (roughly: some may have waited in the
+                    # walk's queue, which is why a source that knows when it last heard from the NAS says so)
+                    governor.alive()
                 chunk.append(item)
                 if len(chunk) >= ENUM_CHUNK:
                     self._put(out, chunk)
@@ -349,7 +356,8 @@ class _Run:
         status = self.status
         workers = self.ix._workers()
         mount_commands = getattr(source, "mount_commands", None)  # remote sources only
-        governor = Governor(workers, status, self.ix.gone_after, mount_commands() if mount_commands else None)
+        governor = Governor(workers, status, self.ix.gone_after, mount_commands() if mount_commands else None,
+                            (lambda: source.last_answer) if hasattr(source, "last_answer") else None)
         entries: queue.Queue = queue.Queue(maxsize=ENUM_QUEUE_CHUNKS)
         walker = threading.Thread(target=self._walk, args=(source, entries, governor), name="nas-walk", daemon=True)
         parser = ParsePool(self.ix.parse_processes)

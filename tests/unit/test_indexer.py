@@ -354,3 +354,15 @@ def test_a_run_after_the_nas_was_gone_starts_afresh(tmp_path, monkeypatch):
     ix.status.start(4)
     s = ix.run()
     assert s["phase"] == "done" and catalog.counts()["files"] == 100
+
+
+def test_governor_asks_the_source_when_the_nas_last_answered(clock):
+    answered = {"at": clock.now}
+    g = indexer_mod.Governor(12, IndexStatus(None), gone_after=60, last_answer=lambda: answered["at"])
+    g.failure()
+    clock.now += 50
+    answered["at"] = clock.now  # a folder listing came back
+    clock.now += 50
+    assert not g.gone()
+    clock.now += 11
+    assert g.gone()

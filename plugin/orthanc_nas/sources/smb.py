@@ -25,6 +25,7 @@ import errno
 import io
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
@@ -70,6 +71,8 @@ class SmbSource:
         self._idle: list[libsmbclient.Context] = []
         self._lock = threading.Lock()
         self._generation = 0  # bumped by close(): contexts of an older generation are not reused
+        #: time.monotonic() of the last answer from the NAS (any call that did not fail on the network)
+        self.last_answer = 0.0
 
     # -- connections ----------------------------------------------------------
     def _checkout(self, what: str) -> tuple[libsmbclient.Context, int]:
@@ -103,6 +106,7 @@ class SmbSource:
         except BaseException:
             _discard(ctx)
             raise
+        self.last_answer = time.monotonic()
         self._checkin(ctx, generation)
 
     def _failed(self, exc: OSError, ctx: libsmbclient.Context, generation: int, what: str) -> NasError:
@@ -111,6 +115,7 @@ class SmbSource:
         if isinstance(err, NasNetworkError):
             _discard(ctx)  # the connection may be half dead: the retry must start afresh
         else:
+            self.last_answer = time.monotonic()  # a refusal is an answer
             self._checkin(ctx, generation)
         return err
 
