@@ -214,12 +214,12 @@ def test_a_nas_killed_and_restarted_mid_run_then_a_run_completes(orthanc_factory
     running_nas.kill()
     time.sleep(1)
     running_nas.start()
-    s = o.wait_index(180)
-    assert s["phase"] in ("done", "failed"), s
+    killed = o.wait_index(180)
+    assert killed["phase"] in ("done", "failed"), killed
     checked_index(o)
     s = o.index()
-    assert s["phase"] == "done" and s["errors"] == 0, s
-    assert checked_index(o) == (summary["series"], summary["files"])
+    assert s["phase"] == "done" and s["errors"] == 0, (s, killed)
+    assert checked_index(o) == (summary["series"], summary["files"]), (s, killed)
 
 
 def test_a_silent_nas_fails_within_30_seconds(orthanc_factory, nas):
