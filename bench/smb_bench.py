@@ -115,6 +115,7 @@ with contextlib.redirect_stdout(out):
 seconds = time.monotonic() - t
 status = json.loads(out.getvalue())
 print(json.dumps({{"files": status["files_processed"], "errors": status["errors"], "seconds": seconds,
+                  "phase": status["phase"], "error_samples": status["error_samples"],
                   "workers_at_end": status["workers"], "warnings": status["warnings"]}}))
 """
 
@@ -185,6 +186,7 @@ def in_orthanc(server: SambaServer, port: int) -> dict:
         finally:
             orthanc.stop()
     return {"files": status["files_processed"], "errors": status["errors"], "seconds": seconds,
+            "phase": status["phase"], "error_samples": status["error_samples"],
             "workers_at_end": status["workers"], "warnings": status["warnings"]}
 
 
@@ -253,7 +255,7 @@ def measure(server: SambaServer, port: int, args, proxy: ProxyProcess | None, or
 def table(title: str, r: dict, baseline_files: int) -> None:
     print(f"\n{title} (SMB echo round trip: median {r['echo_rtt']['median_ms']} ms, "
           f"min {r['echo_rtt']['min_ms']} ms)")
-    print(f"  {'contender':52} {'files/s':>9} {'× baseline':>11} {'bytes/file':>11}")
+    print(f"  {'contender':52} {'files/s':>9} {'× baseline':>11} {'bytes/file':>11} {'files':>7} {'errors':>7}")
     rows = [("baseline", f"baseline: smbclient.walk + dcmread(open_file) [first {baseline_files}]"),
             ("core", "plugin's indexer, core (python -m orthanc_nas index smb://)"),
             ("orthanc", "plugin inside Orthanc (POST /nas/index)")]
@@ -263,7 +265,7 @@ def table(title: str, r: dict, baseline_files: int) -> None:
         x = r[key]
         ratio = f"{x['ratio']:.1f}" if "ratio" in x else "1.0"
         size = f"{x['bytes_per_file']:,}" if "bytes_per_file" in x else "-"
-        print(f"  {label:52} {x['files_per_second']:9,.1f} {ratio:>11} {size:>11}")
+        print(f"  {label:52} {x['files_per_second']:9,.1f} {ratio:>11} {size:>11} {x['files']:7} {x['errors']:7}")
     print(f"  {'enumeration: SmbSource.walk (parallel listing, best of 3)':52} "
           f"{r['enum_ours']['files_per_second']:9,.0f} {r['enum_ours']['ratio']:11.1f}")
     print(f"  {'enumeration: smbclient.walk':52} {r['enum_baseline']['files_per_second']:9,.0f} {'1.0':>11}")
