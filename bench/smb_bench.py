@@ -183,6 +183,11 @@ def in_orthanc(server: SambaServer, port: int) -> dict:
             started = time.monotonic()
             status = orthanc.index(full=True, timeout=1800)
             seconds = time.monotonic() - started
+        except Exception:
+            kept = REPO / "var" / "bench" / "smb-orthanc-failed.log"
+            kept.write_text(orthanc.log())
+            print(f"  Orthanc failed (exit code {orthanc.proc.poll()}); its log: {kept}", flush=True)
+            raise
         finally:
             orthanc.stop()
     return {"files": status["files_processed"], "errors": status["errors"], "seconds": seconds,
