@@ -261,9 +261,14 @@ class CatalogWriter:
         with transaction(self.conn):
             self.conn.executemany("UPDATE files SET seen_run=? WHERE path=?", ((self.run_id, p) for p in paths))
 
-    def write(self, results: Sequence[tuple]) -> None:
-        """Store a batch of `(FileEntry, record or None, error or None)` in one transaction."""
+    def write(self, results: Sequence[tuple], unread: Sequence[str] = ()) -> None:
+        """Store a batch of `(FileEntry, record or None, error or None)` in one transaction.
+
+        `unread`: paths the run could not read this time; rows they have are only marked seen.
+        """
         with transaction(self.conn):
+            if unread:
+                self.conn.executemany("UPDATE files SET seen_run=? WHERE path=?", ((self.run_id, p) for p in unread))
             dirty = self._old_keys([entry.path for entry, _, _ in results])
             series_rows = {}
             file_rows = []

@@ -1,6 +1,7 @@
 """Command line: index, search and show status without Orthanc.
 
     python -m orthanc_nas index /mnt/nas/dicom --data /var/lib/orthanc/nas
+    NAS_PASSWORD=... python -m orthanc_nas index smb://user@nas:445/dicom/ct --data /var/lib/orthanc/nas
     python -m orthanc_nas search "john doe" --data /var/lib/orthanc/nas
     python -m orthanc_nas status --data /var/lib/orthanc/nas
 """
@@ -10,14 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 import unicodedata
+import urllib.parse
 
 from .app import NasApp
 from .catalog import Catalog
 from .config import parse_settings
-from .errors import NasError
+from .errors import ConfigError, NasError
 from .search import SearchParams, search
 
 
@@ -37,8 +40,32 @@ def _progress(app: NasApp, done: threading.Event) -> None:
     sys.stderr.write("\n")
 
 
+def connection_section(where: str) -> dict:
+    """The `Connection` for a folder, or for `smb://[domain;]user@host[:port]/share[/path]`.
+
+    The password of an SMB share comes from the environment (NAS_PASSWORD), never from the
+    command line, where any user of the machine could read it.
+    """
+    if not where.startswith("smb://"):
+        return {"Type": "local", "Path": where}
+    url = urllib.parse.urlsplit(where)
+    share, _, path = url.path.lstrip("/").partition("/")
+    user = urllib.parse.unquote(url.username or "")
+    domain, _, user = user.rpartition(";")
+    if not (url.hostname and share and user):
+        raise ConfigError(f"not an SMB address: {where}", "Write it as smb://user@host[:port]/share[/folder].")
+    password = os.environ.get("NAS_PASSWORD")
+    if not password:
+        raise ConfigError("the SMB password is missing: set the environment variable NAS_PASSWORD")
+    section = {"Type": "smb", "Host": url.hostname, "Share": urllib.parse.unquote(share),
+               "Path": urllib.parse.unquote(path), "Username": user, "Password": password, "Domain": domain}
+    if url.port:
+        section["Port"] = url.port
+    return section
+
+
 def cmd_index(args) -> int:
-    section = {"Connection": {"Type": "local", "Path": args.path}, "DataDirectory": args.data}
+    section = {"Connection": connection_section(args.path), "DataDirectory": args.data}
     if args.workers:
         section["Workers"] = args.workers
     app = NasApp(parse_settings(section), parse_processes=args.processes)
@@ -131,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m orthanc_nas", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("index", help="index a local or mounted folder")
-    p.add_argument("path", help="the NAS folder")
+    p = sub.add_parser("index", help="index a local or mounted folder, or an SMB share")
+    p.add_argument("path", help="the NAS folder, or smb://user@host[:port]/share[/folder] "
+                                "(password in the environment variable NAS_PASSWORD)")
     p.add_argument("--data", required=True, help="folder for index.db and index_status.json")
     p.add_argument("--workers", type=int, help="reading threads (default 12)")
     p.add_argument("--processes", type=int, help="parsing processes (default: one per core; 0: none)")

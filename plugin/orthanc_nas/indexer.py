@@ -37,8 +37,14 @@ WRITE_BATCH = 256
 WRITE_INTERVAL = 0.5
 RETRIES = 3
 BACKOFF = 0.5  # seconds before the first retry; doubled each time
-NAS_GONE_AFTER = 60.0  # seconds without any successful read while reads keep failing on the network
-SLOW_READ_SECONDS = 0.05  # mean head read time above which a local mount is suggested
+CHECK_WITHIN = 25.0  # seconds: checking the NAS root at the start gives up by then (the spec allows 30)
+NAS_GONE_AFTER = 60.0  # seconds without any answer from the NAS while its requests keep failing on the network
+BLOCK = 20  # reads are judged by blocks: the fastest read of each block
+SLOWDOWN = 4.0  # blocks whose fastest read is this many times the baseline (plus SLOW_MARGIN) are slow
+SLOW_MARGIN = 0.02  # seconds: below this, a read is never slow (loopback or LAN jitter)
+CALM = 1.0  # seconds after a change of the worker count before reads are judged again
+RAISE_AFTER = 3  # blocks in a row that are not slow before one more worker is added
+SLOW_READ_SECONDS = 0.05  # when even the fastest reads take longer, a local mount is suggested
 FINISHING_WAIT = 10.0  # seconds a new start waits for a run whose status has ended to let go
 
 
@@ -47,66 +53,129 @@ class NasGone(NasNetworkError):
 
 
 class Governor:
-    """Watches read times and network failures: sets the live worker count, detects a NAS gone."""
+    """Sets the live worker count from read times and network failures; tells when the NAS is gone.
 
-    def __init__(self, workers: int, status: IndexStatus, gone_after: float = NAS_GONE_AFTER):
+    Reads are judged by blocks of `BLOCK`, by the fastest read of each block: a client busy
+    parsing (two cores, a GIL) makes some reads wait, but not all of them, while a NAS or a
+    network that is slow makes every read slow. The baseline is the fastest block of the run.
+    A slow block means the NAS may be struggling under our requests: the count goes down to 3/4;
+    failed requests halve it. After a change, reads are not judged for `CALM` seconds, so the new
+    count shows its effect first. If a lower count did not make reads faster, they are slow for
+    another reason (a longer network path, a NAS busy with others): that time becomes the new
+    baseline, since fewer workers would only lose throughput. `RAISE_AFTER` blocks in a row that
+    are not slow add a worker back, up to `Workers`.
+
+    The NAS is gone when its requests keep failing on the network and nothing succeeded for
+    `gone_after` seconds: no read, and no other answer -- `last_answer()` for a source that knows
+    when the NAS last answered, else `alive()`, called as listed files come in.
+    """
+
+    def __init__(self, workers: int, status: IndexStatus, gone_after: float = NAS_GONE_AFTER,
+                 slow_hint: str | None = None, last_answer: Callable[[], float] | None = None):
         self.max = workers
+        self.last_answer = last_answer
         self.limit = workers
         self.status = status
         self.gone_after = gone_after
+        self.slow_hint = slow_hint  # set for a remote source: how to mount it locally instead
         self._lock = threading.Lock()
         self.last_success = time.monotonic()
         self.failures_since_success = 0
-        self.baseline: float | None = None
-        self.recent = 0.0  # moving average of read seconds
         self.reads = 0
-        self.good_streak = 0
+        self.block_fastest = float("inf")
+        self.fastest: float | None = None  # the fastest read of the last block
+        self.baseline: float | None = None
+        self.good_blocks = 0
+        self.calm_until = 0.0
+        self.cut_from: float | None = None  # the fastest read when the count was last lowered for slowness
+        self.warned = False
+
+    def alive(self) -> None:
+        """The NAS answered (listed files came in); says nothing about read times."""
+        self.last_success = time.monotonic()
+        self.failures_since_success = 0
 
     def success(self, seconds: float) -> None:
+        """A head read took `seconds`."""
         with self._lock:
-            self.last_success = time.monotonic()
+            now = time.monotonic()
+            self.last_success = now
             self.failures_since_success = 0
             self.reads += 1
-            self.recent = seconds if self.reads == 1 else self.recent * 0.95 + seconds * 0.05
-            if self.reads == 50 or (self.baseline is not None and self.recent < self.baseline):
-                self.baseline = self.recent
-            if self.baseline is not None and self.recent > 4 * self.baseline + 0.02 and self.limit > 1:
-                self._set(max(1, self.limit * 3 // 4))  # the NAS is struggling: ask less of it
-                self.good_streak = 0
-            elif self.limit < self.max:
-                self.good_streak += 1
-                if self.good_streak >= 100:
-                    self._set(self.limit + 1)
-                    self.good_streak = 0
-            if self.reads % 200 == 0 and self.recent > SLOW_READ_SECONDS:
-                self.status.warn(
-                    f"The NAS answers slowly ({self.recent * 1000:.0f} ms per file header): mounting the share "
-                    "on this server and indexing the mounted folder would be faster.")
+            self.block_fastest = min(self.block_fastest, seconds)
+            if self.reads % BLOCK:
+                return
+            fastest, self.block_fastest = self.block_fastest, float("inf")
+            self.fastest = fastest
+            if self.baseline is None or fastest < self.baseline:
+                self.baseline = fastest
+            self._warn_if_slow(fastest)
+            if now < self.calm_until:
+                return
+            if fastest > SLOWDOWN * self.baseline + SLOW_MARGIN:
+                self.good_blocks = 0
+                if self.cut_from is not None and fastest > 0.8 * self.cut_from:
+                    self.baseline, self.cut_from = fastest, None  # fewer workers did not help
+                elif self.limit > 1:
+                    self.cut_from = fastest
+                    self._set(max(1, self.limit * 3 // 4), now)
+            else:
+                self.cut_from = None
+                if self.limit < self.max:
+                    self.good_blocks += 1
+                    if self.good_blocks >= RAISE_AFTER:
+                        self._set(self.limit + 1, now)
 
     def failure(self) -> None:
-        """A read failed on the network even after its retries."""
+        """A request to the NAS failed on the network (time-out, refused, dropped)."""
         with self._lock:
+            now = time.monotonic()
             self.failures_since_success += 1
-            if self.limit > 1:
-                self._set(max(1, self.limit // 2))
-            self.good_streak = 0
+            self.good_blocks = 0
+            self.cut_from = None
+            if self.limit > 1 and now >= self.calm_until:
+                self._set(max(1, self.limit // 2), now)
 
     def gone(self) -> bool:
         with self._lock:
-            return self.failures_since_success > 0 and time.monotonic() - self.last_success > self.gone_after
+            last = max(self.last_success, self.last_answer()) if self.last_answer else self.last_success
+            return self.failures_since_success > 0 and time.monotonic() - last > self.gone_after
 
-    def _set(self, limit: int) -> None:
+    def _set(self, limit: int, now: float) -> None:
         self.limit = limit
+        self.good_blocks = 0
+        self.calm_until = now + CALM
         self.status.workers = limit
 
+    def _warn_if_slow(self, fastest: float) -> None:
+        if self.slow_hint is None or self.warned or fastest <= SLOW_READ_SECONDS:
+            return
+        self.warned = True
+        self.status.warn(
+            f"The NAS answers slowly: even the fastest file headers take {fastest * 1000:.0f} ms to read over "
+            f"SMB (a few ms on a local network). Indexing the share mounted on this server would be "
+            f"faster — {self.slow_hint}")
 
-def with_retries(fn: Callable, *args, stop: threading.Event, retries: int = RETRIES, backoff: float = BACKOFF):
-    """Call `fn`, retrying network failures with exponential backoff."""
+
+def with_retries(fn: Callable, *args, stop: threading.Event, retries: int = RETRIES, backoff: float = BACKOFF,
+                 on_failure: Callable[[], None] | None = None, within: float | None = None):
+    """Call `fn`, retrying network failures up to `retries` times with exponential backoff.
+
+    `on_failure` is told of every failed attempt. With `within` (seconds), no retry starts that
+    would, at the pace of the last attempt, end later than that after the first attempt began.
+    """
+    first = time.monotonic()
     for attempt in range(retries + 1):
+        began = time.monotonic()
         try:
             return fn(*args)
         except NasNetworkError:
-            if attempt == retries or stop.wait(backoff * 2 ** attempt):
+            if on_failure is not None:
+                on_failure()
+            pause = backoff * 2 ** attempt
+            now = time.monotonic()
+            late = within is not None and (now - first) + pause + (now - began) > within
+            if attempt == retries or late or stop.wait(pause):
                 raise
     raise AssertionError("unreachable")
 
@@ -194,7 +263,8 @@ class _Run:
         self.ix = indexer
         self.full = full
         self.status = indexer.status
-        self.stop = indexer._stop
+        self.cancel = indexer._stop  # DELETE /nas/index, Orthanc stopping
+        self.stop = threading.Event()  # this run's walk and readers end: cancelled, or the NAS is gone
         self.walk_errors = 0
         self.walk_failure: BaseException | None = None
         self.walk_done = False
@@ -205,7 +275,7 @@ class _Run:
         writer = CatalogWriter(self.ix.catalog)
         writer.begin_run()
         try:
-            with_retries(source.check_root, stop=self.stop)
+            with_retries(source.check_root, stop=self.cancel, within=CHECK_WITHIN)
             status.series_count = writer.series_count()
             outcome = self._pipeline(source, writer)
             writer.finish_run(outcome)
@@ -220,6 +290,7 @@ class _Run:
     # -- enumeration (its own thread) --------------------------------------------
     def _walk(self, source: Source, out: queue.Queue, governor: Governor) -> None:
         chunk: list[FileEntry] = []
+        answers = hasattr(source, "last_answer")
         try:
             for item in source.walk(self.stop):
                 if isinstance(item, WalkError):
@@ -227,7 +298,13 @@ class _Run:
                     self.status.add_error(item.path, item.error.message)
                     if isinstance(item.error, NasNetworkError):
                         governor.failure()
+                    elif not answers:
+                        governor.alive()  # a refusal is an answer: the NAS is there
                     continue
+                if not answers:
+                    # Listed files coming in: the NAS answers (roughly: some may have waited in the
+                    # walk's queue, which is why a source that knows when it last heard from the NAS says so)
+                    governor.alive()
                 chunk.append(item)
                 if len(chunk) >= ENUM_CHUNK:
                     self._put(out, chunk)
@@ -254,18 +331,21 @@ class _Run:
 
     # -- reading (worker threads) ------------------------------------------------
     def _read_batch(self, source: Source, parser: ParsePool, batch: list[FileEntry], governor: Governor) -> list:
+        """Read and parse a batch: `(entry, record, error, kept)` each; see `_write` for `kept`."""
         results: list[tuple] = []
         heads: list[tuple[FileEntry, bytes]] = []
+
+        def read(path: str, size: int) -> bytes:
+            return with_retries(source.read_head, path, size, stop=self.stop, on_failure=governor.failure)
+
         for entry in batch:
             if self.stop.is_set():
                 break
             started = time.monotonic()
             try:
-                buf = with_retries(source.read_head, entry.path, HEAD_SIZE, stop=self.stop)
+                buf = read(entry.path, HEAD_SIZE)
             except NasError as exc:
-                if isinstance(exc, NasNetworkError):
-                    governor.failure()
-                results.append((entry, None, exc.message))
+                results.append((entry, None, exc.message, False))
                 continue
             governor.success(time.monotonic() - started)
             heads.append((entry, buf))
@@ -273,21 +353,25 @@ class _Run:
         for (entry, _), outcome in zip(heads, parsed, strict=True):
             if isinstance(outcome, NeedMore):  # a header longer than the first read: rare, read on here
                 try:
-                    outcome = read_record(lambda p, n: with_retries(source.read_head, p, n, stop=self.stop),
-                                          entry.path, outcome.size)
-                except (NasError, NotDicom) as exc:
-                    outcome = getattr(exc, "message", None) or str(exc)
+                    outcome = read_record(read, entry.path, outcome.size)
+                except NasError as exc:
+                    results.append((entry, None, exc.message, False))
+                    continue
+                except NotDicom as exc:
+                    outcome = str(exc)
             if isinstance(outcome, str):
-                results.append((entry, None, outcome))
+                results.append((entry, None, outcome, True))
             else:
-                results.append((entry, outcome, None))
+                results.append((entry, outcome, None, True))
         return results
 
     # -- the run thread ----------------------------------------------------------
     def _pipeline(self, source: Source, writer: CatalogWriter) -> str:
         status = self.status
         workers = self.ix._workers()
-        governor = Governor(workers, status, self.ix.gone_after)
+        mount_commands = getattr(source, "mount_commands", None)  # remote sources only
+        governor = Governor(workers, status, self.ix.gone_after, mount_commands() if mount_commands else None,
+                            (lambda: source.last_answer) if hasattr(source, "last_answer") else None)
         entries: queue.Queue = queue.Queue(maxsize=ENUM_QUEUE_CHUNKS)
         walker = threading.Thread(target=self._walk, args=(source, entries, governor), name="nas-walk", daemon=True)
         walker.start()  # the walk fills its queue while the parse processes start (about half a second)
@@ -299,16 +383,14 @@ class _Run:
         pending: list[tuple] = []
         last_write = time.monotonic()
         entries_open = True
+        gone = False
         try:
             status.set_phase("indexing")
             while True:
-                if self.stop.is_set():
-                    break
-                if governor.gone():
+                if self.cancel.is_set() or governor.gone():
+                    gone = not self.cancel.is_set()
                     self.stop.set()  # the walk and the reading threads end at their next file
-                    raise NasGone("the NAS stopped answering during indexing",
-                                  "Check the NAS and the network, then start indexing again: "
-                                  "what was indexed is kept and the next run resumes.")
+                    break
                 while entries_open and len(inflight) < governor.limit * 2:
                     try:
                         chunk = entries.get(timeout=0.05 if inflight else 0.2)
@@ -337,8 +419,14 @@ class _Run:
             pool.shutdown(wait=True, cancel_futures=True)
             parser.close()
             walker.join(timeout=30)
-        if self.ix._stop.is_set():
+        if self.cancel.is_set():
             return "cancelled"
+        if gone:
+            mount = f" If the network to the NAS is unreliable, mount the share instead — {mount_commands()}" \
+                if mount_commands else ""
+            raise NasGone(f"the NAS stopped answering during indexing (nothing for {self.ix.gone_after:g} s)",
+                          "Check that the NAS is on and reachable, then start indexing again: what was "
+                          f"indexed is kept and the next run goes on from there.{mount}")
         if self.walk_failure is not None:
             raise self.walk_failure
         return self._finish(writer)
@@ -357,8 +445,16 @@ class _Run:
         return [todo[i:i + READ_BATCH] for i in range(0, len(todo), READ_BATCH)]
 
     def _write(self, writer: CatalogWriter, results: list[tuple]) -> None:
-        writer.write(results)
-        for entry, _, error in results:
+        """Store a batch of outcomes in one transaction.
+
+        A file that was read (`kept`) is written, with its error if it is not DICOM: it is not read
+        again until it changes. A file the NAS did not give (network trouble, access denied, gone
+        meanwhile) is not written: a row it had stays as it was (its series keep it), it is marked
+        seen so it is not taken for deleted, and the next run tries it again.
+        """
+        writer.write([(entry, record, error) for entry, record, error, kept in results if kept],
+                     unread=[entry.path for entry, _, _, kept in results if not kept])
+        for entry, _, error, _ in results:
             if error is not None:
                 self.status.add_error(entry.path, error)
         self.status.series_count = writer.series_count()

@@ -191,3 +191,178 @@ def test_a_start_right_after_the_status_says_done_is_not_busy(tmp_path, nas, mon
     assert closing.wait(30) and not ix.status.running
     ix.start()  # no Busy
     assert ix.wait(30) and ix.status.phase == "done"
+
+
+# -- the governor -------------------------------------------------------------------------------
+
+
+class Clock:
+    """Stands in for time.monotonic in the indexer module, moved by hand."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = Clock()
+    monkeypatch.setattr(indexer_mod.time, "monotonic", c)
+    return c
+
+
+def reads(governor, clock, seconds, blocks=1, fast_one=None):
+    """Feed `blocks` blocks of reads taking `seconds` (one read of each block taking `fast_one`)."""
+    for _ in range(blocks):
+        for i in range(indexer_mod.BLOCK):
+            governor.success(fast_one if fast_one is not None and i == 3 else seconds)
+            clock.now += 0.01
+        clock.now += indexer_mod.CALM  # each block judged after the calm of the previous change
+
+
+def test_governor_lowers_workers_when_every_read_slows_and_raises_them_when_the_nas_recovers(tmp_path, clock):
+    status = IndexStatus(None)
+    g = indexer_mod.Governor(12, status)
+    reads(g, clock, 0.002, blocks=3)
+    assert g.limit == 12 and g.baseline == 0.002
+    reads(g, clock, 0.2)  # the NAS struggles
+    assert g.limit == 9 and status.workers == 9
+    reads(g, clock, 0.05)  # fewer workers made reads faster, still slow: fewer again
+    assert g.limit == 6
+    reads(g, clock, 0.002, blocks=indexer_mod.RAISE_AFTER)
+    assert g.limit == 7
+    reads(g, clock, 0.002, blocks=indexer_mod.RAISE_AFTER * 10)
+    assert g.limit == 12 and status.workers == 12
+
+
+def test_governor_ignores_reads_slowed_by_a_busy_client(clock):
+    g = indexer_mod.Governor(12, IndexStatus(None))
+    reads(g, clock, 0.002, blocks=3)
+    reads(g, clock, 0.3, blocks=10, fast_one=0.003)  # most reads waited for the CPU, not for the NAS
+    assert g.limit == 12
+
+
+def test_governor_takes_a_slower_network_as_the_new_normal(clock):
+    """Fewer workers do not shorten a longer network path: after one cut that did not help, the count goes back up."""
+    g = indexer_mod.Governor(12, IndexStatus(None))
+    reads(g, clock, 0.002, blocks=3)
+    reads(g, clock, 0.1)
+    assert g.limit == 9
+    reads(g, clock, 0.1)  # no faster with 9
+    assert g.limit == 9 and g.baseline == 0.1
+    reads(g, clock, 0.1, blocks=indexer_mod.RAISE_AFTER * 3 * 4)
+    assert g.limit == 12
+
+
+def test_governor_halves_on_failures_and_knows_when_the_nas_is_gone(clock):
+    g = indexer_mod.Governor(12, IndexStatus(None), gone_after=60)
+    reads(g, clock, 0.002)
+    g.failure()
+    assert g.limit == 6
+    g.failure()  # within the calm of the last change: one cut per calm
+    assert g.limit == 6
+    clock.now += 58  # the last read was 1.2 s ago
+    assert not g.gone()
+    g.alive()  # a listing came back: the NAS is there
+    clock.now += 59
+    assert not g.gone()
+    g.failure()
+    assert g.limit == 3
+    clock.now += 2
+    assert g.gone()
+    g.success(0.01)
+    assert not g.gone()
+
+
+def test_governor_warns_once_about_a_slow_remote_nas(clock):
+    status = IndexStatus(None)
+    g = indexer_mod.Governor(12, status, slow_hint="Linux: mount -t cifs //nas/dicom /mnt/nas")
+    reads(g, clock, 0.2, blocks=5)
+    assert len(status.warnings) == 1 and "mount -t cifs //nas/dicom" in status.warnings[0]
+    local = IndexStatus(None)
+    reads(indexer_mod.Governor(12, local), clock, 0.2, blocks=5)  # a slow local disk: no mount to suggest
+    assert local.warnings == []
+
+
+def test_retries_tell_each_failure_and_keep_to_their_time_budget(monkeypatch):
+    monkeypatch.setattr(indexer_mod, "BACKOFF", 0.01)
+    failures = []
+
+    def slow_failure():
+        time.sleep(0.3)
+        raise NasNetworkError("no answer")
+
+    started = time.monotonic()
+    with pytest.raises(NasNetworkError):
+        indexer_mod.with_retries(slow_failure, stop=threading.Event(), backoff=0.01,
+                                 on_failure=lambda: failures.append(1), within=0.5)
+    assert len(failures) == 1 and time.monotonic() - started < 0.5  # a second try would end after 0.6 s
+    with pytest.raises(NasNetworkError):
+        indexer_mod.with_retries(slow_failure, stop=threading.Event(), backoff=0.01,
+                                 on_failure=lambda: failures.append(1))
+    assert len(failures) == 1 + 1 + indexer_mod.RETRIES
+
+
+class UnreadableSource(LocalSource):
+    """A local folder where some files cannot be read: on the network, or access denied."""
+
+    def __init__(self, root, failing: dict):
+        super().__init__(root)
+        self.failing = failing  # path -> exception
+
+    def read_head(self, path, size):
+        if path in self.failing:
+            raise self.failing[path]
+        return super().read_head(path, size)
+
+
+def test_files_the_nas_did_not_give_keep_their_rows_and_are_read_next_time(tmp_path, nas, monkeypatch):
+    from orthanc_nas.errors import NasPermissionError
+
+    monkeypatch.setattr(indexer_mod, "BACKOFF", 0.001)
+    source = UnreadableSource(str(nas), {})
+    ix, catalog = make(tmp_path, nas, source=source)
+    ix.run()
+    before = series_counts(catalog)
+    source.failing = {"P1/CT/IM00002.dcm": NasNetworkError("connection reset"),
+                      "P2/MR one/IM00001.dcm": NasPermissionError("access denied")}
+    s = ix.run(full=True)
+    assert s["phase"] == "done" and s["errors"] == 2 + 3  # and the 3 files that are not DICOM
+    assert series_counts(catalog) == before  # neither file left its series
+    source.failing = {}
+    write_dicom(nas / "P4" / "new.dcm", PatientName="NEW^FILE")
+    source.failing = {"P4/new.dcm": NasPermissionError("access denied")}
+    s = ix.run()
+    assert s["errors"] == 1 and "P4/new.dcm" not in {r[0] for r in catalog.reader().execute("SELECT path FROM files")}
+    source.failing = {}
+    s = ix.run()  # unchanged on the NAS, but never read: read now
+    assert s["errors"] == 0 and s["files_processed"] - s["files_skipped"] == 1
+
+
+def test_a_run_after_the_nas_was_gone_starts_afresh(tmp_path, monkeypatch):
+    monkeypatch.setattr(indexer_mod, "BACKOFF", 0.01)
+    root = tmp_path / "nas"
+    for s in range(10):
+        write_series(root / f"s{s}", 10)
+    source = FlakySource(str(root), good=20)
+    ix, catalog = make(tmp_path, root, source=source, gone_after=0.5)
+    ix.status.start(4)  # as the command line does before run()
+    assert ix.run()["phase"] == "failed"
+    source.good = 10 ** 6
+    ix.status.start(4)
+    s = ix.run()
+    assert s["phase"] == "done" and catalog.counts()["files"] == 100
+
+
+def test_governor_asks_the_source_when_the_nas_last_answered(clock):
+    answered = {"at": clock.now}
+    g = indexer_mod.Governor(12, IndexStatus(None), gone_after=60, last_answer=lambda: answered["at"])
+    g.failure()
+    clock.now += 50
+    answered["at"] = clock.now  # a folder listing came back
+    clock.now += 50
+    assert not g.gone()
+    clock.now += 11
+    assert g.gone()

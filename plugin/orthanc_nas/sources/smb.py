@@ -25,6 +25,7 @@ import errno
 import io
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
@@ -70,6 +71,8 @@ class SmbSource:
         self._idle: list[libsmbclient.Context] = []
         self._lock = threading.Lock()
         self._generation = 0  # bumped by close(): contexts of an older generation are not reused
+        #: time.monotonic() of the last answer from the NAS (any call that did not fail on the network)
+        self.last_answer = 0.0
 
     # -- connections ----------------------------------------------------------
     def _checkout(self, what: str) -> tuple[libsmbclient.Context, int]:
@@ -103,6 +106,7 @@ class SmbSource:
         except BaseException:
             _discard(ctx)
             raise
+        self.last_answer = time.monotonic()
         self._checkin(ctx, generation)
 
     def _failed(self, exc: OSError, ctx: libsmbclient.Context, generation: int, what: str) -> NasError:
@@ -111,6 +115,7 @@ class SmbSource:
         if isinstance(err, NasNetworkError):
             _discard(ctx)  # the connection may be half dead: the retry must start afresh
         else:
+            self.last_answer = time.monotonic()  # a refusal is an answer
             self._checkin(ctx, generation)
         return err
 
@@ -135,7 +140,7 @@ class SmbSource:
                           else "the connection could not be set up; is it an SMB2/3 server?")
             return NasNetworkError(f"cannot reach the NAS {c.Host}:{c.Port} ({reason}) for {what}",
                                    "Check that the NAS is on and reachable from this server (host name, port "
-                                   f"{c.Port}, firewall). {self._mount_hint()}")
+                                   f"{c.Port}, firewall). {self.mount_hint()}")
         connected = ctx is not None and ctx.share_connected()
         if code in (errno.EACCES, errno.EPERM):
             if connected:
@@ -143,7 +148,7 @@ class SmbSource:
                                           f"Give the NAS account {c.Username!r} read access to {what}.")
             return NasAuthError(f"the NAS {c.Host} refused the logon of {self._account()} to share {c.Share!r}",
                                 "Check the user name, password and domain, and that this account may use "
-                                f"the share. {self._mount_hint()}")
+                                f"the share. {self.mount_hint()}")
         if code in (errno.ENOENT, errno.ENOTDIR):
             if not connected:
                 return NasNotFound(f"the NAS {c.Host} has no share {c.Share!r}",
@@ -156,15 +161,18 @@ class SmbSource:
         c = self.conn
         return f"{c.Domain}\\{c.Username}" if c.Domain else c.Username
 
-    def _mount_hint(self) -> str:
-        """The local mount alternative, with this connection's values (never the password)."""
+    def mount_hint(self) -> str:
+        """The local mount alternative, as a hint (never the password)."""
+        return f"Or mount the share and index the mounted folder instead — {self.mount_commands()}"
+
+    def mount_commands(self) -> str:
+        """How to mount this share on Linux and on Windows, with this connection's values."""
         c = self.conn
         user = f"{c.Username},domain={c.Domain}" if c.Domain else c.Username
         port = f",port={c.Port}" if c.Port != 445 else ""
         win_user = f"{c.Domain}\\{c.Username}" if c.Domain else c.Username
-        return (f"Or mount the share and index the mounted folder instead — Linux: mount -t cifs "
-                f"//{c.Host}/{c.Share} /mnt/nas -o ro,username={user}{port} ; Windows: net use N: "
-                f"\\\\{c.Host}\\{c.Share} /user:{win_user}")
+        return (f"Linux: mount -t cifs //{c.Host}/{c.Share} /mnt/nas -o ro,username={user}{port} ; "
+                f"Windows: net use N: \\\\{c.Host}\\{c.Share} /user:{win_user}")
 
     # -- paths ----------------------------------------------------------------
     def _path(self, rel: str) -> str:

@@ -1,0 +1,283 @@
+"""Indexing an SMB share through a real Orthanc and a real smbd: the same index as a local folder,
+refused logons and files, a NAS that freezes, dies or slows down, and credentials that change.
+
+The smbd of this module serves a corpus of its own (a few thousand sparse files, so a run lasts
+long enough to freeze the NAS in the middle of it) and is frozen (SIGSTOP), killed and slowed
+down (through a delaying proxy) by the tests; each test leaves it running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+from dataclasses import asdict
+
+import psutil
+import pytest
+from bench.corpus import write_corpus
+from tests.support.orthanc import OrthancServer
+from tests.support.smbd import SambaServer, SilentListener, make_share_dir
+from tests.support.tcp_proxy import DelayProxy
+
+pytestmark = pytest.mark.integration
+
+FILES, SERIES_SIZE = 2400, 40
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    root = make_share_dir("nas-smb-indexing-")
+    summary = write_corpus(root, FILES, series_size=SERIES_SIZE)
+    for folder, _dirs, files in os.walk(root):  # smbd reads as nasuser
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+    yield root, summary
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def nas(corpus):
+    server = SambaServer(corpus[0]).start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def running_nas(nas):
+    """The module's smbd, running again after the test whatever the test did to it."""
+    yield nas
+    if nas.proc is None:
+        nas.start()
+    else:
+        nas.resume()
+
+
+def smb(nas: SambaServer, **overrides) -> dict:
+    connection = {"Type": "smb", "Host": nas.host, "Port": nas.port, "Share": nas.share,
+                  "Username": nas.user, "Password": nas.password}
+    connection.update(overrides)
+    return {"Connection": connection}
+
+
+def start_run(o: OrthancServer, full: bool = False) -> float:
+    answer = o.post("/nas/index", json={"full": full})
+    assert answer.status_code == 202, answer.text
+    return time.monotonic()
+
+
+def wait_until(o: OrthancServer, condition, timeout: float = 60, interval: float = 0.05) -> dict:
+    """Poll the status until `condition(status)` holds; returns that status."""
+    deadline = time.monotonic() + timeout
+    status = {}
+    while time.monotonic() < deadline:
+        status = o.get("/nas/status").json()
+        if condition(status):
+            return status
+        time.sleep(interval)
+    raise AssertionError(f"status never reached the condition within {timeout}s: {status}")
+
+
+def processed_at_least(n: int):
+    return lambda s: s["files_processed"] >= n or not s["running"]
+
+
+def index_contents(o: OrthancServer) -> dict:
+    """series_key -> (series fields, sorted files) from the REST routes."""
+    series = o.get("/nas/search", params={"limit": 1000}).json()
+    contents = {}
+    for row in series:
+        files = o.get(f"/nas/series/{row['series_key']}").json()["files"]
+        contents[row["series_key"]] = (row, sorted((f["path"], f["size"], f["SOPInstanceUID"],
+                                                    f["InstanceNumber"]) for f in files))
+    return contents
+
+
+def checked_index(o: OrthancServer) -> tuple[int, int]:
+    """(series, files in series) read from index.db, after checking the file and its counts are sound."""
+    with sqlite3.connect(o.workdir / "storage" / "nas" / "index.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        wrong = db.execute("SELECT count(*) FROM series WHERE file_count != "
+                           "(SELECT count(*) FROM files WHERE files.series_key = series.series_key)").fetchone()[0]
+        assert wrong == 0
+        series, files = db.execute("SELECT count(*), coalesce(sum(file_count), 0) FROM series").fetchone()
+    return series, files
+
+
+def test_the_same_index_over_smb_as_from_the_folder(orthanc_factory, nas, corpus):
+    root, summary = corpus
+    over_smb = orthanc_factory(smb(nas))
+    s = over_smb.index()
+    assert s["phase"] == "done" and s["errors"] == 0, s
+    assert s["files_processed"] == summary["files"] and s["series_count"] == summary["series"]
+    local = orthanc_factory({"Connection": {"Type": "local", "Path": root}})
+    assert local.index()["series_count"] == summary["series"]
+    remote, here = index_contents(over_smb), index_contents(local)
+    assert remote.keys() == here.keys()
+    for key in here:
+        assert remote[key] == here[key], key
+    assert sum(len(files) for _, files in remote.values()) == summary["files"]
+    assert checked_index(over_smb) == (summary["series"], summary["files"])
+
+
+def test_wrong_password_fails_with_auth_and_the_mount_command(orthanc_factory, nas):
+    o = orthanc_factory(smb(nas, Password="not-the-password"))
+    s = o.index(timeout=60)
+    assert s["phase"] == "failed" and s["failure"]["kind"] == "auth", s
+    hint = s["failure"]["hint"]
+    assert f"mount -t cifs //127.0.0.1/dicom /mnt/nas -o ro,username=nasuser,port={nas.port}" in hint
+    assert "not-the-password" not in str(s)
+
+
+def test_missing_share_fails_with_not_found(orthanc_factory, nas):
+    o = orthanc_factory(smb(nas, Share="nosuchshare"))
+    s = o.index(timeout=60)
+    assert s["phase"] == "failed" and s["failure"]["kind"] == "not_found", s
+    assert "nosuchshare" in s["failure"]["error"]
+
+
+@pytest.fixture
+def locked(corpus):
+    """A file and a series folder of the corpus made unreadable (chmod 000) until the test ends."""
+    root, _ = corpus
+    folders = sorted({os.path.dirname(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs if f.endswith(".dcm")})
+    folder, other = folders[3], folders[7]
+    file = os.path.join(other, sorted(os.listdir(other))[5])
+    yield os.path.relpath(file, root), os.path.relpath(folder, root), len(os.listdir(folder))
+    os.chmod(file, 0o644)
+    os.chmod(folder, 0o755)
+
+
+def test_unreadable_file_and_folder_are_errors_and_the_index_keeps_them(orthanc_factory, nas, corpus, locked):
+    _, summary = corpus
+    o = orthanc_factory(smb(nas))
+    assert o.index()["errors"] == 0
+    file, folder, _ = locked
+    os.chmod(os.path.join(corpus[0], file), 0)
+    os.chmod(os.path.join(corpus[0], folder), 0)
+    s = o.index(full=True)
+    assert s["phase"] == "done" and s["errors"] == 2, s
+    samples = {e["path"]: e["error"] for e in s["error_samples"]}
+    assert "access denied" in samples[file] and "access denied" in samples[folder], samples
+    assert any("could not be listed" in w for w in s["warnings"])
+    # the folder's files and the unreadable file were indexed before: nothing of them is lost
+    assert checked_index(o) == (summary["series"], summary["files"])
+    os.chmod(os.path.join(corpus[0], file), 0o644)
+    os.chmod(os.path.join(corpus[0], folder), 0o755)
+    s = o.index()
+    assert s["phase"] == "done" and s["errors"] == 0 and s["files_processed"] == summary["files"]
+
+
+def test_a_short_freeze_of_the_nas_and_the_run_goes_on(orthanc_factory, running_nas, corpus):
+    _, summary = corpus
+    o = orthanc_factory(smb(running_nas))
+    start_run(o, full=True)
+    assert wait_until(o, processed_at_least(300))["running"]
+    running_nas.pause()
+    time.sleep(4)
+    running_nas.resume()
+    s = o.wait_index(120)
+    assert s["phase"] == "done" and s["errors"] == 0, s
+    assert s["files_processed"] == summary["files"]
+    assert checked_index(o) == (summary["series"], summary["files"])
+
+
+def test_a_nas_that_stays_frozen_fails_the_run_and_the_next_run_completes(orthanc_factory, running_nas, corpus):
+    _, summary = corpus
+    o = orthanc_factory(smb(running_nas))
+    assert o.index()["series_count"] == summary["series"]
+    start_run(o, full=True)  # every file is read again: a frozen NAS must not cost the index any of them
+    assert wait_until(o, processed_at_least(300))["running"]
+    running_nas.pause()
+    frozen = time.monotonic()
+    try:
+        s = o.wait_index(180)
+        elapsed = time.monotonic() - frozen
+    finally:
+        running_nas.resume()
+    assert s["phase"] == "failed" and s["failure"]["kind"] == "network", s
+    assert elapsed < 120, elapsed  # "within about two minutes"; 60 s without an answer, then the reads in flight
+    assert s["errors"] < 100, s["errors"]  # it did not count the remaining files one by one
+    assert checked_index(o) == (summary["series"], summary["files"])
+    s = o.index()
+    assert s["phase"] == "done" and s["errors"] == 0 and s["files_processed"] == summary["files"], s
+    assert checked_index(o) == (summary["series"], summary["files"])
+
+
+def test_a_nas_killed_and_restarted_mid_run_then_a_run_completes(orthanc_factory, running_nas, corpus):
+    _, summary = corpus
+    o = orthanc_factory(smb(running_nas))
+    start_run(o, full=True)
+    assert wait_until(o, processed_at_least(300))["running"]
+    running_nas.kill()
+    time.sleep(1)
+    running_nas.start()
+    killed = o.wait_index(180)
+    assert killed["phase"] in ("done", "failed"), killed
+    checked_index(o)
+    s = o.index()
+    assert s["phase"] == "done" and s["errors"] == 0, (s, killed)
+    assert checked_index(o) == (summary["series"], summary["files"]), (s, killed)
+
+
+def test_a_silent_nas_fails_within_30_seconds(orthanc_factory, nas):
+    with SilentListener() as silent:
+        o = orthanc_factory(smb(nas, Port=silent.port))
+        started = start_run(o)
+        s = o.wait_index(60)
+        elapsed = time.monotonic() - started
+    assert s["phase"] == "failed" and s["failure"]["kind"] == "network", s
+    assert elapsed < 30, elapsed
+    assert "mount -t cifs" in s["failure"]["hint"]
+
+
+def test_workers_go_down_on_a_slow_nas_and_up_again_with_a_warning(orthanc_factory, nas, corpus):
+    _, summary = corpus
+    with DelayProxy(nas.port) as proxy:
+        o = orthanc_factory({**smb(nas, Port=proxy.port), "Workers": 8})
+        start_run(o, full=True)
+        assert wait_until(o, processed_at_least(300))["running"]
+        proxy.delay = 0.03  # 30 ms each way: every head read takes at least three round trips
+        slow = wait_until(o, lambda s: s["workers"] < 8 or not s["running"], timeout=60)
+        assert slow["running"] and slow["workers"] < 8, slow
+        lowest = slow["workers"]
+        proxy.delay = 0.0
+        fast = wait_until(o, lambda s: s["workers"] > lowest or not s["running"], timeout=60)
+        assert fast["workers"] > lowest, fast
+        s = o.wait_index(120)
+    assert s["phase"] == "done" and s["files_processed"] == summary["files"], s
+    warning = [w for w in s["warnings"] if "slowly" in w]
+    assert warning and f"mount -t cifs //127.0.0.1/dicom /mnt/nas -o ro,username=nasuser,port={proxy.port}" \
+        in warning[0]
+
+
+def test_new_credentials_drop_the_old_sessions(nas, tmp_path):
+    from orthanc_nas.app import NasApp
+    from orthanc_nas.config import parse_settings
+    from orthanc_nas.errors import NasAuthError
+
+    def sessions() -> int:
+        """This process's TCP connections to the smbd."""
+        return sum(1 for c in psutil.Process().net_connections("tcp")
+                   if c.raddr and c.raddr.port == nas.port and c.status == psutil.CONN_ESTABLISHED)
+
+    app = NasApp(parse_settings({"Connection": asdict(nas.connection()), "DataDirectory": str(tmp_path)}))
+    try:
+        old = app.source()
+        old.check_root()
+        assert sessions() == 1
+        contexts = list(old._idle)
+        app.reconnect(app.settings.with_connection(nas.connection(Password="changed-elsewhere")))
+        deadline = time.monotonic() + 10
+        while sessions() and time.monotonic() < deadline:  # contexts are freed on a background thread
+            time.sleep(0.05)
+        assert sessions() == 0 and all(ctx._ctx is None for ctx in contexts)
+        with pytest.raises(NasAuthError):  # the new password is the one used
+            app.source().check_root()
+        assert app.source() is not old
+        app.reconnect(app.settings.with_connection(nas.connection()))
+        assert app.source().list_root()
+    finally:
+        app.close()
