@@ -20,6 +20,7 @@ from orthanc_nas.http import Request, Response, parse_query
 from orthanc_nas.panel import explorer_script
 
 log = logging.getLogger("orthanc_nas")
+_KEEP: list = []  # objects Orthanc holds that must outlive its own references (see register)
 
 
 class OrthancLogHandler(logging.Handler):
@@ -126,7 +127,12 @@ def register(orthanc) -> NasApp:
         orthanc.LogError(f"NAS plugin: {exc.message}. {exc.hint}")
         raise
 
-    orthanc.RegisterRestCallback("/nas/(.*)", make_callback(app))
+    callback = make_callback(app)
+    # Orthanc's Python plugin 5 drops its reference to the callback after the interpreter has
+    # finalized; were it the last one, the whole app would be freed then and Orthanc would crash
+    # while stopping (seen on 1.12). The module keeps one, released while Python is still alive.
+    _KEEP.append(callback)
+    orthanc.RegisterRestCallback("/nas/(.*)", callback)
     app.start_share_listener()  # a port in use is logged; the rest of the plugin works without it
     script = explorer_script()
     if script is not None:
@@ -136,6 +142,7 @@ def register(orthanc) -> NasApp:
         if change_type == orthanc.ChangeType.ORTHANC_STOPPED:
             app.close()
 
+    _KEEP.append(on_change)
     orthanc.RegisterOnChangeCallback(on_change)
     log.info("ready: data in %s, NAS %s", app.settings.DataDirectory,
              app.settings.Connection.Path or app.settings.Connection.Host or "not configured yet")

@@ -116,3 +116,11 @@ def test_a_bad_setting_stops_orthanc_naming_the_key(tmp_path, section, named):
     o.start(expect_failure=True)
     assert o.proc.returncode != 0
     assert named in o.log()
+
+
+def test_orthanc_stops_cleanly_after_indexing(orthanc_factory, small_nas):
+    """Stopping Orthanc after the plugin served requests ends with exit code 0 (no crash while finalizing)."""
+    o = orthanc_factory(local(small_nas))
+    assert o.index()["phase"] == "done"
+    o.stop()
+    assert o.proc.returncode == 0, o.log()[-2000:]
