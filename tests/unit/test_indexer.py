@@ -142,11 +142,19 @@ def test_transient_failures_are_retried(tmp_path, monkeypatch):
         indexer_mod.with_retries(lambda: (_ for _ in ()).throw(NasNetworkError("down")), stop=threading.Event())
 
 
+class SlowSource(LocalSource):
+    """A folder whose reads take 10 ms each, so a run lasts long enough to be stopped in the middle."""
+
+    def read_head(self, path, size):
+        time.sleep(0.01)
+        return super().read_head(path, size)
+
+
 def test_stop_cancels_at_a_file_boundary_and_resume_finishes(tmp_path):
     root = tmp_path / "nas"
     for s in range(30):
         write_series(root / f"s{s}", 20)
-    ix, catalog = make(tmp_path, root)
+    ix, catalog = make(tmp_path, root, source=SlowSource(str(root)))
     ix.start()
     deadline = time.monotonic() + 30
     while ix.status.files_processed < 50 and time.monotonic() < deadline:
