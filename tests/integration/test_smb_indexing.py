@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sqlite3
 import time
 from dataclasses import asdict
@@ -106,6 +107,12 @@ def checked_index(o: OrthancServer) -> tuple[int, int]:
     return series, files
 
 
+def smb_clients(o: OrthancServer) -> list[psutil.Process]:
+    """Orthanc's SMB client processes (libsmbclient runs only there)."""
+    return [p for p in psutil.Process(o.proc.pid).children(recursive=True)
+            if any(arg.endswith("smb_child.py") for arg in p.cmdline())]
+
+
 def test_the_same_index_over_smb_as_from_the_folder(orthanc_factory, nas, corpus):
     root, summary = corpus
     over_smb = orthanc_factory(smb(nas))
@@ -120,6 +127,27 @@ def test_the_same_index_over_smb_as_from_the_folder(orthanc_factory, nas, corpus
         assert remote[key] == here[key], key
     assert sum(len(files) for _, files in remote.values()) == summary["files"]
     assert checked_index(over_smb) == (summary["series"], summary["files"])
+    assert smb_clients(over_smb)  # still idle in their pool
+    with open(f"/proc/{over_smb.proc.pid}/maps") as maps:
+        assert "libsmbclient" not in maps.read()
+
+
+def test_smb_client_processes_that_crash_cost_the_run_nothing(orthanc_factory, nas, corpus):
+    _, summary = corpus
+    o = orthanc_factory(smb(nas))
+    start_run(o, full=True)
+    crashed = 0
+    for done in (300, 900):
+        assert wait_until(o, processed_at_least(done))["running"]
+        for client in smb_clients(o):  # reading heads, listing folders or waiting in the pool
+            client.send_signal(signal.SIGSEGV)
+            crashed += 1
+    assert crashed >= 4
+    s = o.wait_index(180)
+    assert s["phase"] == "done" and s["errors"] == 0, s  # the failed requests were retried on new processes
+    assert s["files_processed"] == summary["files"]
+    assert checked_index(o) == (summary["series"], summary["files"])
+    assert "SMB client process ended (signal SIGSEGV)" in o.log()
 
 
 def test_wrong_password_fails_with_auth_and_the_mount_command(orthanc_factory, nas):
@@ -260,21 +288,28 @@ def test_new_credentials_drop_the_old_sessions(nas, tmp_path):
     from orthanc_nas.errors import NasAuthError
 
     def sessions() -> int:
-        """This process's TCP connections to the smbd."""
-        return sum(1 for c in psutil.Process().net_connections("tcp")
-                   if c.raddr and c.raddr.port == nas.port and c.status == psutil.CONN_ESTABLISHED)
+        """TCP connections to the smbd of this process and its SMB client processes."""
+        me = psutil.Process()
+        count = 0
+        for proc in [me, *me.children()]:
+            try:
+                count += sum(1 for c in proc.net_connections("tcp")
+                             if c.raddr and c.raddr.port == nas.port and c.status == psutil.CONN_ESTABLISHED)
+            except psutil.NoSuchProcess:
+                pass
+        return count
 
     app = NasApp(parse_settings({"Connection": asdict(nas.connection()), "DataDirectory": str(tmp_path)}))
     try:
         old = app.source()
         old.check_root()
         assert sessions() == 1
-        contexts = list(old._idle)
+        clients = list(old._idle)
         app.reconnect(app.settings.with_connection(nas.connection(Password="changed-elsewhere")))
         deadline = time.monotonic() + 10
-        while sessions() and time.monotonic() < deadline:  # contexts are freed on a background thread
+        while sessions() and time.monotonic() < deadline:  # the client processes log off and exit
             time.sleep(0.05)
-        assert sessions() == 0 and all(ctx._ctx is None for ctx in contexts)
+        assert sessions() == 0 and all(client.proc.wait(10) == 0 for client in clients)
         with pytest.raises(NasAuthError):  # the new password is the one used
             app.source().check_root()
         assert app.source() is not old

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import threading
 import time
 from dataclasses import replace
@@ -179,9 +180,58 @@ def test_sixteen_threads_read_correct_bytes(smb_source, smb_share_dir):
     for t in threads:
         t.join(60)
     assert not failures
+    assert "libsmbclient" not in open("/proc/self/maps").read()  # every call went to client processes
+    assert 1 < len(smb_source._idle) <= 16
 
 
 def test_close_drops_connections_and_the_source_still_works(smb_source, smb_share_dir):
     assert smb_source.read_head("flat/IM 0002.dcm", 8) == disk(smb_share_dir, "flat/IM 0002.dcm", 8)
     smb_source.close()
     assert smb_source.read_head("flat/IM 0002.dcm", 8) == disk(smb_share_dir, "flat/IM 0002.dcm", 8)
+
+
+def idle_client(source: SmbSource, rel: str = "flat/IM 0002.dcm"):
+    """Read once, so one client process waits in the pool; return it."""
+    source.read_head(rel, 8)
+    assert len(source._idle) == 1
+    return source._idle[0]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGKILL])
+def test_a_client_process_that_crashes_is_a_network_error_and_the_retry_works(smb_connection, smb_share_dir, sig,
+                                                                               caplog):
+    source = SmbSource(smb_connection)
+    client = idle_client(source)
+    os.kill(client.proc.pid, sig)
+    client.proc.wait(10)
+    with pytest.raises(NasNetworkError, match=f"SMB client process ended \\(signal {sig.name}\\)"):
+        source.read_head("flat/IM 0002.dcm", 8)
+    assert f"signal {sig.name}" in caplog.text  # the log says so
+    assert source.read_head("flat/IM 0002.dcm", 8) == disk(smb_share_dir, "flat/IM 0002.dcm", 8)
+    assert source._idle[0] is not client
+    source.close()
+
+
+def test_a_client_process_that_stops_answering_is_killed(smb_connection, smb_share_dir):
+    source = SmbSource(smb_connection, timeout=FAST)
+    client = idle_client(source)
+    os.kill(client.proc.pid, signal.SIGSTOP)
+    started = time.monotonic()
+    with pytest.raises(NasNetworkError, match="did not answer within"):
+        source.read_head("flat/IM 0002.dcm", 8)
+    assert time.monotonic() - started < 4 * FAST + 2
+    assert client.proc.returncode == -signal.SIGKILL
+    assert source.read_head("flat/IM 0002.dcm", 8) == disk(smb_share_dir, "flat/IM 0002.dcm", 8)
+    source.close()
+
+
+def test_idle_client_processes_exit_and_are_replaced(smb_connection, smb_share_dir):
+    source = SmbSource(smb_connection, idle_exit=1.0)
+    client = idle_client(source)
+    assert client.proc.wait(10) == 0  # logged off and exited by itself
+    assert source.read_head("flat/IM 0002.dcm", 8) == disk(smb_share_dir, "flat/IM 0002.dcm", 8)
+    assert source._idle[0] is not client
+    with source.open("flat/IM 0002.dcm") as fh:  # an open file keeps its process, however long it waits
+        time.sleep(2)
+        assert fh.read() == disk(smb_share_dir, "flat/IM 0002.dcm")
+    source.close()

@@ -5,17 +5,13 @@ so sizes and mtimes would cost one stat round trip per file, and it collapses
 "wrong password" and "access denied" into the same EACCES with no way to tell
 them apart. libsmbclient itself has both answers: `readdirplus` returns size and
 times from the directory listing it already fetched, and its server cache tells
-whether the session and tree connect succeeded. ctypes releases the GIL during
-every call, so threads really overlap on the network.
+whether the session and tree connect succeeded.
 
-One `Context` is one SMB connection (with its session and tree connect) and must
-be used by one thread at a time. Different contexts in different threads are
-only safe once the library has per-thread state: Samba 4.17 (Debian 12) keeps
-its talloc stack frames in one global unless thread functions are registered
-with `smb_thread_set_functions` (its own `smbc_thread_posix` is not exported),
-and without them 16 threads with a context each abort the process within
-seconds ("Bad talloc magic value") -- python3-smbc included. `load()` registers
-pthread-based functions: see `samba_threads.py`.
+One `Context` is one SMB connection (with its session and tree connect). The plugin
+uses this module only in SMB client processes (`smb_child.py`), each with one
+context used by one thread: Samba 4.17 (Debian 12) keeps global state -- talloc
+stack frames, charset handles -- unguarded between threads.
+
 Errors are raised as `OSError` whose errno is libsmbclient's own mapping of the
 server's NTSTATUS (ETIMEDOUT for a request that got no answer within the
 timeout, ECONNABORTED for a dropped connection, EACCES, ENOENT, ...).
@@ -24,18 +20,12 @@ timeout, ECONNABORTED for a dropped connection, EACCES, ENOENT, ...).
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
+import sys
 import tempfile
-import threading
 import urllib.parse
-from contextlib import nullcontext
 from ctypes import CFUNCTYPE, POINTER, c_char_p, c_int, c_size_t, c_ssize_t, c_uint, c_uint16, c_void_p
 from typing import NamedTuple
-
-from . import samba_threads
-
-log = logging.getLogger(__name__)
 
 FILE_ATTRIBUTE_DIRECTORY = 0x10
 
@@ -76,11 +66,6 @@ _GET_CACHED = CFUNCTYPE(c_void_p, c_void_p, c_char_p, c_char_p, c_char_p, c_char
 _AUTH = CFUNCTYPE(None, c_void_p, c_char_p, c_char_p, c_void_p, c_int, c_void_p, c_int, c_void_p, c_int)
 
 _lib: ctypes.CDLL | None = None
-_load_lock = threading.Lock()
-#: False when the library's state could not be made per-thread: every call then takes `_serial`
-THREAD_SAFE = True
-_serial = threading.Lock()
-_create_lock = threading.Lock()
 _keep: list = []  # objects handed to the library for good: they must never be collected
 
 
@@ -89,11 +74,9 @@ class LibraryMissing(ImportError):
 
 
 def load() -> ctypes.CDLL:
-    """Load libsmbclient once per process, make it thread-safe, give it the private configuration."""
-    global _lib, THREAD_SAFE
-    with _load_lock:
-        if _lib is not None:
-            return _lib
+    """Load libsmbclient once per process and give it the private configuration."""
+    global _lib
+    if _lib is None:
         try:
             lib = ctypes.CDLL("libsmbclient.so.0", use_errno=True)
         except OSError as exc:
@@ -108,13 +91,10 @@ def load() -> ctypes.CDLL:
             fn = getattr(lib, f"smbc_getFunction{name}")
             fn.restype, fn.argtypes = c_void_p, [c_void_p]
         # The library's global set-up (smb.conf, charsets, debug) happens with its first context and
-        # is torn down whenever the count of initialised contexts falls back to zero -- e.g. when
-        # the last pooled connection is dropped -- under the feet of any thread still using it,
-        # and then reloaded from the machine's smb.conf. An anchor context, initialised and never
-        # freed, keeps it alive; ours replaces the default configuration before anything connects.
-        created: list[int] = []
-        THREAD_SAFE = samba_threads.install(lambda: created.append(lib.smbc_new_context()))
-        anchor = created[0] if created else lib.smbc_new_context()  # no hooks needed: no boot call
+        # is torn down whenever the count of initialised contexts falls back to zero, then reloaded
+        # from the machine's smb.conf. An anchor context, initialised and never freed, keeps it
+        # alive; ours replaces the default configuration before anything connects.
+        anchor = lib.smbc_new_context()
         fd, path = tempfile.mkstemp(prefix="orthanc-nas-smbclient-", suffix=".conf")
         try:
             with os.fdopen(fd, "w") as fh:
@@ -124,31 +104,13 @@ def load() -> ctypes.CDLL:
             os.unlink(path)
         if not lib.smbc_init_context(anchor):
             raise OSError(ctypes.get_errno(), "libsmbclient: smbc_init_context failed")
-        # The library's own messages (level 0: errors only) go to the log, not to Orthanc's stdout.
-        forward = _LOG(lambda _p, _level, msg: log.warning("libsmbclient: %s",
-                                                           msg.decode("utf-8", "replace").strip()))
+        # The library's own messages (level 0: errors only) go to stderr (Orthanc's log), never stdout.
+        forward = _LOG(lambda _p, _level, msg: print("orthanc-nas: libsmbclient:", msg.decode(
+            "utf-8", "replace").strip(), file=sys.stderr, flush=True))
         lib.smbc_setLogCallback(anchor, None, forward)
         _keep.extend((anchor, forward))
-        _warm_up_gensec()
         _lib = lib
-        return lib
-
-
-def _warm_up_gensec() -> None:
-    """Register the authentication backends now, on one thread.
-
-    Samba does it at the first session setup behind a plain static flag: two threads logging
-    on for the first time at once could see a half-filled backend list.
-    """
-    try:
-        ctypes.CDLL("libgensec-samba4.so.0").gensec_init()  # already loaded with libsmbclient
-    except (OSError, AttributeError):
-        pass
-
-
-def _exclusive():
-    """Nothing when the library is thread-safe, else the process-wide lock around every call."""
-    return nullcontext() if THREAD_SAFE else _serial
+    return _lib
 
 
 class DirEntry(NamedTuple):
@@ -185,24 +147,21 @@ class Context:
             _fill(pw, pwlen, secret)
 
         self._auth = _AUTH(auth)  # kept referenced: libsmbclient calls it at each connection
-        # Creating a context rewrites global settings (smbc_new_context sets the process-wide
-        # log level): one at a time. It does not touch the network, so the lock is never held long.
-        with _create_lock if THREAD_SAFE else _serial:
-            ctx = lib.smbc_new_context()
-            if not ctx:
-                raise MemoryError("smbc_new_context failed")
-            lib.smbc_setOptionNoAutoAnonymousLogin(c_void_p(ctx), 1)  # a refused logon must fail, not go guest
-            lib.smbc_setTimeout(c_void_p(ctx), int(timeout * 1000))
-            lib.smbc_setPort(c_void_p(ctx), c_uint16(port))
-            lib.smbc_setWorkgroup(c_void_p(ctx), c_char_p(self._workgroup))
-            lib.smbc_setFunctionAuthDataWithContext(c_void_p(ctx), self._auth)
-            if not lib.smbc_init_context(ctx):
-                err = ctypes.get_errno()
-                lib.smbc_free_context(ctx, 1)
-                raise OSError(err, f"smbc_init_context: {os.strerror(err)}")
-            # With the user set, a pooled connection is found again without asking the callback
-            # (a Python call, so a wait for the GIL) at every operation.
-            lib.smbc_setUser(c_void_p(ctx), c_char_p(self._user))
+        ctx = lib.smbc_new_context()
+        if not ctx:
+            raise MemoryError("smbc_new_context failed")
+        lib.smbc_setOptionNoAutoAnonymousLogin(c_void_p(ctx), 1)  # a refused logon must fail, not go guest
+        lib.smbc_setTimeout(c_void_p(ctx), int(timeout * 1000))
+        lib.smbc_setPort(c_void_p(ctx), c_uint16(port))
+        lib.smbc_setWorkgroup(c_void_p(ctx), c_char_p(self._workgroup))
+        lib.smbc_setFunctionAuthDataWithContext(c_void_p(ctx), self._auth)
+        if not lib.smbc_init_context(ctx):
+            err = ctypes.get_errno()
+            lib.smbc_free_context(ctx, 1)
+            raise OSError(err, f"smbc_init_context: {os.strerror(err)}")
+        # With the user set, a pooled connection is found again without asking the callback
+        # (a Python call) at every operation.
+        lib.smbc_setUser(c_void_p(ctx), c_char_p(self._user))
         self._ctx = ctx
         self._opendir = _OPENDIR(lib.smbc_getFunctionOpendir(ctx))
         self._readdirplus = _READDIRPLUS(lib.smbc_getFunctionReaddirPlus(ctx))
@@ -229,10 +188,6 @@ class Context:
         libsmbclient fetches the whole folder at opendir (QUERY_DIRECTORY with full file
         information); readdirplus only walks that list, with no further round trip.
         """
-        with _exclusive():
-            return self._listdir(path)
-
-    def _listdir(self, path: str) -> list[DirEntry]:
         handle = self._opendir(self._ctx, self.url(path))
         if not handle:
             raise self._fail("opendir", path)
@@ -254,8 +209,7 @@ class Context:
 
     def open(self, path: str) -> int:
         """A read-only handle on a file (one CREATE round trip)."""
-        with _exclusive():
-            handle = self._open(self._ctx, self.url(path), os.O_RDONLY, 0)
+        handle = self._open(self._ctx, self.url(path), os.O_RDONLY, 0)
         if not handle:
             raise self._fail("open", path)
         return handle
@@ -266,16 +220,13 @@ class Context:
         libsmbclient splits a large read into pipelined SMB2 READs of the server's maximum size.
         """
         size = len(view)
-        with _exclusive():
-            done = self._read(self._ctx, handle, (ctypes.c_char * size).from_buffer(view), size)
+        done = self._read(self._ctx, handle, (ctypes.c_char * size).from_buffer(view), size)
         if done < 0:
             raise self._fail("read", "")
         return done
 
     def close_file(self, handle: int) -> None:
-        with _exclusive():
-            failed = self._close(self._ctx, handle) < 0
-        if failed:
+        if self._close(self._ctx, handle) < 0:
             raise self._fail("close", "")
 
     def share_connected(self) -> bool:
@@ -285,13 +236,11 @@ class Context:
         succeeded: after a failure, an uncached server means the logon or the share
         was refused, a cached one that the file or folder itself was.
         """
-        with _exclusive():
-            return bool(self._cached(self._ctx, self.host.encode(), self.share.encode(), self._workgroup,
-                                     self._user))
+        return bool(self._cached(self._ctx, self.host.encode(), self.share.encode(), self._workgroup,
+                                 self._user))
 
     def free(self) -> None:
         """Close the connection. May block up to two timeouts when the server hangs."""
         ctx, self._ctx = self._ctx, None
         if ctx:
-            with _exclusive():
-                self._lib.smbc_free_context(ctx, 1)
+            self._lib.smbc_free_context(ctx, 1)

@@ -3,27 +3,32 @@
 The client is libsmbclient (through the small ctypes binding in `libsmbclient.py`),
 chosen by measurement over smbprotocol and pysmbc: see `bench/smb_clients.py`.
 
-Connections: a libsmbclient context is one SMB connection and must not be used by
-two threads at once. Contexts live in a pool: a call takes an idle one (or opens
-a new one), uses it, and gives it back. So each thread uses a context of its own
-while it works, an open file (which may outlive the call and be read from another
-thread) keeps its context until closed, and worker threads that come and go do
-not leave connections behind. After a network error the context is dropped, so
-the next call (the indexer's retry) connects afresh; closing a dropped context
-can itself wait on a hung server, so that happens on a background thread.
+Connections: libsmbclient never runs in this process (Orthanc's). Each SMB
+connection is a client process of its own (`smb_child.py`), used by one thread at
+a time: see there why. Processes live in a pool: a call takes an idle one (or
+starts a new one), sends it one request, and gives it back. So each thread has a
+connection of its own while it works, an open file (which may outlive the call and
+be read from another thread) keeps its process until closed, and worker threads
+that come and go do not leave connections behind. After a network error the
+process is killed, so the next call (the indexer's retry) connects afresh, and a
+process that crashed or stopped answering is a network error like any other. An
+idle process exits by itself after a minute.
 
 Errors come from libsmbclient's mapping of the server's NTSTATUS to errno. EACCES
 alone does not say whether the logon or the file was refused: libsmbclient keeps
-a server in its cache only once session setup and tree connect succeeded, so
-`Context.share_connected()` after the failure tells the two apart (and likewise a
-missing share from a missing folder for ENOENT).
+a server in its cache only once session setup and tree connect succeeded, so the
+client process says, with each failure, whether its session stands; that tells the
+two apart (and likewise a missing share from a missing folder for ENOENT).
 """
 
 from __future__ import annotations
 
 import errno
 import io
+import logging
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -31,11 +36,23 @@ from contextlib import contextmanager
 from typing import BinaryIO
 
 from ..config import Connection
-from ..errors import ConfigError, NasAuthError, NasError, NasNetworkError, NasNotFound, NasPermissionError
-from . import libsmbclient
+from ..errors import (
+    ConfigError,
+    Internal,
+    NasAuthError,
+    NasError,
+    NasNetworkError,
+    NasNotFound,
+    NasPermissionError,
+)
+from ..parsing import python_interpreter
+from . import smb_child
 from .base import FileEntry, WalkError
 from .local import safe_relpath
+from .smb_child import NETWORK_ERRNOS
 from .walk import WALK_THREADS, Folder, parallel_walk
+
+log = logging.getLogger("orthanc_nas")
 
 # Each SMB request (and the protocol negotiation on a new connection) gives up after this many
 # seconds without an answer. A call on a pooled connection to a hung server may wait for up to
@@ -43,80 +60,176 @@ from .walk import WALK_THREADS, Folder, parallel_walk
 # logoff that also times out), then reconnects. See OPERATION_TIMEOUT.
 REQUEST_TIMEOUT = 8.0
 OPERATION_TIMEOUT = 3 * REQUEST_TIMEOUT
+# A client process that has not answered one request within STUCK_AFTER request timeouts (more than
+# libsmbclient's own limits allow) is stuck: it is killed, and the call fails as a network error.
+STUCK_AFTER = 4
+LIST_STUCK_AFTER = 300.0  # seconds: a folder of a million files is fetched at opendir, in many requests
 READ_CHUNK = 1 << 20  # open(): 1 MiB per read, which libsmbclient pipelines as SMB2 READs
-MAX_IDLE = 32  # idle connections kept per source
+MAX_IDLE = 32  # idle client processes kept per source
 MAX_DEPTH = 64  # a server-side link loop would otherwise nest folders until paths overflow
+CHILD = smb_child.__file__
 
-NETWORK_ERRNOS = {errno.ETIMEDOUT, errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE,
-                  errno.ENOTCONN, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN,
-                  errno.EIO, errno.EAGAIN}
+
+class SmbCallError(OSError):
+    """A failed SMB request; `connected` tells whether the session and tree connect stood.
+
+    `of_process`: the client process itself failed (crashed, stuck), not the request to the NAS.
+    """
+
+    def __init__(self, code: int, message: str, connected: bool = False, of_process: bool = False):
+        super().__init__(code, message)
+        self.connected = connected
+        self.of_process = of_process
+
+
+class _Client:
+    """One SMB client process (`smb_child.py`) and the socket to it. One thread at a time uses it."""
+
+    def __init__(self, conn: Connection, timeout: float, idle_exit: float):
+        exe = python_interpreter()
+        if exe is None:
+            raise ConfigError("direct SMB access needs a Python interpreter to start its client processes",
+                              "Install python3, or mount the share and set the connection to a local folder.")
+        ours, theirs = socket.socketpair()
+        try:
+            # -E -s -S: only the standard library and the script's folder (no PYTHON* variables, no site-packages)
+            self.proc = subprocess.Popen([exe, "-E", "-s", "-S", CHILD, str(theirs.fileno()), str(idle_exit)],
+                                         pass_fds=(theirs.fileno(),),
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.idle_since = time.monotonic()
+        # The password goes through the socket, never on a command line other users could read.
+        try:
+            self.call(STUCK_AFTER * timeout, "connect", conn.Host, conn.Port, conn.Share, conn.Username, conn.Password,
+                      conn.Domain, timeout)
+        except SmbCallError as exc:  # it does not touch the network yet: the process could not start
+            raise Internal(f"the SMB client process could not start: {exc.strerror}",
+                           f"See Orthanc's log for its error ({exe} {CHILD}).") from exc
+
+    def call(self, stuck_after: float, *request):
+        """Send one request and return its answer; SMB failures raise `SmbCallError`."""
+        self.sock.settimeout(stuck_after)
+        try:
+            smb_child.send(self.sock, request)
+            answer = smb_child.recv(self.sock)
+        except TimeoutError:
+            self.close(kill=True)
+            raise SmbCallError(errno.ETIMEDOUT, f"the SMB client process did not answer within {stuck_after:g} s",
+                               of_process=True) from None
+        except (OSError, EOFError, ValueError):
+            self.close(kill=True)
+            ended = _exit_reason(self.proc.returncode)
+            log.warning("NAS: an SMB client process ended (%s); the request is retried on a new one", ended)
+            raise SmbCallError(errno.ECONNABORTED, f"the SMB client process ended ({ended})",
+                               of_process=True) from None
+        if answer[0] == "ok":
+            return answer[1]
+        if answer[0] == "missing":
+            self.close(kill=True)
+            raise ConfigError(f"direct SMB access needs libsmbclient: {answer[1]}",
+                              "Install it (Debian/Ubuntu: apt-get install libsmbclient), or mount the "
+                              "share and set the connection to a local folder.")
+        _, code, message, connected = answer
+        raise SmbCallError(code, message, connected)
+
+    def close(self, kill: bool = False) -> None:
+        """End the process: at once (`kill`, e.g. when it may hang on the network), or by closing its socket
+        (it logs off and exits)."""
+        self.sock.close()
+        if kill and self.proc.returncode is None:
+            try:
+                self.proc.send_signal(signal.SIGKILL)
+            except OSError:
+                pass
+        if kill or self.proc.poll() is not None:
+            self.proc.wait()
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
 
 
 class SmbSource:
-    """Files under `//Host/Share/Path`, read over SMB2/3 with libsmbclient."""
+    """Files under `//Host/Share/Path`, read over SMB2/3 with libsmbclient in client processes."""
 
-    def __init__(self, connection: Connection, timeout: float = REQUEST_TIMEOUT, threads: int = WALK_THREADS):
-        try:
-            libsmbclient.load()
-        except libsmbclient.LibraryMissing as exc:
-            raise ConfigError(f"direct SMB access needs libsmbclient: {exc}",
-                              "Install it (Debian/Ubuntu: apt-get install libsmbclient), or mount the "
-                              "share and set the connection to a local folder.") from exc
+    def __init__(self, connection: Connection, timeout: float = REQUEST_TIMEOUT, threads: int = WALK_THREADS,
+                 idle_exit: float = smb_child.IDLE_EXIT):
         self.conn = connection
         self.timeout = timeout
+        self.idle_exit = idle_exit  # seconds after which an idle client process exits
+        self.stuck_after = STUCK_AFTER * timeout
         self.threads = max(1, threads)
         self.base = safe_relpath((connection.Path or "").strip("/\\"), windows=True)  # "/ct" and "\\ct" mean the folder ct
         port = "" if connection.Port == 445 else f":{connection.Port}"
         self.description = f"smb://{connection.Host}{port}/{connection.Share}/{self.base}".rstrip("/")
-        self._idle: list[libsmbclient.Context] = []
+        self._idle: list[_Client] = []
         self._lock = threading.Lock()
-        self._generation = 0  # bumped by close(): contexts of an older generation are not reused
+        self._generation = 0  # bumped by close(): processes of an older generation are not reused
         #: time.monotonic() of the last answer from the NAS (any call that did not fail on the network)
         self.last_answer = 0.0
 
     # -- connections ----------------------------------------------------------
-    def _checkout(self, what: str) -> tuple[libsmbclient.Context, int]:
-        """An idle context from the pool, or a new one (it connects at its first call)."""
-        with self._lock:
-            generation = self._generation
-            if self._idle:
-                return self._idle.pop(), generation
-        c = self.conn
+    def _checkout(self, what: str) -> tuple[_Client, int]:
+        """An idle client process from the pool, or a new one (it connects at its first request)."""
+        stale = []
         try:
-            return libsmbclient.Context(c.Host, c.Port, c.Share, c.Username, c.Password, c.Domain,
-                                        self.timeout), generation
+            with self._lock:
+                generation = self._generation
+                while self._idle:
+                    client = self._idle.pop()
+                    if time.monotonic() - client.idle_since < self.idle_exit * 2 / 3:  # else it is about to exit
+                        return client, generation
+                    stale.append(client)
+        finally:
+            for client in stale:
+                client.close()
+        try:
+            return _Client(self.conn, self.timeout, self.idle_exit), generation
         except OSError as exc:
-            raise self._error(exc, None, what) from exc
+            raise self._error(exc, what) from exc
 
-    def _checkin(self, ctx: libsmbclient.Context, generation: int) -> None:
+    def _checkin(self, client: _Client, generation: int) -> None:
         with self._lock:
             if generation == self._generation and len(self._idle) < MAX_IDLE:
-                self._idle.append(ctx)
+                client.idle_since = time.monotonic()
+                self._idle.append(client)
                 return
-        _discard(ctx)
+        client.close()
 
     @contextmanager
-    def _session(self, what: str) -> Iterator[libsmbclient.Context]:
-        """A context for one call; SMB failures come out as the matching `NasError`."""
-        ctx, generation = self._checkout(what)
+    def _session(self, what: str) -> Iterator[_Client]:
+        """A client process for one call; SMB failures come out as the matching `NasError`."""
+        client, generation = self._checkout(what)
         try:
-            yield ctx
+            yield client
         except OSError as exc:
-            raise self._failed(exc, ctx, generation, what) from exc
+            raise self._failed(exc, client, generation, what) from exc
         except BaseException:
-            _discard(ctx)
+            client.close(kill=True)
             raise
         self.last_answer = time.monotonic()
-        self._checkin(ctx, generation)
+        self._checkin(client, generation)
 
-    def _failed(self, exc: OSError, ctx: libsmbclient.Context, generation: int, what: str) -> NasError:
-        """The error to raise for a failed call; the context goes back to the pool or is dropped."""
-        err = self._error(exc, ctx, what)
+    def _failed(self, exc: OSError, client: _Client, generation: int, what: str) -> NasError:
+        """The error to raise for a failed call; the process goes back to the pool or is killed."""
+        err = self._error(exc, what)
         if isinstance(err, NasNetworkError):
-            _discard(ctx)  # the connection may be half dead: the retry must start afresh
+            client.close(kill=True)  # the connection may be half dead: the retry must start afresh
         else:
             self.last_answer = time.monotonic()  # a refusal is an answer
-            self._checkin(ctx, generation)
+            self._checkin(client, generation)
         return err
 
     def close(self) -> None:
@@ -124,16 +237,17 @@ class SmbSource:
         with self._lock:
             self._generation += 1
             idle, self._idle = self._idle, []
-        for ctx in idle:
-            _discard(ctx)
+        for client in idle:
+            client.close()
 
     # -- errors ---------------------------------------------------------------
-    def _error(self, exc: OSError, ctx: libsmbclient.Context | None, what: str) -> NasError:
+    def _error(self, exc: OSError, what: str) -> NasError:
         c, code = self.conn, exc.errno
+        connected = getattr(exc, "connected", False)
         where = f"{what} on //{c.Host}/{c.Share}"
-        if code in NETWORK_ERRNOS or (code == errno.EINVAL and ctx is not None and not ctx.share_connected()):
+        if code in NETWORK_ERRNOS or (code == errno.EINVAL and not connected):
             reason = exc.strerror or str(exc)
-            if code == errno.ETIMEDOUT:
+            if code == errno.ETIMEDOUT and not getattr(exc, "of_process", False):
                 reason = f"no answer within {self.timeout:g} s"
             elif code == errno.EINVAL:
                 reason = ("the host name does not resolve" if not _resolves(c.Host)
@@ -141,7 +255,6 @@ class SmbSource:
             return NasNetworkError(f"cannot reach the NAS {c.Host}:{c.Port} ({reason}) for {what}",
                                    "Check that the NAS is on and reachable from this server (host name, port "
                                    f"{c.Port}, firewall). {self.mount_hint()}")
-        connected = ctx is not None and ctx.share_connected()
         if code in (errno.EACCES, errno.EPERM):
             if connected:
                 return NasPermissionError(f"{where}: access denied",
@@ -179,103 +292,83 @@ class SmbSource:
         rel = safe_relpath(rel, windows=True)  # the SMB server separates folders with backslashes
         return f"{self.base}/{rel}".strip("/") if self.base else rel
 
-    def _listdir(self, rel: str) -> list[libsmbclient.DirEntry]:
-        with self._session(f"folder /{self._path(rel)}") as ctx:
-            return ctx.listdir(self._path(rel))
+    def _listdir(self, rel: str) -> list[tuple[str, bool, int, int]]:
+        """(name, is_dir, size, mtime_ns) of each entry of a folder."""
+        with self._session(f"folder /{self._path(rel)}") as client:
+            return client.call(LIST_STUCK_AFTER, "list", self._path(rel))
 
     # -- Source contract ------------------------------------------------------
     def check_root(self) -> None:
         self._listdir("")
 
     def list_root(self, limit: int = 100) -> list[str]:
-        return sorted(e.name + ("/" if e.is_dir else "") for e in self._listdir(""))[:limit]
+        return sorted(name + ("/" if is_dir else "") for name, is_dir, _, _ in self._listdir(""))[:limit]
 
     def walk(self, stop: threading.Event) -> Iterator[FileEntry | WalkError]:
         def list_folder(rel: str) -> Iterator[FileEntry | WalkError | Folder]:
             prefix = f"{rel}/" if rel else ""
-            for e in self._listdir(rel):  # the context goes back to the pool before anything is yielded
-                if e.is_dir:
+            for name, is_dir, size, mtime_ns in self._listdir(rel):  # the process is back in the pool by now
+                if is_dir:
                     if prefix.count("/") < MAX_DEPTH:
-                        yield Folder(prefix + e.name)
+                        yield Folder(prefix + name)
                     else:
-                        yield WalkError(prefix + e.name, NasError(f"folder {prefix + e.name}: nested too deep",
-                                                                  "Check the NAS for a folder link loop."))
+                        yield WalkError(prefix + name, NasError(f"folder {prefix + name}: nested too deep",
+                                                                "Check the NAS for a folder link loop."))
                 else:
-                    yield FileEntry(prefix + e.name, e.size, e.mtime_ns)
+                    yield FileEntry(prefix + name, size, mtime_ns)
 
         return parallel_walk(list_folder, stop, self.threads)
 
     def read_head(self, path: str, size: int) -> bytes:
-        """Three round trips: CREATE, READ (one per server max read size, 8 MiB on Samba), CLOSE."""
-        buf = bytearray(size)
-        with self._session(f"file /{self._path(path)}") as ctx:
-            handle = ctx.open(self._path(path))
-            got = 0
-            with memoryview(buf) as view:
-                try:
-                    while got < size and (n := ctx.readinto(handle, view[got:])):
-                        got += n
-                except OSError as exc:
-                    if exc.errno not in NETWORK_ERRNOS:  # after a network error the context is dropped
-                        _close_quietly(ctx, handle)
-                    raise
-            ctx.close_file(handle)
-        return bytes(buf[:got])
+        """One request to the client process; three round trips to the NAS: CREATE, READ, CLOSE."""
+        with self._session(f"file /{self._path(path)}") as client:
+            return client.call(self.stuck_after, "head", self._path(path), size)
 
     def open(self, path: str) -> BinaryIO:
         """The whole file as a buffered stream, read 1 MiB at a time; close() closes the remote file."""
         what = f"file /{self._path(path)}"
-        ctx, generation = self._checkout(what)  # not _session(): the file keeps the context until closed
+        client, generation = self._checkout(what)  # not _session(): the file keeps the process until closed
         try:
-            handle = ctx.open(self._path(path))
+            handle = client.call(self.stuck_after, "open", self._path(path))
         except OSError as exc:
-            raise self._failed(exc, ctx, generation, what) from exc
-        return io.BufferedReader(_SmbFile(self, ctx, generation, handle, what), READ_CHUNK)
+            raise self._failed(exc, client, generation, what) from exc
+        return io.BufferedReader(_SmbFile(self, client, generation, handle, what), READ_CHUNK)
 
 
 class _SmbFile(io.RawIOBase):
-    """A remote file opened for reading. It takes its context out of the pool until closed."""
+    """A remote file opened for reading. It takes its client process out of the pool until closed."""
 
-    def __init__(self, source: SmbSource, ctx: libsmbclient.Context, generation: int, handle: int, what: str):
+    def __init__(self, source: SmbSource, client: _Client, generation: int, handle: int, what: str):
         super().__init__()
-        self._source, self._ctx, self._generation, self._handle, self._what = source, ctx, generation, handle, what
+        self._source, self._client, self._generation, self._handle, self._what = \
+            source, client, generation, handle, what
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:
-        if self._ctx is None:
+        if self._client is None:
             raise ValueError("I/O operation on closed file")
         with memoryview(b) as mv, mv.cast("B") as view:
             try:
-                return self._ctx.readinto(self._handle, view[:READ_CHUNK])
+                data = self._client.call(self._source.stuck_after, "read", self._handle, min(len(view), READ_CHUNK))
             except OSError as exc:
-                ctx, self._ctx = self._ctx, None
+                client, self._client = self._client, None
                 super().close()
-                raise self._source._failed(exc, ctx, self._generation, self._what) from exc
+                raise self._source._failed(exc, client, self._generation, self._what) from exc
+            view[:len(data)] = data
+            return len(data)
 
     def close(self) -> None:
-        ctx, self._ctx = self._ctx, None
-        if ctx is not None:
+        client, self._client = self._client, None
+        if client is not None:
             try:
-                ctx.close_file(self._handle)
+                client.call(self._source.stuck_after, "close", self._handle)
             except OSError:
-                _discard(ctx)
+                client.close(kill=True)
             else:
-                self._source._checkin(ctx, self._generation)
+                self._source._checkin(client, self._generation)
         super().close()
-
-
-def _discard(ctx: libsmbclient.Context) -> None:
-    """Free a context without making the caller wait on a hung server."""
-    threading.Thread(target=ctx.free, name="nas-smb-close", daemon=True).start()
-
-
-def _close_quietly(ctx: libsmbclient.Context, handle: int) -> None:
-    try:
-        ctx.close_file(handle)
-    except OSError:
-        pass
 
 
 def _resolves(host: str) -> bool:
