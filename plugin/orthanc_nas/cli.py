@@ -85,6 +85,7 @@ def cmd_index(args) -> int:
         done.set()
         if bar:
             bar.join()
+        app.close()
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0 if result["phase"] == "done" else 1
 

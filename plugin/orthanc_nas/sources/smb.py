@@ -66,6 +66,7 @@ STUCK_AFTER = 4
 LIST_STUCK_AFTER = 300.0  # seconds: a folder of a million files is fetched at opendir, in many requests
 READ_CHUNK = 1 << 20  # open(): 1 MiB per read, which libsmbclient pipelines as SMB2 READs
 MAX_IDLE = 32  # idle client processes kept per source
+LOGOFF_WAIT = 1.0  # seconds a client process closed from the pool may take to log off
 MAX_DEPTH = 64  # a server-side link loop would otherwise nest folders until paths overflow
 CHILD = smb_child.__file__
 
@@ -138,16 +139,24 @@ class _Client:
         raise SmbCallError(code, message, connected)
 
     def close(self, kill: bool = False) -> None:
-        """End the process: at once (`kill`, e.g. when it may hang on the network), or by closing its socket
-        (it logs off and exits)."""
-        self.sock.close()
-        if kill and self.proc.returncode is None:
+        _end([self], kill)
+
+
+def _end(clients: list[_Client], kill: bool = False) -> None:
+    """End client processes: at once (`kill`, e.g. when they may hang on the network), or by closing their
+    sockets, when they log off and exit -- killed if that takes more than LOGOFF_WAIT."""
+    for client in clients:
+        client.sock.close()
+    deadline = time.monotonic() + LOGOFF_WAIT
+    for client in clients:
+        if not kill:
             try:
-                self.proc.send_signal(signal.SIGKILL)
-            except OSError:
+                client.proc.wait(max(0.0, deadline - time.monotonic()))
+                continue
+            except subprocess.TimeoutExpired:
                 pass
-        if kill or self.proc.poll() is not None:
-            self.proc.wait()
+        client.proc.kill()  # nothing if it has ended
+        client.proc.wait()
 
 
 def _exit_reason(code: int | None) -> str:
@@ -193,8 +202,7 @@ class SmbSource:
                         return client, generation
                     stale.append(client)
         finally:
-            for client in stale:
-                client.close()
+            _end(stale)
         try:
             return _Client(self.conn, self.timeout, self.idle_exit), generation
         except OSError as exc:
@@ -237,8 +245,7 @@ class SmbSource:
         with self._lock:
             self._generation += 1
             idle, self._idle = self._idle, []
-        for client in idle:
-            client.close()
+        _end(idle)
 
     # -- errors ---------------------------------------------------------------
     def _error(self, exc: OSError, what: str) -> NasError:
