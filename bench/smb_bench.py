@@ -11,6 +11,8 @@ by a private smbd on loopback (`tests/support/smbd.py`). In the same run:
   the first `--baseline-files` files and its rate is taken as the rate for the corpus;
 * the plugin's indexer in the core (`python -m orthanc_nas index smb://...`, the password
   in NAS_PASSWORD), a full run over the whole corpus, and the same inside a real Orthanc;
+* inside Orthanc, how many SMB client processes it ran at most and their private memory (USS)
+  in all, sampled every second;
 * enumeration alone: the plugin's parallel listing (`SmbSource.walk`) and `smbclient.walk`;
 * each contender `--runs` times, keeping its fastest run (the machine is shared with other work);
 * all of it again through a TCP proxy adding `--delay-ms` each way (a slow LAN), whose
@@ -33,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -174,6 +177,38 @@ def echo_rtt(port: int, server: SambaServer, count: int = 200) -> dict:
             "p90_ms": round(times[int(len(times) * 0.9)] * 1000, 3)}
 
 
+class ClientProcesses:
+    """Samples, every `interval` seconds, Orthanc's SMB client processes: how many, and their private memory."""
+
+    def __init__(self, orthanc_pid: int, interval: float = 1.0):
+        self.pid, self.interval = orthanc_pid, interval
+        self.peak_count = 0
+        self.peak_private_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            count, private = 0, 0
+            for child in psutil.Process(self.pid).children(recursive=True):
+                try:
+                    if any(arg.endswith("smb_child.py") for arg in child.cmdline()):
+                        private += child.memory_full_info().uss
+                        count += 1
+                except psutil.NoSuchProcess:
+                    pass
+            self.peak_count = max(self.peak_count, count)
+            self.peak_private_mb = max(self.peak_private_mb, private / 2**20)
+
+    def __enter__(self) -> ClientProcesses:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def in_orthanc(server: SambaServer, port: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="nas-smb-bench-orthanc-") as work:
         connection = {"Type": "smb", "Host": server.host, "Port": port, "Share": server.share,
@@ -181,7 +216,8 @@ def in_orthanc(server: SambaServer, port: int) -> dict:
         orthanc = OrthancServer(work, {"Connection": connection}).start()
         try:
             started = time.monotonic()
-            status = orthanc.index(full=True, timeout=1800)
+            with ClientProcesses(orthanc.proc.pid) as clients:
+                status = orthanc.index(full=True, timeout=1800)
             seconds = time.monotonic() - started
         except Exception:
             kept = REPO / "var" / "bench" / "smb-orthanc-failed.log"
@@ -192,7 +228,9 @@ def in_orthanc(server: SambaServer, port: int) -> dict:
             orthanc.stop()
     return {"files": status["files_processed"], "errors": status["errors"], "seconds": seconds,
             "phase": status["phase"], "error_samples": status["error_samples"],
-            "workers_at_end": status["workers"], "warnings": status["warnings"]}
+            "workers_at_end": status["workers"], "warnings": status["warnings"],
+            "smb_client_processes_peak": clients.peak_count,
+            "smb_client_private_mb_peak": round(clients.peak_private_mb, 1)}
 
 
 def children_cpu() -> float:
@@ -271,6 +309,10 @@ def table(title: str, r: dict, baseline_files: int) -> None:
         ratio = f"{x['ratio']:.1f}" if "ratio" in x else "1.0"
         size = f"{x['bytes_per_file']:,}" if "bytes_per_file" in x else "-"
         print(f"  {label:52} {x['files_per_second']:9,.1f} {ratio:>11} {size:>11} {x['files']:7} {x['errors']:7}")
+    if "orthanc" in r:
+        x = r["orthanc"]
+        print(f"  {'SMB client processes of Orthanc, at most':52} {x['smb_client_processes_peak']:9} "
+              f"(private memory {x['smb_client_private_mb_peak']:.0f} MB in all)")
     print(f"  {'enumeration: SmbSource.walk (parallel listing, best of 3)':52} "
           f"{r['enum_ours']['files_per_second']:9,.0f} {r['enum_ours']['ratio']:11.1f}")
     print(f"  {'enumeration: smbclient.walk':52} {r['enum_baseline']['files_per_second']:9,.0f} {'1.0':>11}")

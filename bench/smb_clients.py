@@ -5,17 +5,19 @@
 Needs root (it creates the Samba user) and the Debian packages samba, smbclient,
 python3-smbc. Contenders:
 
-- libsmbclient through this product's ctypes binding (`SmbSource`): readdirplus listing
-  (size and mtime included), open + read + close per head;
+- libsmbclient through this product's `SmbSource` (ctypes binding, one client process
+  per connection): readdirplus listing (size and mtime included), open + read + close
+  per head in one request to the process;
 - python3-smbc (pysmbc 1.0.23, also libsmbclient): `getdents` gives names only, so a
   listing with sizes and mtimes needs a stat per file; with threads it is run in a child
-  process, because without thread hooks libsmbclient 4.17 aborts the process;
+  process, because libsmbclient 4.17 used by several threads aborts the process;
 - smbprotocol 1.17 (pure Python): `scandir` with `smb_info`, `open_file(share_access="r")`.
 
 "CPU ms/file" is this process's CPU time (all threads) per file, the client's cost (smbd
-runs on the other core). A counting TCP proxy (in a child process) reports SMB2 frames
-per head read, each one a round trip; with `--delay-ms` every run goes through it, with
-that delay added each way, to see what latency does.
+runs on the other core); for `SmbSource`, its client processes' CPU is added. A counting
+TCP proxy (in a child process) reports SMB2 frames per head read, each one a round trip;
+with `--delay-ms` every run goes through it, with that delay added each way, to see what
+latency does.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+
+import psutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, "..", "plugin"), os.path.join(HERE, "..")]
@@ -132,10 +136,23 @@ def make_corpus(n: int) -> tuple[str, list[str]]:
     return root, paths
 
 
+def client_cpu() -> float:
+    """CPU seconds of this process and of its SMB client processes alive now (SmbSource's)."""
+    total = time.process_time()
+    for child in psutil.Process().children():
+        try:
+            if any(arg.endswith("smb_child.py") for arg in child.cmdline()):
+                times = child.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def timed(label: str, n: int, fn) -> None:
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu = time.perf_counter(), client_cpu()
     fn()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    wall, cpu = time.perf_counter() - wall, client_cpu() - cpu
     print(f"  {label:<46} {n / wall:>9,.0f} files/s   {cpu / n * 1000:6.3f} CPU ms/file")
 
 
