@@ -29,6 +29,7 @@ import logging
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -175,6 +176,10 @@ class SmbSource:
 
     def __init__(self, connection: Connection, timeout: float = REQUEST_TIMEOUT, threads: int = WALK_THREADS,
                  idle_exit: float = smb_child.IDLE_EXIT):
+        if sys.platform == "win32":
+            raise ConfigError("direct SMB access needs libsmbclient, which Windows does not have",
+                              "Give the share as a UNC path in a local connection: "
+                              '{"Type": "local", "Path": "\\\\\\\\nas\\\\share"}.')
         self.conn = connection
         self.timeout = timeout
         self.idle_exit = idle_exit  # seconds after which an idle client process exits

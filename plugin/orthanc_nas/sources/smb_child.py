@@ -44,7 +44,7 @@ NETWORK_ERRNOS = {errno.ETIMEDOUT, errno.ECONNREFUSED, errno.ECONNRESET, errno.E
 
 def send(sock: socket.socket, value) -> None:
     data = marshal.dumps(value)
-    sock.sendmsg([HEADER.pack(len(data)), data])
+    sock.sendall(HEADER.pack(len(data)) + data)
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytearray:
