@@ -41,3 +41,13 @@ def test_on_windows_smb_is_refused_with_the_unc_alternative(monkeypatch):
     with pytest.raises(ConfigError, match="Windows") as info:
         SmbSource(CONNECTION)
     assert "UNC path" in info.value.hint
+
+
+def test_a_client_process_that_cannot_start_is_an_internal_error(monkeypatch):
+    from orthanc_nas.errors import Internal
+    from orthanc_nas.sources import smb
+
+    monkeypatch.setattr(smb, "CHILD", "/nonexistent/smb_child.py")  # the interpreter exits with an error
+    with pytest.raises(Internal, match="could not start") as info:
+        SmbSource(CONNECTION).check_root()
+    assert "Orthanc's log" in info.value.hint

@@ -109,9 +109,11 @@ class _Client:
         try:
             self.call(STUCK_AFTER * timeout, "connect", conn.Host, conn.Port, conn.Share, conn.Username, conn.Password,
                       conn.Domain, timeout)
-        except SmbCallError as exc:  # it does not touch the network yet: the process could not start
-            raise Internal(f"the SMB client process could not start: {exc.strerror}",
-                           f"See Orthanc's log for its error ({exe} {CHILD}).") from exc
+        except SmbCallError as exc:
+            if (self.proc.returncode or 0) > 0:  # it exited on an error of its own: it cannot start
+                raise Internal(f"the SMB client process could not start: {exc.strerror}",
+                               f"See Orthanc's log for its error ({exe} {CHILD}).") from exc
+            raise  # killed by a signal, or stuck: like a crash later on, a network error (retried)
 
     def call(self, stuck_after: float, *request):
         """Send one request and return its answer; SMB failures raise `SmbCallError`."""
@@ -126,7 +128,7 @@ class _Client:
         except (OSError, EOFError, ValueError):
             self.close(kill=True)
             ended = _exit_reason(self.proc.returncode)
-            log.warning("NAS: an SMB client process ended (%s); the request is retried on a new one", ended)
+            log.warning("NAS: an SMB client process ended (%s); its request fails as a network error", ended)
             raise SmbCallError(errno.ECONNABORTED, f"the SMB client process ended ({ended})",
                                of_process=True) from None
         if answer[0] == "ok":
