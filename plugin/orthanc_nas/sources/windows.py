@@ -70,9 +70,13 @@ WINDOWS_ERRORS: dict[int, tuple[type[NasError], str]] = {
 }
 POWERSHELL_CATEGORIES = {"PermissionDenied": 5, "ObjectNotFound": 2}  # errors without a Windows code
 
-# "\t  \t\t<size>\t<yyyy/mm/dd hh:mm:ss>\t<full path>": the class column is blank with /NC (and would be
-# localized text without it), the size right-aligned; only tabs, digits and the path are relied on.
-_ROBOCOPY_FILE = re.compile(r"^\D*?\t *(\d+)\t(\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)\t(.+)$")
+# "\t<class>\t\t<size> <yyyy/mm/dd hh:mm:ss>\t<full path>": the class column is blank with /NC (and would be
+# localized text without it), the size right-aligned in 8 columns (longer numbers are not cut, so a big
+# size may touch the tab before it). Published /TS captures put a space, not a tab, before the time;
+# any run of spaces and tabs is accepted there. Only digits, the time's shape and the tab before the
+# path are relied on.
+_ROBOCOPY_FILE = re.compile(
+    r"^(?:\D*?[\t ])?(\d+)[\t ]+(\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)\t(.+)$")
 # "2024/03/18 14:02:11 ERROR 5 (0x00000005) Accessing Source Directory \\nas\x\": the words are
 # localized ("FEHLER", "Zugriff auf ..."), the code twice (decimal, hex) and the path are not.
 _ROBOCOPY_ERROR = re.compile(r"(\d+) \(0x([0-9A-Fa-f]{8})\) (.*)$")
