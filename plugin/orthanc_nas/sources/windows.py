@@ -304,7 +304,8 @@ class WindowsListingSource(LocalSource):
         watcher = threading.Thread(target=watch, daemon=True)
         drainer.start()
         watcher.start()
-        parse, errors = (parse_robocopy_line if robocopy else parse_powershell_line), 0
+        parse = parse_robocopy_line if robocopy else parse_powershell_line
+        failed: set[str] = set()  # folders already reported
         try:
             raw = pipe.reader() if pipe else proc.stdout
             with io.TextIOWrapper(raw, encoding="utf-16-le" if robocopy else "utf-8", errors="replace") as text:
@@ -316,13 +317,18 @@ class WindowsListingSource(LocalSource):
                         if line.strip():
                             tail.append(line.strip())
                         continue
-                    errors += isinstance(item, WalkError)
+                    if isinstance(item, WalkError):
+                        # robocopy prints a folder's ERROR line again on each retry ("Waiting 30 seconds...
+                        # Retrying..." in between, if /R is not 0): the folder is reported once
+                        if item.path in failed:
+                            continue
+                        failed.add(item.path)
                     yield item
             # robocopy exits with 8 or more whenever a folder failed, which its ERROR lines already said;
             # the PowerShell script catches its errors and exits 0, so any other code is a failure of its own
             code = proc.wait()
             drainer.join(timeout=5)
-            if not stop.is_set() and (code >= 8 and not errors if robocopy else code != 0):
+            if not stop.is_set() and (code >= 8 and not failed if robocopy else code != 0):
                 yield WalkError("/", NasError(
                     f"{self.kind} stopped with exit code {code}" + (f": {' | '.join(tail)}" if tail else ""),
                     f'Check that {self.kind} can list {self.root}, or set "Enumerator" to "scandir".'))
