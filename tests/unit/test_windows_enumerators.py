@@ -121,6 +121,21 @@ def test_unreachable_server_is_one_network_error_for_the_root():
     assert isinstance(items[0].error, NasNetworkError) and "Windows error 53" in items[0].error.message
 
 
+def test_robocopy_retry_blocks_report_each_folder_once():
+    """With retries robocopy repeats a folder's ERROR line after "Waiting 30 seconds... Retrying...";
+    a folder that recovers lists its files after the errors, one that does not ends the block with
+    "ERROR: RETRY LIMIT EXCEEDED." Either way the folder is one error, and the files are kept."""
+    items = walk_all(source("robocopy", "robocopy-retry.utf16", "--exit", "9", root="\\\\nas03\\scans"))
+    files, errors = split(items)
+    assert {p: (f.size, f.mtime_ns) for p, f in files.items()} == {
+        "raw volume.bin": (6_442_450_944, utc_ns((2023, 5, 2, 7, 30, 0))),  # 10 digits: no space before them
+        "busy/IM0001.dcm": (2_048, utc_ns((2024, 4, 1, 18, 45, 10))),
+        "notes.txt": (512, utc_ns((2024, 4, 1, 18, 50, 0))),  # a tab before the time is read too
+    }
+    assert len(items) == 5 and set(errors) == {"busy", "locked"}
+    assert isinstance(errors["busy"], NasNetworkError) and isinstance(errors["locked"], NasPermissionError)
+
+
 def test_output_split_anywhere_decodes_the_same():
     """Writes of 3 bytes cut UTF-16 code units, surrogate pairs (the emoji) and UTF-8 sequences."""
     for kind, fixture in (("robocopy", "robocopy-listing.utf16"), ("powershell", "powershell-listing.txt")):
@@ -210,6 +225,19 @@ def test_robocopy_lines_are_read_by_structure_not_by_words():
     assert parse_robocopy_line(with_class, ROOT) == FileEntry("a.dcm", 123, utc_ns((2024, 1, 2, 3, 4, 5)))
     for other in ("", "Access is denied.", "ERROR: RETRY LIMIT EXCEEDED.", "ERROR 5 (0x00000006) mismatch",
                   f"\t                   3\t{ROOT}\\folder\\"):
+        assert parse_robocopy_line(other, ROOT) is None
+
+
+@pytest.mark.parametrize("middle", [" ", "\t", "\t ", "    ", " \t"])
+def test_robocopy_time_is_found_after_a_space_or_a_tab(middle):
+    """Published /TS captures put a space between the size (or, with /NS, the class column) and the time."""
+    for size in ("     123", "123", "5368709121"):
+        line = f"\t  \t\t{size}{middle}2024/01/02 03:04:05\t{ROOT}\\a b.dcm"
+        assert parse_robocopy_line(line, ROOT) == FileEntry("a b.dcm", int(size), utc_ns((2024, 1, 2, 3, 4, 5)))
+    labelled = f"\t    New File  \t\t      63 2024/01/02 03:04:05\t{ROOT}\\x.dcm"
+    assert parse_robocopy_line(labelled, ROOT) == FileEntry("x.dcm", 63, utc_ns((2024, 1, 2, 3, 4, 5)))
+    for other in ("Waiting 30 seconds... Retrying...", "Warte 30 Sekunden... Wiederholung...",
+                  f"\t    New File  \t\t 2024/01/02 03:04:05\t{ROOT}\\no size.dcm"):  # /NS: no size, no entry
         assert parse_robocopy_line(other, ROOT) is None
 
 

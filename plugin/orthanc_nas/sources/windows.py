@@ -70,9 +70,13 @@ WINDOWS_ERRORS: dict[int, tuple[type[NasError], str]] = {
 }
 POWERSHELL_CATEGORIES = {"PermissionDenied": 5, "ObjectNotFound": 2}  # errors without a Windows code
 
-# "\t  \t\t<size>\t<yyyy/mm/dd hh:mm:ss>\t<full path>": the class column is blank with /NC (and would be
-# localized text without it), the size right-aligned; only tabs, digits and the path are relied on.
-_ROBOCOPY_FILE = re.compile(r"^\D*?\t *(\d+)\t(\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)\t(.+)$")
+# "\t<class>\t\t<size> <yyyy/mm/dd hh:mm:ss>\t<full path>": the class column is blank with /NC (and would be
+# localized text without it), the size right-aligned in 8 columns (longer numbers are not cut, so a big
+# size may touch the tab before it). Published /TS captures put a space, not a tab, before the time;
+# any run of spaces and tabs is accepted there. Only digits, the time's shape and the tab before the
+# path are relied on.
+_ROBOCOPY_FILE = re.compile(
+    r"^(?:\D*?[\t ])?(\d+)[\t ]+(\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)\t(.+)$")
 # "2024/03/18 14:02:11 ERROR 5 (0x00000005) Accessing Source Directory \\nas\x\": the words are
 # localized ("FEHLER", "Zugriff auf ..."), the code twice (decimal, hex) and the path are not.
 _ROBOCOPY_ERROR = re.compile(r"(\d+) \(0x([0-9A-Fa-f]{8})\) (.*)$")
@@ -300,7 +304,8 @@ class WindowsListingSource(LocalSource):
         watcher = threading.Thread(target=watch, daemon=True)
         drainer.start()
         watcher.start()
-        parse, errors = (parse_robocopy_line if robocopy else parse_powershell_line), 0
+        parse = parse_robocopy_line if robocopy else parse_powershell_line
+        failed: set[str] = set()  # folders already reported
         try:
             raw = pipe.reader() if pipe else proc.stdout
             with io.TextIOWrapper(raw, encoding="utf-16-le" if robocopy else "utf-8", errors="replace") as text:
@@ -312,13 +317,18 @@ class WindowsListingSource(LocalSource):
                         if line.strip():
                             tail.append(line.strip())
                         continue
-                    errors += isinstance(item, WalkError)
+                    if isinstance(item, WalkError):
+                        # robocopy prints a folder's ERROR line again on each retry ("Waiting 30 seconds...
+                        # Retrying..." in between, if /R is not 0): the folder is reported once
+                        if item.path in failed:
+                            continue
+                        failed.add(item.path)
                     yield item
             # robocopy exits with 8 or more whenever a folder failed, which its ERROR lines already said;
             # the PowerShell script catches its errors and exits 0, so any other code is a failure of its own
             code = proc.wait()
             drainer.join(timeout=5)
-            if not stop.is_set() and (code >= 8 and not errors if robocopy else code != 0):
+            if not stop.is_set() and (code >= 8 and not failed if robocopy else code != 0):
                 yield WalkError("/", NasError(
                     f"{self.kind} stopped with exit code {code}" + (f": {' | '.join(tail)}" if tail else ""),
                     f'Check that {self.kind} can list {self.root}, or set "Enumerator" to "scandir".'))
