@@ -22,13 +22,16 @@ def test_messages_cross_whole_whatever_their_size():
     big = bytes(range(256)) * 8192  # 2 MiB: more than one socket buffer, so it arrives in pieces
     sent = [("head", "李^小龙/IM 0001.dcm", 16384), ("ok", big), ("error", 13, "Permission denied", True),
             ("ok", [("a b", True, 0, 1), ("c", False, 5_000_000_000, 2)])]
-    writer = threading.Thread(target=lambda: [smb_child.send(a, m) for m in sent])
+    writer = threading.Thread(target=lambda: [smb_child.send(a.fileno(), m) for m in sent])
     writer.start()
-    assert [smb_child.recv(b) for _ in sent] == sent
+    assert [smb_child.recv(b.fileno(), 10) for _ in sent] == sent
     writer.join()
+    with pytest.raises(TimeoutError):
+        smb_child.recv(b.fileno(), 0.2)
+    a.sendall(smb_child.frame(("ok", None))[:3])  # a message cut short, then the other end goes away
     a.close()
     with pytest.raises(EOFError):
-        smb_child.recv(b)
+        smb_child.recv(b.fileno())
 
 
 def test_exit_reasons_name_the_signal():

@@ -22,10 +22,11 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-import tempfile
-import urllib.parse
 from ctypes import CFUNCTYPE, POINTER, c_char_p, c_int, c_size_t, c_ssize_t, c_uint, c_uint16, c_void_p
-from typing import NamedTuple
+
+# Each SMB client process imports this module, and little else: tempfile, urllib.parse and typing would
+# cost every process about 3 MB of private memory. Hence a configuration file in memory (memfd) and the
+# URL quoting by hand (`_quote`).
 
 FILE_ATTRIBUTE_DIRECTORY = 0x10
 
@@ -95,13 +96,12 @@ def load() -> ctypes.CDLL:
         # from the machine's smb.conf. An anchor context, initialised and never freed, keeps it
         # alive; ours replaces the default configuration before anything connects.
         anchor = lib.smbc_new_context()
-        fd, path = tempfile.mkstemp(prefix="orthanc-nas-smbclient-", suffix=".conf")
+        fd = os.memfd_create("orthanc-nas-smbclient.conf")
         try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(CLIENT_CONF)
-            lib.smbc_setConfiguration(anchor, path.encode())
+            os.write(fd, CLIENT_CONF.encode())
+            lib.smbc_setConfiguration(anchor, f"/proc/self/fd/{fd}".encode())
         finally:
-            os.unlink(path)
+            os.close(fd)
         if not lib.smbc_init_context(anchor):
             raise OSError(ctypes.get_errno(), "libsmbclient: smbc_init_context failed")
         # The library's own messages (level 0: errors only) go to stderr (Orthanc's log), never stdout.
@@ -113,11 +113,12 @@ def load() -> ctypes.CDLL:
     return _lib
 
 
-class DirEntry(NamedTuple):
-    name: str
-    is_dir: bool
-    size: int
-    mtime_ns: int
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
+
+
+def _quote(text: str) -> str:
+    """Percent-encode a path for an smb:// URL, as urllib.parse.quote(text, safe="/") does."""
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in text.encode("utf-8", "surrogateescape"))
 
 
 def _fill(buf: int, size: int, value: bytes) -> None:
@@ -171,19 +172,19 @@ class Context:
         self._close = _CLOSE(lib.smbc_getFunctionClose(ctx))
         self._cached = _GET_CACHED(lib.smbc_getFunctionGetCachedServer(ctx))
         host_part = f"[{host}]" if ":" in host and not host.startswith("[") else host
-        self._base = f"smb://{host_part}/{urllib.parse.quote(share, safe='')}"
+        self._base = f"smb://{host_part}/{_quote(share).replace('/', '%2F')}"
 
     def url(self, path: str) -> bytes:
         """`smb://host/share/path` with the path percent-encoded (libsmbclient decodes URLs)."""
-        return f"{self._base}/{urllib.parse.quote(path, safe='/')}".encode()
+        return f"{self._base}/{_quote(path)}".encode()
 
     @staticmethod
     def _fail(what: str, path: str) -> OSError:
         err = ctypes.get_errno()
         return OSError(err, os.strerror(err), f"{what} {path}".strip())
 
-    def listdir(self, path: str) -> list[DirEntry]:
-        """Every entry of a folder (without . and ..), sizes and mtimes from the listing itself.
+    def listdir(self, path: str) -> list[tuple[str, bool, int, int]]:
+        """(name, is_dir, size, mtime_ns) of every entry of a folder (without . and ..), from the listing itself.
 
         libsmbclient fetches the whole folder at opendir (QUERY_DIRECTORY with full file
         information); readdirplus only walks that list, with no further round trip.
@@ -202,7 +203,7 @@ class Context:
                 if name in (".", ".."):
                     continue
                 mtime = fi.mtime_ts.tv_sec * 1_000_000_000 + fi.mtime_ts.tv_nsec
-                entries.append(DirEntry(name, bool(fi.attrs & FILE_ATTRIBUTE_DIRECTORY), fi.size, mtime))
+                entries.append((name, bool(fi.attrs & FILE_ATTRIBUTE_DIRECTORY), fi.size, mtime))
         finally:
             self._closedir(self._ctx, handle)
         return entries

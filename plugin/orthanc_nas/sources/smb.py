@@ -117,10 +117,10 @@ class _Client:
 
     def call(self, stuck_after: float, *request):
         """Send one request and return its answer; SMB failures raise `SmbCallError`."""
-        self.sock.settimeout(stuck_after)
         try:
-            smb_child.send(self.sock, request)
-            answer = smb_child.recv(self.sock)
+            # MSG_NOSIGNAL: a process that has ended must not make this one (Orthanc) receive SIGPIPE
+            self.sock.sendall(smb_child.frame(request), socket.MSG_NOSIGNAL)
+            answer = smb_child.recv(self.sock.fileno(), stuck_after)
         except TimeoutError:
             self.close(kill=True)
             raise SmbCallError(errno.ETIMEDOUT, f"the SMB client process did not answer within {stuck_after:g} s",
