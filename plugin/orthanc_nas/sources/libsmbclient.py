@@ -96,12 +96,7 @@ def load() -> ctypes.CDLL:
         # from the machine's smb.conf. An anchor context, initialised and never freed, keeps it
         # alive; ours replaces the default configuration before anything connects.
         anchor = lib.smbc_new_context()
-        fd = os.memfd_create("orthanc-nas-smbclient.conf")
-        try:
-            os.write(fd, CLIENT_CONF.encode())
-            lib.smbc_setConfiguration(anchor, f"/proc/self/fd/{fd}".encode())
-        finally:
-            os.close(fd)
+        _configure(lib, anchor)
         if not lib.smbc_init_context(anchor):
             raise OSError(ctypes.get_errno(), "libsmbclient: smbc_init_context failed")
         # The library's own messages (level 0: errors only) go to stderr (Orthanc's log), never stdout.
@@ -111,6 +106,27 @@ def load() -> ctypes.CDLL:
         _keep.extend((anchor, forward))
         _lib = lib
     return _lib
+
+
+def _configure(lib: ctypes.CDLL, ctx: int) -> None:
+    """Give the library CLIENT_CONF: a file in memory, or a temporary file where /proc is missing."""
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fd = os.memfd_create("orthanc-nas-smbclient.conf")
+        try:
+            os.write(fd, CLIENT_CONF.encode())
+            lib.smbc_setConfiguration(ctx, f"/proc/self/fd/{fd}".encode())
+        finally:
+            os.close(fd)
+        return
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="orthanc-nas-smbclient-", suffix=".conf")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(CLIENT_CONF)
+        lib.smbc_setConfiguration(ctx, path.encode())
+    finally:
+        os.unlink(path)
 
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
