@@ -46,6 +46,17 @@ def nas(corpus):
     server.cleanup()
 
 
+@pytest.fixture(autouse=True)
+def nas_answers(nas):
+    """Each test starts with the module's smbd answering. Samba 4.17, the test NAS, was once seen refusing
+    every new connection for minutes after the tests that kill and restart it: it is restarted then, and
+    its logs are shown (captured output of the test)."""
+    if not nas.healthy():
+        print(f"smbd does not list the share; restarting it. Its logs:\n{nas.log_tail()}")
+        nas.restart()
+    yield
+
+
 @pytest.fixture
 def running_nas(nas):
     """The module's smbd, running again after the test whatever the test did to it."""

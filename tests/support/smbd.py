@@ -144,6 +144,22 @@ class SambaServer:
              "-U", f"{self.user}%{self.password}", "-t", "5", "-c", command],
             capture_output=True, text=True, timeout=30, check=check)
 
+    def healthy(self) -> bool:
+        """Whether smbd lists the share now (checked with smbclient, independently of the product)."""
+        try:
+            return self.proc is not None and self.smbclient("ls", check=False).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of smbd's logs (one file per client machine, plus smbd's own)."""
+        tails = []
+        for name in sorted(os.listdir(self.dir)):
+            if name.startswith("log."):
+                with open(os.path.join(self.dir, name), errors="replace") as fh:
+                    tails.append(f"== {name}\n" + "".join(fh.readlines()[-lines:]))
+        return "\n".join(tails)
+
     def _signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
             try:
