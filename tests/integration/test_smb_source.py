@@ -9,6 +9,7 @@ import threading
 import time
 from dataclasses import replace
 
+import psutil
 import pytest
 from tests.support.fixtures_smb import *  # noqa: F403 -- smbd, smb_share_dir, smb_connection, smb_source
 from tests.support.smbd import SilentListener
@@ -225,13 +226,23 @@ def test_a_client_process_that_stops_answering_is_killed(smb_connection, smb_sha
     source.close()
 
 
-def test_idle_client_processes_exit_and_are_replaced(smb_connection, smb_share_dir):
-    source = SmbSource(smb_connection, idle_exit=1.0)
+def test_idle_client_processes_are_closed_and_leave_no_zombie(smb_connection, smb_share_dir):
+    source = SmbSource(smb_connection, idle_exit=1.5)
     client = idle_client(source)
-    assert client.proc.wait(10) == 0  # logged off and exited by itself
+    deadline = time.monotonic() + 10
+    while client.proc.returncode is None and time.monotonic() < deadline:  # set when the pool waits for it
+        time.sleep(0.1)
+    assert not source._idle and client.proc.returncode == 0  # closed by the pool: logged off, waited for
+    assert not [p for p in psutil.Process().children() if p.status() == psutil.STATUS_ZOMBIE]
     assert source.read_head("flat/IM 0002.dcm", 8) == disk(smb_share_dir, "flat/IM 0002.dcm", 8)
-    assert source._idle[0] is not client
     with source.open("flat/IM 0002.dcm") as fh:  # an open file keeps its process, however long it waits
-        time.sleep(2)
+        time.sleep(3)
         assert fh.read() == disk(smb_share_dir, "flat/IM 0002.dcm")
     source.close()
+
+
+def test_a_client_process_left_alone_exits_by_itself(smb_connection):
+    source = SmbSource(smb_connection, idle_exit=1.0)
+    client = idle_client(source)
+    source._idle.clear()  # as if its pool were gone (Orthanc died): nothing closes it
+    assert client.proc.wait(10) == 0

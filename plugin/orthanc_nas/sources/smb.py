@@ -11,8 +11,9 @@ connection of its own while it works, an open file (which may outlive the call a
 be read from another thread) keeps its process until closed, and worker threads
 that come and go do not leave connections behind. After a network error the
 process is killed, so the next call (the indexer's retry) connects afresh, and a
-process that crashed or stopped answering is a network error like any other. An
-idle process exits by itself after a minute.
+process that crashed or stopped answering is a network error like any other. Idle
+processes are closed after half a minute or so (and would exit by themselves after a
+minute, e.g. if Orthanc died).
 
 Errors come from libsmbclient's mapping of the server's NTSTATUS to errno. EACCES
 alone does not say whether the logon or the file was refused: libsmbclient keeps
@@ -193,6 +194,7 @@ class SmbSource:
         self._idle: list[_Client] = []
         self._lock = threading.Lock()
         self._generation = 0  # bumped by close(): processes of an older generation are not reused
+        self._sweeper: threading.Thread | None = None
         #: time.monotonic() of the last answer from the NAS (any call that did not fail on the network)
         self.last_answer = 0.0
 
@@ -220,8 +222,30 @@ class SmbSource:
             if generation == self._generation and len(self._idle) < MAX_IDLE:
                 client.idle_since = time.monotonic()
                 self._idle.append(client)
+                if self._sweeper is None:
+                    self._sweeper = threading.Thread(target=self._sweep, name="nas-smb-sweep", daemon=True)
+                    self._sweeper.start()
                 return
         client.close()
+
+    def _sweep(self) -> None:
+        """Close the client processes idle for half of `idle_exit`, every third of it, while the pool holds any.
+
+        They would exit by themselves a little later, but as zombies until this process waits for them:
+        closed from here, they log off and are waited for. Their own idle exit stays for when Orthanc dies.
+        """
+        while True:
+            time.sleep(self.idle_exit / 3)
+            with self._lock:
+                now = time.monotonic()
+                stale = [c for c in self._idle if now - c.idle_since >= self.idle_exit / 2]
+                self._idle = [c for c in self._idle if now - c.idle_since < self.idle_exit / 2]
+                done = not self._idle
+                if done:
+                    self._sweeper = None
+            _end(stale)
+            if done:
+                return
 
     @contextmanager
     def _session(self, what: str) -> Iterator[_Client]:
