@@ -38,7 +38,8 @@ class NasApp:
     def start_share_listener(self) -> bool:
         """Serve share links on `ShareServer.Host:Port`; False (and a clear log line) if the port is taken."""
         server = self.settings.ShareServer
-        self.listener = ShareListener(ShareApp(self), server.Host, server.Port)
+        self.listener = ShareListener(ShareApp(self), server.Host, server.Port,
+                                      trusted_proxy=server.TrustedProxy)
         if not self.listener.start():
             return False
         if not server.PublicUrl:

@@ -65,6 +65,9 @@ class ShareServer:
     Host: str = "127.0.0.1"
     Port: int = 8043
     PublicUrl: str | None = None
+    #: the address of a reverse proxy in front of the listener: for its requests, the client is the last
+    #: address of X-Forwarded-For (the audit records it, the 429 limiter counts it); None: no proxy trusted
+    TrustedProxy: str | None = None
 
     def base_url(self) -> str:
         if self.PublicUrl:
@@ -99,7 +102,8 @@ _CONNECTION_KEYS: dict[str, tuple[type, ...]] = {
     "Type": (str,), "Path": (str,), "Host": (str,), "Share": (str,),
     "Username": (str,), "Password": (str,), "Domain": (str,), "Port": (int,),
 }
-_SHARE_SERVER_KEYS: dict[str, tuple[type, ...]] = {"Host": (str,), "Port": (int,), "PublicUrl": (str, type(None))}
+_SHARE_SERVER_KEYS: dict[str, tuple[type, ...]] = {"Host": (str,), "Port": (int,), "PublicUrl": (str, type(None)),
+                                                   "TrustedProxy": (str, type(None))}
 _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "Connection": (dict,),
     "DataDirectory": (str,),
@@ -200,6 +204,7 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
         Host=raw_server.get("Host", default_host),
         Port=raw_server.get("Port", 8043),
         PublicUrl=raw_server.get("PublicUrl"),
+        TrustedProxy=raw_server.get("TrustedProxy") or None,
     )
     if not 0 <= server.Port < 65536:
         raise ConfigError("setting Nas.ShareServer.Port must be between 0 and 65535")

@@ -217,8 +217,10 @@ def _text(start_response, status: int, message: str, extra: list | None = None, 
 class ShareListener:
     """Runs a WSGI app on waitress in a thread of its own; `stop()` ends downloads in progress."""
 
-    def __init__(self, app: ShareApp, host: str, port: int, *, threads: int = THREADS):
+    def __init__(self, app: ShareApp, host: str, port: int, *, threads: int = THREADS,
+                 trusted_proxy: str | None = None):
         self.app, self.host, self.requested_port, self.threads = app, host, port, threads
+        self.trusted_proxy = trusted_proxy
         self.port: int | None = None
         self._server = None
         self._thread: threading.Thread | None = None
@@ -238,10 +240,16 @@ class ShareListener:
                       "Orthanc is restarted; the rest of the NAS plugin works.",
                       self.host, self.requested_port, exc.strerror or exc)
             return False
+        # Behind a reverse proxy every request comes from the proxy's address: waitress then takes the
+        # client's from the last X-Forwarded-For entry, for the proxy's requests only, and drops the header
+        # from anyone else (who could otherwise choose the address the limiter counts).
+        proxy = {"trusted_proxy": self.trusted_proxy, "trusted_proxy_count": 1,
+                 "trusted_proxy_headers": {"x-forwarded-for"}, "clear_untrusted_proxy_headers": True} \
+            if self.trusted_proxy else {}
         self._server = create_server(
             self.app, sockets=[sock], threads=self.threads, ident="orthanc-nas",
             outbuf_high_watermark=OUTBUF_HIGH_WATERMARK, outbuf_overflow=OUTBUF_OVERFLOW,
-            asyncore_use_poll=True)
+            asyncore_use_poll=True, **proxy)
         self.port = sock.getsockname()[1]
         self._thread = threading.Thread(target=self._server.run, name="nas-share-listener", daemon=True)
         self._thread.start()

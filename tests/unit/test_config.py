@@ -28,6 +28,7 @@ def test_defaults_follow_orthanc():
     ({"Connection": {"Type": "local"}}, "Nas.Connection.Path"),
     ({"Enumerator": "dir"}, "Nas.Enumerator"),
     ({"ShareServer": {"Port": "8043"}}, "Nas.ShareServer.Port"),
+    ({"ShareServer": {"TrustedProxy": ["127.0.0.1"]}}, "Nas.ShareServer.TrustedProxy"),
     ({"DefaultShareHours": 1000}, "Nas.DefaultShareHours"),
     ("yes", "Nas"),
 ])

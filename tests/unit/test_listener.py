@@ -51,14 +51,43 @@ def share(app) -> tuple[str, str]:
     return created.id, token
 
 
-def request(app, method: str, path: str) -> tuple[int, dict, bytes]:
+def request(app, method: str, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", app.listener.port, timeout=10)
     try:
-        conn.request(method, path)
+        conn.request(method, path, headers=headers or {})
         answer = conn.getresponse()
         return answer.status, dict(answer.getheaders()), answer.read()
     finally:
         conn.close()
+
+
+def audit_clients(app) -> list[tuple[str, str]]:
+    return [tuple(row) for row in app.shares._conn().execute("SELECT client, outcome FROM audit ORDER BY id")]
+
+
+def guess_ten_times(app, forwarded_for: str) -> list[int]:
+    return [request(app, "GET", "/share/" + "x" * 43, {"X-Forwarded-For": forwarded_for})[0] for _ in range(10)]
+
+
+def test_behind_a_trusted_proxy_the_forwarded_client_is_counted_and_audited(tmp_path):
+    app = NasApp(parse_settings({"DataDirectory": str(tmp_path), "ShareServer": {
+        "Host": "127.0.0.1", "Port": 0, "TrustedProxy": "127.0.0.1"}}))
+    assert app.start_share_listener()
+    try:
+        assert guess_ten_times(app, "10.1.1.1, 198.51.100.7") == [404] * 10  # the proxy appends the client
+        assert request(app, "GET", "/share/" + "y" * 43, {"X-Forwarded-For": "198.51.100.7"})[0] == 429
+        # the other colleagues behind the same proxy are not refused
+        assert request(app, "GET", "/share/" + "z" * 43, {"X-Forwarded-For": "198.51.100.8"})[0] == 404
+        assert audit_clients(app)[-3:] == [("198.51.100.7", "unknown"), ("198.51.100.7", "rate_limited"),
+                                           ("198.51.100.8", "unknown")]
+    finally:
+        app.close()
+
+
+def test_without_a_trusted_proxy_x_forwarded_for_is_ignored(app):
+    assert guess_ten_times(app, "198.51.100.7") == [404] * 10
+    assert request(app, "GET", "/share/" + "y" * 43, {"X-Forwarded-For": "198.51.100.9"})[0] == 429
+    assert {client for client, _ in audit_clients(app)} == {"127.0.0.1"}
 
 
 def test_redact():
