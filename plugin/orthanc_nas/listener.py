@@ -19,6 +19,7 @@ import re
 import socket
 import threading
 import time
+from collections import OrderedDict
 
 from waitress import create_server, wasyncore
 
@@ -100,6 +101,9 @@ class ShareApp:
         self.nas = nas  # NasApp: .shares, .catalog, .source()
         self.limiter = limiter or BadTokenLimiter()
         self.stop = stop or threading.Event()
+        # client -> (audit row, requests refused, end of the refusal) of the current refusal of each address
+        self._refusals: OrderedDict[str, tuple[int, int, float]] = OrderedDict()
+        self._refusals_lock = threading.Lock()
 
     def __call__(self, environ, start_response):
         method = environ["REQUEST_METHOD"]
@@ -114,11 +118,26 @@ class ShareApp:
             log.exception("share listener: a request from %s failed", client)
             return text(500, "The server could not answer. Try again later.")
 
+    def _audit_refusal(self, client: str, wait: int) -> None:
+        """One audit row per refusal of an address, however many requests it refuses: `at` is the first,
+        `finished_at` the latest, `detail` the count. A flood of requests cannot fill the disk with rows."""
+        store = self.nas.shares
+        now = time.monotonic()
+        with self._refusals_lock:
+            row, count, until = self._refusals.pop(client, (None, 0, 0.0))
+            if row is None or now >= until:
+                row, count = store.audit(client, None, RATE_LIMITED), 0
+            count += 1
+            self._refusals[client] = (row, count, now + wait)
+            while len(self._refusals) > self.limiter.max_clients:
+                self._refusals.popitem(last=False)
+            store.finish(row, RATE_LIMITED, 0, f"{count} request{'s' if count > 1 else ''} refused")
+
     def _serve(self, token: str, client: str, head: bool, start_response, text):
         store = self.nas.shares
         wait = self.limiter.retry_after(client)
         if wait:
-            store.audit(client, None, RATE_LIMITED)
+            self._audit_refusal(client, wait)
             return text(429, "Too many wrong links from your address; try again later.",
                          [("Retry-After", str(wait))])
         share = store.lookup(token)

@@ -90,6 +90,15 @@ def test_without_a_trusted_proxy_x_forwarded_for_is_ignored(app):
     assert {client for client, _ in audit_clients(app)} == {"127.0.0.1"}
 
 
+def test_a_refused_address_is_one_audit_row_however_many_requests(app):
+    assert guess_ten_times(app, "") == [404] * 10
+    assert [request(app, "GET", "/share/" + "y" * 43)[0] for _ in range(25)] == [429] * 25
+    with app.shares._conn() as db:
+        rows = db.execute("SELECT outcome, detail, at, finished_at FROM audit WHERE outcome='rate_limited'").fetchall()
+    assert len(rows) == 1 and rows[0]["detail"] == "25 requests refused"
+    assert rows[0]["finished_at"] >= rows[0]["at"]
+
+
 def test_redact():
     assert redact("Exception while serving /share/abc-DEF_123") == "Exception while serving /share/<token>"
     assert redact("GET /share/abc?x=1 HTTP/1.1") == "GET /share/<token>?x=1 HTTP/1.1"
