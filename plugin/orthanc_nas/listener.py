@@ -50,6 +50,10 @@ THREADS = 8  # simultaneous downloads; more wait in waitress's queue
 # file. Overflow far above the watermark: a slow client never causes a disk write.
 OUTBUF_HIGH_WATERMARK = 2 * 1024 * 1024
 OUTBUF_OVERFLOW = 64 * 1024 * 1024
+# A download whose client has taken no byte for this long is cut, so that clients which stop reading
+# without disconnecting cannot hold every download thread. Checked every CLEANUP_INTERVAL seconds.
+STALLED_AFTER = 120
+CLEANUP_INTERVAL = 10
 NO_STORE = [("Cache-Control", "no-store"), ("Referrer-Policy", "no-referrer"),
             ("X-Content-Type-Options", "nosniff"), ("X-Robots-Tag", "noindex")]
 _TOKEN_IN_TEXT = re.compile(r"/share/[^\s/?#'\"]+")
@@ -268,7 +272,10 @@ class ShareListener:
         self._server = create_server(
             self.app, sockets=[sock], threads=self.threads, ident="orthanc-nas",
             outbuf_high_watermark=OUTBUF_HIGH_WATERMARK, outbuf_overflow=OUTBUF_OVERFLOW,
-            asyncore_use_poll=True, **proxy)
+            asyncore_use_poll=True, cleanup_interval=CLEANUP_INTERVAL, **proxy)
+        # waitress closes idle connections in `maintenance`, run by its own thread every cleanup_interval,
+        # but never one with a request in progress; the instance's method is wrapped to cut stalled ones too.
+        self._server.maintenance = functools.partial(_cut_stalled, self._server, self._server.maintenance)
         self.port = sock.getsockname()[1]
         self._thread = threading.Thread(target=self._server.run, name="nas-share-listener", daemon=True)
         self._thread.start()
@@ -296,6 +303,16 @@ class ShareListener:
             wasyncore.close_all(server._map, ignore_all=True)
         server.task_dispatcher.shutdown(timeout=max(0.1, deadline - time.monotonic()))
         log.info("share listener stopped")
+
+
+def _cut_stalled(server, maintenance, now: float) -> None:
+    """waitress's maintenance, then: close the connections whose download has sent nothing for STALLED_AFTER s."""
+    maintenance(now)
+    for channel in list(server.active_channels.values()):
+        if channel.requests and channel.last_activity < now - STALLED_AFTER:
+            log.warning("share listener: cutting a download to %s, which took nothing for %d s",
+                        channel.addr[0] if channel.addr else "?", STALLED_AFTER)
+            channel.handle_close()  # wakes the download thread waiting to send: it ends as disconnected
 
 
 def _bind(host: str, port: int) -> socket.socket:

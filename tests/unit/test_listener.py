@@ -13,6 +13,7 @@ import zipfile
 
 import pytest
 
+from orthanc_nas import listener
 from orthanc_nas.app import NasApp
 from orthanc_nas.catalog import CatalogWriter
 from orthanc_nas.config import parse_settings
@@ -97,6 +98,36 @@ def test_a_refused_address_is_one_audit_row_however_many_requests(app):
         rows = db.execute("SELECT outcome, detail, at, finished_at FROM audit WHERE outcome='rate_limited'").fetchall()
     assert len(rows) == 1 and rows[0]["detail"] == "25 requests refused"
     assert rows[0]["finished_at"] >= rows[0]["at"]
+
+
+def test_a_client_that_stops_reading_is_cut_off(tmp_path, monkeypatch):
+    monkeypatch.setattr(listener, "STALLED_AFTER", 1)
+    monkeypatch.setattr(listener, "CLEANUP_INTERVAL", 1)
+    big = tmp_path / "nas" / "IM0.dcm"
+    big.parent.mkdir()
+    with open(big, "wb") as fh:
+        fh.truncate(256 << 20)  # sparse: far more than the socket buffers and waitress's hold
+    st = big.stat()
+    app = NasApp(parse_settings({"Connection": {"Type": "local", "Path": str(big.parent)},
+                                 "DataDirectory": str(tmp_path / "d"), "ShareServer": {"Port": 0}}))
+    writer = CatalogWriter(app.catalog)
+    writer.begin_run()
+    writer.write([(FileEntry("IM0.dcm", st.st_size, st.st_mtime_ns), {"SeriesInstanceUID": "1.2"}, None)])
+    writer.close()
+    assert app.start_share_listener()
+    client = socket.socket()
+    try:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", app.listener.port))
+        _, token = share(app)
+        client.sendall(f"GET /share/{token} HTTP/1.1\r\nHost: nas\r\n\r\n".encode())  # then reads nothing
+        deadline = time.monotonic() + 20
+        while [outcome for _, outcome in audit_clients(app)] in ([], ["started"]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [outcome for _, outcome in audit_clients(app)] == ["disconnected"]
+    finally:
+        client.close()
+        app.close()
 
 
 def test_redact():
