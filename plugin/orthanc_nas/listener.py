@@ -306,10 +306,12 @@ class ShareListener:
 
 
 def _cut_stalled(server, maintenance, now: float) -> None:
-    """waitress's maintenance, then: close the connections whose download has sent nothing for STALLED_AFTER s."""
+    """waitress's maintenance, then: close the connections whose download has output waiting that the client
+    has not taken for STALLED_AFTER s. (A request still queued for a thread, or one waiting on a slow NAS,
+    has nothing waiting to be sent: it is left alone.)"""
     maintenance(now)
     for channel in list(server.active_channels.values()):
-        if channel.requests and channel.last_activity < now - STALLED_AFTER:
+        if channel.requests and channel.total_outbufs_len and channel.last_activity < now - STALLED_AFTER:
             log.warning("share listener: cutting a download to %s, which took nothing for %d s",
                         channel.addr[0] if channel.addr else "?", STALLED_AFTER)
             channel.handle_close()  # wakes the download thread waiting to send: it ends as disconnected
