@@ -48,12 +48,8 @@ def nas(corpus):
 
 @pytest.fixture(autouse=True)
 def nas_answers(nas):
-    """Each test starts with the module's smbd answering. Samba 4.17, the test NAS, was once seen refusing
-    every new connection for minutes after the tests that kill and restart it: it is restarted then, and
-    its logs are shown (captured output of the test)."""
-    if not nas.healthy():
-        print(f"smbd does not list the share; restarting it. Its logs:\n{nas.log_tail()}")
-        nas.restart()
+    """Each test starts with the module's smbd answering (see `SambaServer.ensure_answering`)."""
+    nas.ensure_answering()
     yield
 
 

@@ -91,6 +91,7 @@ def smbd(smb_share_dir):
 
 @pytest.fixture
 def smb_connection(smbd):
+    smbd.ensure_answering()
     return smbd.connection()
 
 

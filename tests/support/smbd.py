@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -150,6 +151,40 @@ class SambaServer:
             return self.proc is not None and self.smbclient("ls", check=False).returncode == 0
         except subprocess.TimeoutExpired:
             return False
+
+    def ensure_answering(self) -> None:
+        """Restart smbd if it does not list the share, showing its logs (in the test's captured output).
+
+        Samba 4.17, the test NAS, was seen refusing every new connection (ECONNABORTED) for minutes in
+        the middle of a test session; the tests that use one smbd in turn start from one that answers.
+        """
+        if not self.healthy():
+            # straight to the session's stderr, past pytest's capture: a passing test would hide it
+            sys.__stderr__.write(f"\nsmbd on port {self.port} does not list the share; restarting it. "
+                                 f"smbclient says: {self._smbclient_says()}\n"
+                                 f"smbd's main process: {'running' if self.proc and self.proc.poll() is None else 'ended'}; "
+                                 f"listening on the port: {self._port_owners()}\n"
+                                 f"Its logs:\n{self.log_tail()}\n")
+            self.restart()
+
+    def _port_owners(self) -> str:
+        import psutil
+
+        owners = []
+        for conn in psutil.net_connections("tcp"):
+            if conn.laddr and conn.laddr.port == self.port and conn.status == psutil.CONN_LISTEN:
+                try:
+                    owners.append(f"{conn.pid} {psutil.Process(conn.pid).cmdline()[:3]}")
+                except (psutil.Error, TypeError):
+                    owners.append(str(conn.pid))
+        return ", ".join(owners) or "nobody"
+
+    def _smbclient_says(self) -> str:
+        try:
+            done = self.smbclient("ls", check=False)
+        except subprocess.TimeoutExpired:
+            return "(no answer within 30 s)"
+        return (done.stdout + done.stderr).strip()[-300:]
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of smbd's logs (one file per client machine, plus smbd's own)."""
