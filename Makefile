@@ -83,7 +83,7 @@ run-1.12: orthanc-1.12 sample ## the same with Orthanc 1.12 from the Debian 13 t
 INTEGRATION_RUNS = for target in $(ORTHANC_TARGETS); do \
 	  echo "== integration tests on Orthanc $$target"; \
 	  ORTHANC_TARGET=$$target ORTHANC_DEBIAN13=$(abspath $(DEBIAN13)) \
-	    $(PY) -m pytest tests/integration --reruns 1 --reruns-delay 2 $(PYTEST_ARGS) || status=1; \
+	    $(PY) -m pytest tests/integration --reruns 1 --reruns-delay 2 -raR $(PYTEST_ARGS) || status=1; \
 	done
 ORTHANC_1_12_IF_WANTED := $(if $(filter 1.12,$(ORTHANC_TARGETS)),orthanc-1.12)
 

@@ -155,10 +155,11 @@ def test_the_same_index_over_smb_as_from_the_folder(orthanc_factory, nas, corpus
 def test_smb_client_processes_that_crash_cost_the_run_nothing(orthanc_factory, nas, corpus):
     _, summary = corpus
     o = orthanc_factory(smb(nas))
-    start_run(o, full=True)
+    run_until_300(o)
     crashed = 0
-    for done in (300, 900):
-        assert wait_until(o, processed_at_least(done))["running"]
+    for done in (300, 900):  # the second round only if the run is not over by then (a fast machine)
+        if done > 300 and not wait_until(o, processed_at_least(done))["running"]:
+            break
         for client in smb_clients(o):  # reading heads, listing folders or waiting in the pool
             client.send_signal(signal.SIGSEGV)
             crashed += 1
