@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugin"), str(REPO / "bench")]
 
 from tests.support.orthanc import OrthancServer  # noqa: E402
-from tests.support.smbd import SambaServer, make_share_dir  # noqa: E402
+from tests.support.smbd import SambaServer, make_share_dir, smb_client_processes  # noqa: E402
 from tests.support.tcp_proxy import ProxyProcess  # noqa: E402
 
 from corpus import write_corpus  # noqa: E402
@@ -190,11 +190,10 @@ class ClientProcesses:
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
             count, private = 0, 0
-            for child in psutil.Process(self.pid).children(recursive=True):
+            for child in smb_client_processes(self.pid):
                 try:
-                    if any(arg.endswith("smb_child.py") for arg in child.cmdline()):
-                        private += child.memory_full_info().uss
-                        count += 1
+                    private += child.memory_full_info().uss
+                    count += 1
                 except psutil.NoSuchProcess:
                     pass
             self.peak_count = max(self.peak_count, count)

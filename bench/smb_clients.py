@@ -39,7 +39,7 @@ import psutil
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, "..", "plugin"), os.path.join(HERE, "..")]
 
-from tests.support.smbd import SambaServer, make_share_dir  # noqa: E402
+from tests.support.smbd import SambaServer, make_share_dir, smb_client_processes  # noqa: E402
 
 from orthanc_nas.sources.smb import SmbSource  # noqa: E402
 from orthanc_nas.sources.walk import Folder, parallel_walk  # noqa: E402
@@ -139,11 +139,10 @@ def make_corpus(n: int) -> tuple[str, list[str]]:
 def client_cpu() -> float:
     """CPU seconds of this process and of its SMB client processes alive now (SmbSource's)."""
     total = time.process_time()
-    for child in psutil.Process().children():
+    for child in smb_client_processes(os.getpid()):
         try:
-            if any(arg.endswith("smb_child.py") for arg in child.cmdline()):
-                times = child.cpu_times()
-                total += times.user + times.system
+            times = child.cpu_times()
+            total += times.user + times.system
         except psutil.NoSuchProcess:
             pass
     return total

@@ -10,6 +10,7 @@ script in the children.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import sys
@@ -34,6 +35,7 @@ def parse_many(items: list[tuple[bytes, bool]]) -> list:
     return results
 
 
+@functools.cache  # looked up once: every SMB client process is started with it
 def python_interpreter() -> str | None:
     """The Python interpreter to start worker processes with, or None if there is none."""
     exe = sys.executable or ""

@@ -19,7 +19,7 @@ import psutil
 import pytest
 from bench.corpus import write_corpus
 from tests.support.orthanc import OrthancServer
-from tests.support.smbd import SambaServer, SilentListener, make_share_dir
+from tests.support.smbd import SambaServer, SilentListener, make_share_dir, smb_client_processes
 from tests.support.tcp_proxy import DelayProxy
 
 pytestmark = pytest.mark.integration
@@ -127,12 +127,6 @@ def checked_index(o: OrthancServer) -> tuple[int, int]:
     return series, files
 
 
-def smb_clients(o: OrthancServer) -> list[psutil.Process]:
-    """Orthanc's SMB client processes (libsmbclient runs only there)."""
-    return [p for p in psutil.Process(o.proc.pid).children(recursive=True)
-            if any(arg.endswith("smb_child.py") for arg in p.cmdline())]
-
-
 def test_the_same_index_over_smb_as_from_the_folder(orthanc_factory, nas, corpus):
     root, summary = corpus
     over_smb = orthanc_factory(smb(nas))
@@ -147,7 +141,7 @@ def test_the_same_index_over_smb_as_from_the_folder(orthanc_factory, nas, corpus
         assert remote[key] == here[key], key
     assert sum(len(files) for _, files in remote.values()) == summary["files"]
     assert checked_index(over_smb) == (summary["series"], summary["files"])
-    assert smb_clients(over_smb)  # still idle in their pool
+    assert smb_client_processes(over_smb.proc.pid)  # still idle in their pool
     with open(f"/proc/{over_smb.proc.pid}/maps") as maps:
         assert "libsmbclient" not in maps.read()
 
@@ -160,9 +154,12 @@ def test_smb_client_processes_that_crash_cost_the_run_nothing(orthanc_factory, n
     for done in (300, 900):  # the second round only if the run is not over by then (a fast machine)
         if done > 300 and not wait_until(o, processed_at_least(done))["running"]:
             break
-        for client in smb_clients(o):  # reading heads, listing folders or waiting in the pool
-            client.send_signal(signal.SIGSEGV)
-            crashed += 1
+        for client in smb_client_processes(o.proc.pid):  # reading heads, listing folders or waiting in the pool
+            try:
+                client.send_signal(signal.SIGSEGV)
+                crashed += 1
+            except psutil.NoSuchProcess:  # ended meanwhile
+                pass
     assert crashed >= 4
     s = o.wait_index(180)
     assert_complete(o, s, summary, s["error_samples"])  # every failed request was retried on a new process

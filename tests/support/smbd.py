@@ -23,6 +23,8 @@ import tempfile
 import threading
 import time
 
+import psutil
+
 USER = "nasuser"
 PASSWORD = "secret"
 SHARE = "dicom"
@@ -56,6 +58,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def smb_client_processes(pid: int) -> list[psutil.Process]:
+    """The product's SMB client processes (`sources/smb_child.py`) among the live descendants of `pid`."""
+    found = []
+    for proc in psutil.Process(pid).children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and any(a.endswith("smb_child.py") for a in proc.cmdline()):
+                found.append(proc)
+        except psutil.NoSuchProcess:  # ended meanwhile
+            pass
+    return found
 
 
 def ensure_user(user: str = USER) -> None:
@@ -168,8 +182,6 @@ class SambaServer:
             self.restart()
 
     def _port_owners(self) -> str:
-        import psutil
-
         owners = []
         for conn in psutil.net_connections("tcp"):
             if conn.laddr and conn.laddr.port == self.port and conn.status == psutil.CONN_LISTEN:

@@ -88,7 +88,8 @@ class SmbCallError(OSError):
 class _Client:
     """One SMB client process (`smb_child.py`) and the socket to it. One thread at a time uses it."""
 
-    def __init__(self, conn: Connection, timeout: float, idle_exit: float):
+    def __init__(self, source: SmbSource):
+        conn, timeout = source.conn, source.timeout
         exe = python_interpreter()
         if exe is None:
             raise ConfigError("direct SMB access needs a Python interpreter to start its client processes",
@@ -96,7 +97,8 @@ class _Client:
         ours, theirs = socket.socketpair()
         try:
             # -E -s -S: only the standard library and the script's folder (no PYTHON* variables, no site-packages)
-            self.proc = subprocess.Popen([exe, "-E", "-s", "-S", CHILD, str(theirs.fileno()), str(idle_exit)],
+            self.proc = subprocess.Popen([exe, "-E", "-s", "-S", CHILD, str(theirs.fileno()),
+                                          str(source.idle_exit)],
                                          pass_fds=(theirs.fileno(),),
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         except OSError:
@@ -108,7 +110,7 @@ class _Client:
         self.idle_since = time.monotonic()
         # The password goes through the socket, never on a command line other users could read.
         try:
-            self.call(STUCK_AFTER * timeout, "connect", conn.Host, conn.Port, conn.Share, conn.Username, conn.Password,
+            self.call(source.stuck_after, "connect", conn.Host, conn.Port, conn.Share, conn.Username, conn.Password,
                       conn.Domain, timeout)
         except SmbCallError as exc:
             if (self.proc.returncode or 0) > 0:  # it exited on an error of its own: it cannot start
@@ -207,13 +209,13 @@ class SmbSource:
                 generation = self._generation
                 while self._idle:
                     client = self._idle.pop()
-                    if time.monotonic() - client.idle_since < self.idle_exit * 2 / 3:  # else it is about to exit
+                    if self._fresh(client, time.monotonic()):
                         return client, generation
-                    stale.append(client)
+                    stale.append(client)  # the sweeper was about to close it
         finally:
             _end(stale)
         try:
-            return _Client(self.conn, self.timeout, self.idle_exit), generation
+            return _Client(self), generation
         except OSError as exc:
             raise self._error(exc, what) from exc
 
@@ -228,6 +230,10 @@ class SmbSource:
                 return
         client.close()
 
+    def _fresh(self, client: _Client, now: float) -> bool:
+        """Whether a pooled process is reused; one idle for half of `idle_exit` is closed instead."""
+        return now - client.idle_since < self.idle_exit / 2
+
     def _sweep(self) -> None:
         """Close the client processes idle for half of `idle_exit`, every third of it, while the pool holds any.
 
@@ -238,8 +244,8 @@ class SmbSource:
             time.sleep(self.idle_exit / 3)
             with self._lock:
                 now = time.monotonic()
-                stale = [c for c in self._idle if now - c.idle_since >= self.idle_exit / 2]
-                self._idle = [c for c in self._idle if now - c.idle_since < self.idle_exit / 2]
+                stale = [c for c in self._idle if not self._fresh(c, now)]
+                self._idle = [c for c in self._idle if self._fresh(c, now)]
                 done = not self._idle
                 if done:
                     self._sweeper = None
