@@ -638,7 +638,6 @@
       $('share-result').hidden = false;
       $('share-url').select();
       if (state.shareRows.length > 1) { state.selected = {}; if (state.search) { renderResults(); } }
-      loadShares();
     }, function (err) {
       $('share-create').disabled = false;
       showError($('share-message'), err);

@@ -29,7 +29,6 @@ class NasApp:
         self.status.load(self.catalog.counts()["series"])
         self._source: Source | None = None
         self._source_lock = threading.Lock()
-        self._config_lock = threading.Lock()  # one save from the web at a time
         self.indexer = Indexer(self.catalog, self.status, self.source, lambda: self.settings.Workers,
                                parse_processes=parse_processes)
         self.shares = ShareStore(self.settings.DataDirectory)
@@ -66,7 +65,7 @@ class NasApp:
 
         Workers goes into the file only when it differs from orthanc.json's.
         """
-        with self._config_lock, self.indexer.idle("the NAS connection cannot change while indexing runs"):
+        with self.indexer.idle("the NAS connection cannot change while indexing runs"):
             save_connection(settings, include_workers=settings.Workers != self.base_settings.Workers)
             self.reconnect(settings)
         log.info("NAS connection saved from the web: %s, %d workers", settings.Connection.describe(),

@@ -34,6 +34,8 @@ SERIES_FIELDS = (
     "StudyDescription", "AccessionNumber", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription",
     "Modality",
 )
+#: the order of a series' files everywhere they are listed (the zip of a share, `GET /nas/series/{key}`)
+FILE_ORDER = "InstanceNumber IS NULL, InstanceNumber, path"
 
 #: the fields a search term is looked for in, folded into `series.search_text`
 SEARCHED_FIELDS = ("PatientName", "PatientID", "StudyDescription", "SeriesDescription")
@@ -227,8 +229,8 @@ class Catalog:
     def series_files(self, key: str) -> list[sqlite3.Row]:
         """The readable files of one series (path, size, mtime_ns), in instance order as `GET /nas/series` lists them."""
         return self.reader().execute(
-            "SELECT path, size, mtime_ns FROM files WHERE series_key=? AND error IS NULL "
-            "ORDER BY InstanceNumber IS NULL, InstanceNumber, path", (key,)).fetchall()
+            f"SELECT path, size, mtime_ns FROM files WHERE series_key=? AND error IS NULL ORDER BY {FILE_ORDER}",
+            (key,)).fetchall()
 
 
 class CatalogWriter:

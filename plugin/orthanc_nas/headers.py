@@ -77,14 +77,6 @@ def _value(raw, how: str, encodings: list[str] | None) -> str | int | None:
     value = raw.value
     if value is None:
         return None
-    if encodings is None and isinstance(value, bytes):
-        # No SpecificCharacterSet: the standard says ASCII, but many exports write UTF-8 without
-        # declaring it. Bytes that are valid UTF-8 are read as such, anything else as Latin-1.
-        try:
-            value.decode("utf-8")
-            encodings = ["UTF8"]
-        except UnicodeDecodeError:
-            encodings = ["iso8859"]
     if isinstance(value, bytes):
         if how == _INT:
             text = value.decode("ascii", "replace").strip(" \0")
@@ -93,11 +85,21 @@ def _value(raw, how: str, encodings: list[str] | None) -> str | int | None:
             except ValueError:
                 return None
         if how == _NAME:
-            return _first(convert_PN(value, encodings))
+            return _first(convert_PN(value, encodings or _guess_encodings(value)))
         if how == _TEXT:
-            return _first(convert_text(value, encodings))
+            return _first(convert_text(value, encodings or _guess_encodings(value)))
         return value.decode("ascii", "replace").strip(" \0") or None
     return str(value).strip(" \0") or None  # already converted (implicit VR oddities)
+
+def _guess_encodings(value: bytes) -> list[str]:
+    """No SpecificCharacterSet: the standard says ASCII, but many exports write UTF-8 without declaring
+    it. Bytes that are valid UTF-8 are read as such, anything else as Latin-1."""
+    try:
+        value.decode("utf-8")
+        return ["UTF8"]
+    except UnicodeDecodeError:
+        return ["iso8859"]
+
 
 def _first(value) -> str | None:
     """The first of a multi-valued text, as text."""

@@ -91,7 +91,13 @@ class Governor:
         self.warned = False
 
     def alive(self) -> None:
-        """The NAS answered (listed files came in); says nothing about read times."""
+        """The NAS answered (listed files came in); says nothing about read times.
+
+        Nothing for a source that tells when the NAS last answered (`last_answer`): listed files may
+        have waited in the walk's queue, so their arrival says less than the source does.
+        """
+        if self.last_answer is not None:
+            return
         self.last_success = time.monotonic()
         self.failures_since_success = 0
 
@@ -290,7 +296,6 @@ class _Run:
     # -- enumeration (its own thread) --------------------------------------------
     def _walk(self, source: Source, out: queue.Queue, governor: Governor) -> None:
         chunk: list[FileEntry] = []
-        answers = hasattr(source, "last_answer")
         try:
             for item in source.walk(self.stop):
                 if isinstance(item, WalkError):
@@ -298,13 +303,10 @@ class _Run:
                     self.status.add_error(item.path, item.error.message)
                     if isinstance(item.error, NasNetworkError):
                         governor.failure()
-                    elif not answers:
+                    else:
                         governor.alive()  # a refusal is an answer: the NAS is there
                     continue
-                if not answers:
-                    # Listed files coming in: the NAS answers (roughly: some may have waited in the
-                    # walk's queue, which is why a source that knows when it last heard from the NAS says so)
-                    governor.alive()
+                governor.alive()  # listed files coming in: the NAS answers
                 chunk.append(item)
                 if len(chunk) >= ENUM_CHUNK:
                     self._put(out, chunk)

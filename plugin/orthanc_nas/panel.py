@@ -38,12 +38,11 @@ HEADERS = {
 }
 
 
-def explorer_script(panel_dir: str = PANEL_DIR) -> str | None:
+def explorer_script() -> str | None:
     """The source of the script that puts the NAS button into Orthanc Explorer, or None without one."""
     try:
-        with open(os.path.join(panel_dir, EXPLORER_SCRIPT), encoding="utf-8") as fh:
-            return fh.read()
-    except FileNotFoundError:
+        return panel_file(EXPLORER_SCRIPT).body.decode("utf-8")
+    except NotFound:
         return None
 
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from .catalog import SERIES_FIELDS, read_snapshot
+from .catalog import FILE_ORDER, SERIES_FIELDS, read_snapshot
 from .errors import BadRequest, NotFound
 from .normalize import terms as fold_terms
 
@@ -142,6 +142,6 @@ def series_detail(conn: sqlite3.Connection, key: str) -> dict:
             raise NotFound(f"no series {key!r} in the NAS index"[:200],
                            "Search again: the series may have left the NAS since the last indexing.")
         files = _dicts(conn.execute(
-            f"SELECT {', '.join(FILE_FIELDS)} FROM files WHERE series_key = ? "
-            "ORDER BY InstanceNumber IS NULL, InstanceNumber, path", (key,)), FILE_FIELDS)
+            f"SELECT {', '.join(FILE_FIELDS)} FROM files WHERE series_key = ? ORDER BY {FILE_ORDER}", (key,)),
+            FILE_FIELDS)
     return {**found[0], "files": files}

@@ -13,6 +13,7 @@ import io
 import os
 import re
 import shutil
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -177,7 +178,8 @@ def run_the_panel(page: Page, orthanc: OrthancServer, target: Target, shot) -> N
     page.get_by_role("button", name="Index now").click()
     label = page.locator("#progress-label")
     seen = []
-    while "finished" not in (page.locator("#phase").text_content() or ""):
+    deadline = time.monotonic() + 120
+    while "finished" not in (page.locator("#phase").text_content() or "") and time.monotonic() < deadline:
         seen.append(label.text_content())
         page.wait_for_timeout(100)
     expect(label).to_have_text(f"{FILES + 1:,} of {FILES + 1:,} files · 100 %")

@@ -9,7 +9,7 @@ import pytest
 from orthanc_nas.api import router
 from orthanc_nas.errors import NotFound
 from orthanc_nas.http import Request
-from orthanc_nas.panel import PANEL_DIR, explorer_script, panel_file
+from orthanc_nas.panel import PANEL_DIR, panel_file
 
 
 @pytest.mark.parametrize("name, mime", [
@@ -42,11 +42,6 @@ def test_the_panel_loads_nothing_from_outside_and_calls_only_nas_routes():
     assert not re.search(r"https?://|fetch\((?!'\.\./' \+ path)", script)  # one fetch, relative to /nas/
     routes = set(re.findall(r"api\('(?:GET|POST|PUT|DELETE)', '([a-z/]+)", script))
     assert routes == {"config", "config/test", "status", "index", "search", "series/", "shares", "shares/"}
-
-
-def test_the_explorer_button_opens_the_panel():
-    script = explorer_script()
-    assert "$('#lookup').live('pagebeforecreate'" in script and "../nas/app/index.html" in script
 
 
 def test_app_without_a_file_name_is_sent_on_to_index_html():
