@@ -123,9 +123,9 @@ def test_unreadable_folder_is_an_error_not_fatal(tmp_path_factory):
     code = textwrap.dedent(f"""
         import os, sys, threading
         sys.path.insert(0, {os.path.abspath(plugin)!r})
-        os.setgid(65534); os.setuid(65534)
-        from orthanc_nas.sources.local import LocalSource
+        from orthanc_nas.sources.local import LocalSource  # imported first: the checkout may be private
         from orthanc_nas.sources import WalkError
+        os.setgid(65534); os.setuid(65534)
         for item in LocalSource({str(base)!r}).walk(threading.Event()):
             kind = item.error.kind if isinstance(item, WalkError) else "file"
             print(kind, item.path)
