@@ -110,6 +110,13 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE series ADD COLUMN InstitutionName TEXT;
     ALTER TABLE series ADD COLUMN BodyPartExamined TEXT;
     """,
+    # 4: the DICOM node's lookups: series by study, series and patient, files by SOP instance
+    """
+    CREATE INDEX series_by_study ON series(StudyInstanceUID);
+    CREATE INDEX series_by_uid ON series(SeriesInstanceUID);
+    CREATE INDEX series_by_patient ON series(PatientID);
+    CREATE INDEX files_by_sop ON files(SOPInstanceUID);
+    """,
 ]
 
 
