@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,6 +41,28 @@ def timed(*args) -> float:
     result = run(*args)
     assert result.returncode == 0, result.stderr
     return time.perf_counter() - started
+
+
+def handler_times(catalog, level: str, unique: str, keys: dict, runs: int) -> tuple[list[float], int]:
+    """What the node does for one C-FIND (parse, SQL, every answer dataset), timed in this process."""
+    from pydicom.dataset import Dataset
+
+    from orthanc_nas.dicom.query import answer, parse, rows
+
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = level
+    setattr(identifier, unique, "")
+    identifier.PatientName = ""
+    for k, v in keys.items():
+        setattr(identifier, k, v)
+    conn = catalog.reader()
+    samples, count = [], 0
+    for _ in range(runs):
+        started = time.perf_counter()
+        query = parse(identifier, patient_root=False)
+        count = len([answer(query, row, "NAS") for row in rows(conn, query)])
+        samples.append(time.perf_counter() - started)
+    return samples, count
 
 
 def bench_find(files: int, series_size: int, runs: int) -> None:
@@ -82,7 +103,10 @@ def bench_find(files: int, series_size: int, runs: int) -> None:
                 args += ["-k", f"{k}={v}"]
             samples = [timed(*args) for _ in range(runs)]
             p50, p95 = percentiles(samples)
-            print(f"  C-FIND {level:6s} {what:40s} p50 {p50:6.1f} ms  p95 {p95:6.1f} ms")
+            inner = handler_times(catalog, level, unique, keys, runs * 4)
+            q50, q95 = percentiles(inner[0])
+            print(f"  C-FIND {level:6s} {what:32s} findscu p50 {p50:6.1f} ms  p95 {p95:6.1f} ms; "
+                  f"handler p50 {q50:6.1f} ms  p95 {q95:6.1f} ms ({inner[1]} answers)")
         node.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
