@@ -60,14 +60,22 @@ class Unlocker:
 
 
 def basic_password(environ: Mapping) -> str | None:
-    """The password of an `Authorization: Basic` header (RFC 7617, UTF-8; the user name is ignored), or None."""
+    """The password of an `Authorization: Basic` header, or None; the user name is ignored.
+
+    RFC 7617 leaves the charset open: the listener asks for UTF-8 (curl, browsers), but clients that
+    send Latin-1 anyway (Python's requests) are understood too: bytes that are not UTF-8 are read as Latin-1.
+    """
     scheme, _, value = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
     if scheme.lower() != "basic":
         return None
     try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+        raw = base64.b64decode(value.strip(), validate=True)
+    except binascii.Error:
         return ""  # sent, but unreadable: a wrong passphrase
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        decoded = raw.decode("latin-1")
     return decoded.partition(":")[2]
 
 
