@@ -24,6 +24,7 @@ from collections import OrderedDict
 from waitress import create_server, wasyncore
 
 from .archive import Interrupted, ShareArchive, content_disposition, series_archive
+from .dicomdir import MissingAttributes, file_set_archive
 from .errors import FileChanged, Gone, NasError, NotFound
 from .share_access import DownloadSlots, Unlocker, basic_password, form_passphrase
 from .share_page import (
@@ -292,7 +293,15 @@ class ShareApp:
                         on_end=functools.partial(self.slots.give_back, share))
 
     def _archive(self, share: Share) -> tuple[ShareArchive, str]:
+        """The zip in the share's layout. A DICOMDIR needs each file's UIDs from the index: files indexed by
+        an older version lack them until the next indexing reads them again; meanwhile the folders serve."""
         try:
+            if share.layout == DICOMDIR:
+                try:
+                    return file_set_archive(self.nas.catalog, self.nas.source(), share.series, stop=self.stop)
+                except MissingAttributes as exc:
+                    log.warning("share %s: sent in folders, not as a DICOMDIR: %s; the next indexing reads "
+                                "such files again", share.id, exc)
             return series_archive(self.nas.catalog, self.nas.source(), share.series, stop=self.stop)
         except NotFound as exc:  # the share outlived its series (a later indexing removed them)
             raise Gone(exc.message.replace("is not in", "is no longer in")) from exc

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from pydicom import dcmread
+from pydicom.fileset import FileSet
 from tests.support.dicom import write_series
 from tests.support.orthanc import OrthancServer, free_port
 
@@ -30,8 +32,11 @@ def corpus(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("nas")
     small = write_series(root / "small", 4, SeriesInstanceUID="2.25.1001", pixel_bytes=10_000)
     big = write_series(root / "big", 16, SeriesInstanceUID="2.25.1002", pixel_bytes=4 * 1024 * 1024, sparse=True)
+    other = write_series(root / "other" / "Ünïcode name", 3, SeriesInstanceUID="2.25.1003", PatientID="P-2",
+                         PatientName="Åström^Sven", charset="ISO_IR 192", SeriesDescription="Lung", SeriesNumber=7)
     return {"small": (series_key({"SeriesInstanceUID": "2.25.1001"}, ""), small),
-            "big": (series_key({"SeriesInstanceUID": "2.25.1002"}, ""), big)}
+            "big": (series_key({"SeriesInstanceUID": "2.25.1002"}, ""), big),
+            "other": (series_key({"SeriesInstanceUID": "2.25.1003"}, ""), other)}
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +237,45 @@ def test_a_browser_gets_the_page_and_anyone_gets_the_zip_from_download(orthanc, 
     assert unpacked(zipped.content) == {f.name: f.read_bytes() for f in files}
     assert requests.post(share["url"] + "/download", timeout=30).status_code == 404
     assert Path(urlsplit(share["url"]).path).parts[:2] == ("/", "share")
+
+
+# -- the DICOMDIR layout (the default) ---------------------------------------------------------------------
+def test_the_default_zip_is_a_file_set_that_pydicom_and_dcmdump_read(orthanc, corpus, tmp_path):
+    (small_key, small), (other_key, other) = corpus["small"], corpus["other"]
+    answer = orthanc.post("/nas/shares", json={"series": [small_key, other_key]})
+    assert answer.status_code == 201 and answer.json()["layout"] == "dicomdir"
+    share = answer.json()
+    head = requests.head(share["url"], timeout=30)
+    got = requests.get(share["url"], timeout=30)
+    assert got.status_code == 200 and len(got.content) == int(got.headers["Content-Length"])
+    assert head.headers["Content-Length"] == got.headers["Content-Length"]
+    with zipfile.ZipFile(io.BytesIO(got.content)) as archive:
+        assert archive.testzip() is None
+        names = archive.namelist()
+        archive.extractall(tmp_path)
+    assert names[0] == "DICOMDIR" and len(names) == 1 + len(small) + len(other)
+    for name in names[1:]:  # PS3.10 8.2: at most 8 components of at most 8 characters A-Z 0-9 _
+        assert all(len(part) <= 8 and part.isalnum() and part.isupper() for part in name.split("/")), name
+
+    file_set = FileSet(tmp_path / "DICOMDIR")
+    nas = {dcmread(path, stop_before_pixels=True).SOPInstanceUID: path.read_bytes() for path in small + other}
+    assert len(file_set) == len(nas)
+    for instance in file_set:  # every record's file is there, byte for byte the NAS file
+        assert Path(instance.path).read_bytes() == nas[instance.SOPInstanceUID]
+    assert sorted(str(v) for v in file_set.find_values("PatientName")) == ["DOE^JOHN", "Åström^Sven"]
+    (lung,) = [n._record for n in file_set._tree if n.record_type == "SERIES" and n._record.SeriesNumber == 7]
+    assert lung.SeriesDescription == "Lung"
+
+    dump = subprocess.run(["dcmdump", "+P", "DirectoryRecordType", "+P", "ReferencedFileID", "+P", "PatientID",
+                           str(tmp_path / "DICOMDIR")], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0 and "E:" not in dump.stderr, dump.stderr
+    assert dump.stdout.count("[IMAGE]") == len(nas) and dump.stdout.count("[PATIENT]") == 2
+    assert "[PT000001\\ST000000\\SE000000\\IM000002]" in dump.stdout and "[P-2]" in dump.stdout
+    listed(orthanc, share["id"])  # listed as any other share
+
+
+def test_the_folders_layout_keeps_the_readable_names(orthanc, corpus):
+    key, files = corpus["other"]
+    share = create(orthanc, key)  # layout "folders"
+    with zipfile.ZipFile(io.BytesIO(requests.get(share["url"], timeout=30).content)) as archive:
+        assert archive.namelist() == [f"7_Lung/{f.name}" for f in files]
