@@ -201,6 +201,19 @@ def test_the_passphrase_form_wrong_then_right(orthanc, corpus, colleague, screen
     colleague.reload()  # the passphrase is remembered for this link, not posted again
     expect(colleague.locator("section.study h2")).to_have_text("Müller Jürgen")
 
+    # the zip's own address, opened first, asks too; the form leads to the page
+    fresh = colleague.context.browser.new_context(viewport=PHONE, java_script_enabled=False)
+    try:
+        page = fresh.new_page()
+        assert page.goto(share["url"] + "/download").status == 401
+        page.get_by_label("Passphrase").fill("correct horse battery")
+        with page.expect_navigation():
+            page.get_by_role("button", name="Open").click()
+        assert urlsplit(page.url).path == urlsplit(share["url"]).path
+        expect(page.locator("section.study h2")).to_have_text("Müller Jürgen")
+    finally:
+        fresh.close()
+
     # another link with the same passphrase is not opened by this one's cookie
     other = create(orthanc, [t1[0]], passphrase="correct horse battery")
     assert colleague.goto(other["url"]).status == 401
