@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import pytest
+from tests.support.readme import readme_json_with
 
 from orthanc_nas.config import parse_settings
 
@@ -161,14 +162,6 @@ def test_the_image_has_a_registered_user_orthanc_1_13_refuses_to_start_without(c
     assert config["RemoteAccessAllowed"] and config["AuthenticationEnabled"]
     users = config.get("RegisteredUsers")
     assert isinstance(users, dict) and users and all(isinstance(p, str) and p for p in users.values())
-
-
-def readme_json_with(key: str) -> dict:
-    """The JSON block of the README that holds `key` (the configuration users are told to paste)."""
-    blocks = re.findall(r"```json\n(.*?)```", (REPO / "README.md").read_text(), re.S)
-    found = [json.loads(block) for block in blocks if f'"{key}"' in block]
-    assert len(found) == 1, f"one JSON block with {key} in README.md"
-    return found[0]
 
 
 def test_the_orthanc_explorer_2_button_is_the_readmes_and_leads_from_its_pages_to_the_panel():
