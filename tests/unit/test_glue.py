@@ -2,6 +2,7 @@
 
 Plugin 4.0 (Orthanc 1.10, Debian 12): `SendHttpStatus(status, str, length)`, no streaming.
 Plugin 5.0 (Orthanc 1.12, Debian 13): `SendHttpStatus(status, body)`, `StartStreamAnswer`/`SendStreamChunk`.
+Plugin 7.1 (Orthanc 1.13, Debian unstable): as 5.0. All three have `SetRootUri` and `SetDescription`.
 """
 
 from __future__ import annotations
