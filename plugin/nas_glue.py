@@ -150,8 +150,9 @@ def start_dicom_node(orthanc, app: NasApp, config: dict):
     to be called once Orthanc runs (its REST API is not ready while plugins load); else None."""
     from orthanc_nas.dicom import Peer
 
-    own = (Peer(config.get("DicomAet", "ORTHANC"), "127.0.0.1", config.get("DicomPort", 4242))
-           if config.get("DicomServerEnabled", True) else None)
+    # Orthanc queries and retrieves as its DicomAet; it receives on DicomPort only with its DICOM server on
+    own = Peer(config.get("DicomAet", "ORTHANC"), "127.0.0.1",
+               config.get("DicomPort", 4242) if config.get("DicomServerEnabled", True) else None)
     if not app.start_dicom_node(lambda: orthanc_modalities(orthanc), own) or not app.settings.DicomServer.RegisterInOrthanc:
         return None
     server = app.settings.DicomServer

@@ -155,3 +155,8 @@ def test_the_reader_keeps_its_order_and_bounds_what_it_holds(tmp_path, monkeypat
     got = [outcome[0] for _, *outcome in Reader(None, items, th.Event(), in_flight=3)]
     assert got == [i.path for i in items]
     assert most[0] <= 1000
+
+
+def test_orthanc_without_its_dicom_server_may_call_but_receives_nothing():
+    peers = Peers(dicom_server(), lambda: [], Peer("ORTHANC", "127.0.0.1", None))
+    assert peers.allowed("ORTHANC", "127.0.0.1") and peers.destination("ORTHANC") is None
