@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from .allowed import check_web_connection
 from .archive import content_disposition, series_archive
 from .config import parse_web_connection, parse_web_settings
 from .errors import BadRequest, ConfigError, NotFound, NotSupported
@@ -105,6 +106,7 @@ def put_config(app, request: Request) -> Response:
     """Validate, save, reconnect, then test the new connection. The settings are saved even when the test
     fails (a NAS may be down for a moment, or set up ahead of time): the answer's `test` says so."""
     settings = parse_web_settings(request.json(), app.settings)
+    check_web_connection(settings.Connection, app.settings, app.base_settings.Connection)
     app.configure(settings)
     return json_response({**app.settings.public(), "test": app.test_connection()})
 
@@ -118,6 +120,8 @@ def test_config(app, request: Request) -> Response:
                           'The body is {"Connection": {...}}, or empty to test the saved connection.',
                           field=unknown[0])
     connection = parse_web_connection(body["Connection"], app.settings.Connection) if body else None
+    if connection is not None:
+        check_web_connection(connection, app.settings, app.base_settings.Connection)
     result = app.test_connection(connection)
     return json_response(result, 200 if result["ok"] else 502)
 

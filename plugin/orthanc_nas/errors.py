@@ -50,6 +50,15 @@ class UnsupportedMediaType(BadRequest):
     default_hint = "Send the body as JSON with the header Content-Type: application/json."
 
 
+class CrossSiteRequest(NasError):
+    """A browser says the request comes from another web site (Fetch Metadata, Origin)."""
+
+    status = 403
+    kind = "permission"
+    default_hint = ("Changes to the NAS settings, indexing and shares are made from Orthanc's own pages "
+                    "(the NAS panel) or by a program calling the REST API, not from another web site.")
+
+
 class NotFound(NasError):
     status = 404
     kind = "not_found"
