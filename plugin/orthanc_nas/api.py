@@ -7,7 +7,7 @@ import logging
 from .allowed import check_web_connection
 from .archive import content_disposition, series_archive
 from .config import parse_web_connection, parse_web_settings
-from .errors import BadRequest, ConfigError, NotFound, NotSupported
+from .errors import BadRequest, ConfigError, NotFound, NotSupported, shown
 from .http import Request, Response, Router, json_response
 from .panel import panel_file
 from .search import SearchParams, search, series_detail
@@ -73,7 +73,7 @@ def create_share(app, request: Request) -> Response:
     known = app.catalog.series_rows(series)
     for key in series:
         if key not in known:
-            raise NotFound(f"unknown series_key {key!r}", "Use a series_key found by GET /nas/search.")
+            raise NotFound(f"unknown series_key {shown(key)}", "Use a series_key found by GET /nas/search.")
     share, token = app.shares.create(series, hours, label)
     log.info("share %s created: %d series, expires at %s", share.id, len(series), iso(share.expires_at))
     answer = {"id": share.id, "token": token, "url": app.share_url(token), "expires_at": iso(share.expires_at),

@@ -17,8 +17,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import stat
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus, urlsplit
 
-from .errors import BadRequest, CrossSiteRequest, NasError, NotFound, UnsupportedMediaType
+from .errors import BadRequest, CrossSiteRequest, NasError, NotFound, UnsupportedMediaType, shown
 
 log = logging.getLogger("orthanc_nas")
 
@@ -39,6 +39,11 @@ class Request:
         400 if the body is malformed, larger than MAX_JSON_BYTES or nested deeper than MAX_JSON_DEPTH;
         {} for an empty optional body.
         """
+        if "content-disposition" in self.headers:
+            # Orthanc 1.10 hands each field of a multipart/form-data body to the plugin as a request of its
+            # own, with only that field's headers (Content-Disposition: form-data, and the field's type,
+            # which a page of any site can set to application/json; no Origin, no Sec-Fetch-Site)
+            raise UnsupportedMediaType("the body must be application/json, not a field of a multipart form")
         ctype = self.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise UnsupportedMediaType(f"the body must be application/json, not {ctype or 'without a type'}")
@@ -53,6 +58,7 @@ class Request:
             raise BadRequest(f"the body is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise BadRequest("the body must be a JSON object")
+        _check_text(data, "")
         return data
 
 
@@ -82,6 +88,25 @@ def check_json_shape(body: bytes) -> None:
                                  "The /nas/ routes take flat objects; see the README for their bodies.")
         elif token in (b"]", b"}"):
             depth -= 1
+
+
+def _check_text(value, where: str) -> None:
+    """BadRequest naming the field whose text is not Unicode: JSON's `\\ud800` escapes give lone surrogates,
+    which no UTF-8 file, database or answer can hold. (Depth is bounded by check_json_shape.)"""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, where or "the body")
+            _check_text(item, f"{where}.{key}" if where else key)
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item, where)
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            what = f"field {where!r}" if where else "the body"
+            raise BadRequest(f"{what} holds a lone UTF-16 surrogate (\\ud800-\\udfff), "
+                             "which is not text", "Send the text as UTF-8 or with paired \\u escapes.") from None
 
 
 @dataclass
@@ -199,7 +224,7 @@ class Router:
                 if request.method not in SAFE_METHODS:
                     check_same_origin(request)
                 return handler(app, request, *match.groups())
-            raise NotFound(f"no such route: {request.path}", "See the REST routes in the README.")
+            raise NotFound(f"no such route: {shown(request.path, 200)}", "See the REST routes in the README.")
         except NasError as exc:
             return error_response(exc)
         except Exception:
