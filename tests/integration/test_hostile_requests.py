@@ -13,14 +13,16 @@ import http.client
 import io
 import json
 import os
+import socket
 import sqlite3
+import stat
 import time
 import zipfile
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from tests.support.dicom import write_deeply_nested, write_dicom, write_series
+import requests
+from tests.support.dicom import write_deeply_nested, write_series
 from tests.support.orthanc import OrthancServer, free_port
 
 from orthanc_nas.catalog import series_key
@@ -47,13 +49,15 @@ def nas(tmp_path_factory) -> dict:
     write_series(root / "plain", 3, PatientID="P1", SeriesInstanceUID="2.25.1002")
     write_series(root / "swap", 2, PatientID="P2", SeriesInstanceUID="2.25.1003")
     write_deeply_nested(root / "deep" / "deep.dcm", 5000, PatientID="P3", SeriesInstanceUID="2.25.1004")
+    # large enough that a client which stops reading holds its download thread (sparse: no disk used)
+    write_series(root / "big", 4, PatientID="P4", SeriesInstanceUID="2.25.1005", pixel_bytes=16 << 20, sparse=True)
     os.symlink(outside / "secret", root / "out-folder")
     os.symlink(outside / "secret" / "IM00001.dcm", root / "out-file.dcm")
     os.symlink(outside, root / "out-all")
     os.symlink(root / "plain", root / "in-folder")
     os.symlink(root / "plain" / "IM00001.dcm", root / "in-file.dcm")
     return {"root": root, "outside": outside, "plain": _key("2.25.1002"), "swap": _key("2.25.1003"),
-            "outside_key": _key("2.25.1001")}
+            "outside_key": _key("2.25.1001"), "big": _key("2.25.1005")}
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +115,7 @@ def test_a_header_of_deeply_nested_sequences_is_a_counted_file_error(orthanc):
 
 
 def test_a_lone_surrogate_is_a_400_naming_the_field(orthanc, nas):
-    body = '{"series": ["%s"], "label": "x\\ud800y"}' % nas["plain"]
+    body = '{"series": ["' + nas["plain"] + '"], "label": "x\\ud800y"}'
     answer = orthanc.post("/nas/shares", data=body, headers={"Content-Type": "application/json"})
     assert answer.status_code == 400 and "'label'" in answer.json()["error"], answer.text
 
@@ -131,13 +135,11 @@ def test_state_changing_routes_take_application_json_exactly(orthanc, ctype, dat
     headers = {"Content-Type": ctype} if ctype else {}
     for method, path in JSON_ROUTES:
         request = orthanc.session.prepare_request(
-            __import__("requests").Request(method, orthanc.url + path, data=data, headers=headers))
+            requests.Request(method, orthanc.url + path, data=data, headers=headers))
         if ctype is None:
             request.headers.pop("Content-Type", None)
         answer = orthanc.session.send(request, timeout=30)
         assert answer.status_code == 415, (method, path, ctype, answer.text)
-    assert orthanc.get("/nas/shares").json() == [] or all(s["label"] != "forged" for s in orthanc.get(
-        "/nas/shares").json())
 
 
 @pytest.mark.parametrize("headers", [{"Sec-Fetch-Site": "cross-site"},
@@ -172,8 +174,8 @@ def test_requests_of_orthancs_own_pages_pass_also_behind_a_reverse_proxy(orthanc
 # -- 3. nothing leaves the NAS root ------------------------------------------------------------------------
 def test_links_out_of_the_root_are_not_followed_nor_links_inside_counted_twice(orthanc, nas):
     status = orthanc.status
-    # plain (3) + swap (2) + deep (1): nothing behind the links
-    assert status["enumerated_files"] == 6, status
+    # plain (3) + swap (2) + deep (1) + big (4): nothing behind the links
+    assert status["enumerated_files"] == 10, status
     assert not [s for s in status["error_samples"] if s["path"].startswith(("out-", "in-"))]
     assert "passwd" not in json.dumps(status) and "secret" not in json.dumps(status)
     assert orthanc.get("/nas/search", params={"q": "OUTSIDE"}).json() == []
@@ -240,3 +242,185 @@ def test_requests_for_a_revoked_link_are_counted_and_collapsed(orthanc, nas):
     assert len(rows) <= 2, rows  # one collapsed row for the 410s, one for the 429s
     assert sum(int(r["detail"].split()[0]) for r in rows) == 50
     assert orthanc.log().count(f"share {share['id']}: refused a download to 127.0.0.9") == 1
+
+
+# -- 4. the share listener cannot be starved by one address -------------------------------------------------
+def _download(url: str, source: str = "127.0.0.1") -> tuple[int, bytes]:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60, source_address=(source, 0))
+    try:
+        conn.request("GET", parts.path)
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+def _status_line(sock: socket.socket) -> bytes:
+    line = b""
+    while not line.endswith(b"\r\n"):
+        data = sock.recv(1)
+        if not data:
+            break
+        line += data
+    return line
+
+
+def test_clients_that_never_read_hold_no_more_than_their_share_of_downloads(orthanc, nas):
+    big = orthanc.post("/nas/shares", json={"series": [nas["big"]]}).json()
+    plain = orthanc.post("/nas/shares", json={"series": [nas["plain"]]}).json()
+    url = urlsplit(big["url"])
+    hogs = []
+    try:
+        for _ in range(8):  # as many as the listener has download threads, all from one address
+            sock = socket.create_connection((url.hostname, url.port), timeout=30, source_address=("127.0.0.3", 0))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(f"GET {url.path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            hogs.append(sock)
+        lines = [_status_line(sock) for sock in hogs]  # then they read nothing more
+        assert sum(b" 200 " in line for line in lines) == 2, lines
+        assert sum(b" 429 " in line for line in lines) == 6, lines
+        status, body = _download(plain["url"])  # another address is served meanwhile
+        assert status == 200
+        with zipfile.ZipFile(io.BytesIO(body)) as archive:
+            assert len(archive.namelist()) == 3 and archive.testzip() is None
+    finally:
+        for sock in hogs:
+            sock.close()
+
+
+def test_slow_requests_cannot_take_every_connection(orthanc, nas):
+    share = orthanc.post("/nas/shares", json={"series": [nas["plain"]]}).json()
+    url = urlsplit(share["url"])
+    slow = []
+    try:
+        for _ in range(100):  # waitress's whole connection limit, one byte at a time ("slowloris")
+            sock = socket.create_connection((url.hostname, url.port), timeout=30, source_address=("127.0.0.2", 0))
+            sock.sendall(b"G")
+            slow.append(sock)
+        status, body = _download(share["url"])  # another address is served meanwhile
+        assert status == 200 and zipfile.ZipFile(io.BytesIO(body)).testzip() is None
+        # the connections beyond the address's share were answered 429 and closed at once...
+        open_ = []
+        for sock in slow:
+            sock.settimeout(0.5)
+            try:
+                data = sock.recv(200)
+                assert data == b"" or data.startswith(b"HTTP/1.1 429 "), data
+            except TimeoutError:
+                open_.append(sock)
+        assert 0 < len(open_) <= 16, len(open_)
+        # ...and the others are cut when their request has not arrived in time, however they trickle
+        deadline = time.monotonic() + 120
+        while open_ and time.monotonic() < deadline:
+            for sock in list(open_):
+                try:
+                    sock.sendall(b"E")
+                    if sock.recv(1, socket.MSG_DONTWAIT) == b"":
+                        open_.remove(sock)
+                except (BlockingIOError, TimeoutError):  # still open, nothing to read
+                    pass
+                except OSError:
+                    open_.remove(sock)
+            time.sleep(2)
+        assert not open_, f"{len(open_)} slow connections still open"
+        assert "whose request did not arrive within" in orthanc.log()
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+# -- 5. settings from the web stay within AllowedRoots and AllowedHosts -----------------------------------------
+@pytest.fixture(scope="module")
+def confined(tmp_path_factory, nas):
+    """An Orthanc whose settings from the web may use one folder and one SMB host."""
+    work = tmp_path_factory.mktemp("confined")
+    allowed = work / "mnt"
+    (allowed / "nas2").mkdir(parents=True)
+    os.symlink("/", allowed / "escape")  # a link inside an allowed folder that leads out of it
+    server = OrthancServer(work, nas={"Connection": {"Type": "local", "Path": str(nas["root"])},
+                                      "AllowedRoots": [str(allowed)], "AllowedHosts": ["nas.example"],
+                                      "ShareServer": {"Port": free_port()}}, auth=True)
+    server.start()
+    server.allowed = allowed
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("path", ["/", "/root", "/proc/self", "/etc", "{allowed}/../..", "{allowed}/escape",
+                                  "{allowed}/escape/etc", "{allowed}-sibling", "relative/path"])
+def test_folders_outside_the_allowed_roots_are_refused_before_they_are_touched(confined, path):
+    path = path.format(allowed=confined.allowed)
+    for method, route in (("POST", "/nas/config/test"), ("PUT", "/nas/config")):
+        answer = confined.session.request(method, confined.url + route,
+                                          json={"Connection": {"Type": "local", "Path": path}}, timeout=30)
+        assert answer.status_code == 400, (method, path, answer.text)
+        body = answer.json()
+        assert body["field"] == "Connection.Path" and "outside the folders" in body["error"]
+        assert "entries" not in body and "AllowedRoots" in body["hint"]
+
+
+def test_the_allowed_roots_and_orthanc_json_s_own_folder_are_allowed(confined, nas):
+    for path in (confined.allowed / "nas2", nas["root"] / "plain"):
+        answer = confined.post("/nas/config/test", json={"Connection": {"Type": "local", "Path": str(path)}})
+        assert answer.status_code == 200 and answer.json()["ok"] is True, answer.text
+    answer = confined.put("/nas/config", json={"Connection": {"Type": "local", "Path": str(nas["root"])}})
+    assert answer.status_code == 200, answer.text
+    settings = confined.get("/nas/config").json()
+    assert settings["AllowedRoots"] == [str(confined.allowed)] and settings["AllowedHosts"] == ["nas.example"]
+
+
+def test_smb_hosts_outside_the_allowed_hosts_are_refused_before_any_connection(confined):
+    with socket.socket() as trap:  # an SMB "server" that records whether anything connected
+        trap.bind(("127.0.0.1", 0))
+        trap.listen()
+        trap.settimeout(0.5)
+        smb = {"Type": "smb", "Host": "127.0.0.1", "Port": trap.getsockname()[1], "Share": "d",
+               "Username": "u", "Password": "p"}
+        for method, route in (("POST", "/nas/config/test"), ("PUT", "/nas/config")):
+            answer = confined.session.request(method, confined.url + route, json={"Connection": smb}, timeout=30)
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["field"] == "Connection.Host" and "AllowedHosts" in answer.json()["hint"]
+        with pytest.raises(TimeoutError):
+            trap.accept()
+
+
+def test_a_saved_password_is_never_sent_to_another_port(tmp_path):
+    with socket.socket() as trap:
+        trap.bind(("127.0.0.1", 0))
+        trap.listen()
+        trap.settimeout(0.5)
+        saved = {"Type": "smb", "Host": "127.0.0.1", "Port": 1, "Share": "d", "Username": "u", "Password": "p"}
+        server = OrthancServer(tmp_path, nas={"Connection": saved, "ShareServer": {"Port": free_port()}})
+        server.start()
+        try:
+            other_port = {**saved, "Port": trap.getsockname()[1]}
+            del other_port["Password"]
+            answer = server.post("/nas/config/test", json={"Connection": other_port})
+            assert answer.status_code == 400 and answer.json()["field"] == "Connection.Password", answer.text
+            with pytest.raises(TimeoutError):
+                trap.accept()
+        finally:
+            server.stop()
+
+
+# -- 6. files of patient data are the Orthanc account's only ----------------------------------------------------
+def test_index_shares_and_status_files_are_0600_whatever_the_umask(tmp_path, nas):
+    old = os.umask(0)  # Orthanc inherits it: without care, files would be created 0666
+    try:
+        server = OrthancServer(tmp_path, nas={"Connection": {"Type": "local", "Path": str(nas["root"] / "plain")},
+                                              "ShareServer": {"Port": free_port()}})
+        server.start()
+    finally:
+        os.umask(old)
+    try:
+        server.index()
+        key = nas["plain"]
+        assert server.post("/nas/shares", json={"series": [key]}).status_code == 201
+        data = tmp_path / "storage" / "nas"
+        names = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data.iterdir()}
+        for name in ("index.db", "shares.db", "index_status.json"):
+            assert names.pop(name) == 0o600, name
+        assert all(mode == 0o600 for name, mode in names.items() if name.endswith(("-wal", "-shm"))), names
+    finally:
+        server.stop()
