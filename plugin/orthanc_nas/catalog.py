@@ -35,6 +35,12 @@ SERIES_FIELDS = (
     "StudyDescription", "AccessionNumber", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription",
     "Modality",
 )
+#: what the DICOM node answers besides (PS3.4 C.6 return keys): per series, and per file
+NODE_SERIES_FIELDS = ("StudyTime", "StudyID", "ReferringPhysicianName", "InstitutionName", "BodyPartExamined")
+NODE_FILE_FIELDS = ("SOPClassUID", "TransferSyntaxUID")
+#: the header fields a file row holds: rows written by an older version (`files.fields_version` lower)
+#: are read again by the next incremental run, even when the file did not change
+FIELDS_VERSION = 2
 #: the order of a series' files everywhere they are listed (the zip of a share, `GET /nas/series/{key}`)
 FILE_ORDER = "InstanceNumber IS NULL, InstanceNumber, path"
 
@@ -94,6 +100,17 @@ MIGRATIONS: list[Migration] = [
     """,
     # 2: folded search columns on series, indexes for the search filters and order
     _add_search_columns,
+    # 3: what the DICOM node needs; the rows already there are version 1, read again by the next run
+    """
+    ALTER TABLE files ADD COLUMN SOPClassUID TEXT;
+    ALTER TABLE files ADD COLUMN TransferSyntaxUID TEXT;
+    ALTER TABLE files ADD COLUMN fields_version INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE series ADD COLUMN StudyTime TEXT;
+    ALTER TABLE series ADD COLUMN StudyID TEXT;
+    ALTER TABLE series ADD COLUMN ReferringPhysicianName TEXT;
+    ALTER TABLE series ADD COLUMN InstitutionName TEXT;
+    ALTER TABLE series ADD COLUMN BodyPartExamined TEXT;
+    """,
 ]
 
 
@@ -271,12 +288,17 @@ class CatalogWriter:
         self.conn.execute("UPDATE runs SET finished_at=?, outcome=? WHERE id=?", (time.time(), outcome, self.run_id))
 
     def known(self, paths: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """(size, mtime_ns) of the given paths that are already in the index."""
+        """(size, mtime_ns) of the given paths that are already in the index with every field.
+
+        A row an older version wrote without the fields read today (`FIELDS_VERSION`) is left out,
+        so the file is read again; a file that could not be read (its error) has nothing to add.
+        """
         found: dict[str, tuple[int, int]] = {}
         for chunk in _chunks(paths):
             marks = ",".join("?" * len(chunk))
             for path, size, mtime in self.conn.execute(
-                    f"SELECT path, size, mtime_ns FROM files WHERE path IN ({marks})", chunk):
+                    f"SELECT path, size, mtime_ns FROM files WHERE path IN ({marks}) "
+                    f"AND (fields_version >= {FIELDS_VERSION} OR error IS NOT NULL)", chunk):
                 found[path] = (size, mtime)
         return found
 
@@ -300,15 +322,18 @@ class CatalogWriter:
                 key = None
                 if record is not None:
                     key = series_key(record, entry.path)
-                    series_rows[key] = (*(record.get(f) for f in SERIES_FIELDS), *search_columns(record))
+                    series_rows[key] = (*(record.get(f) for f in (*SERIES_FIELDS, *NODE_SERIES_FIELDS)),
+                                        *search_columns(record))
                     dirty.add(key)
                 file_rows.append((entry.path, entry.size, entry.mtime_ns, key,
                                   record and record.get("SOPInstanceUID"), record and record.get("InstanceNumber"),
+                                  *((record or {}).get(f) for f in NODE_FILE_FIELDS), FIELDS_VERSION,
                                   error, self.run_id))
             self.conn.executemany(
                 "INSERT OR REPLACE INTO files(path, size, mtime_ns, series_key, SOPInstanceUID, InstanceNumber, "
-                "error, seen_run) VALUES (?,?,?,?,?,?,?,?)", file_rows)
-            stored = (*SERIES_FIELDS, "search_text", "sort_name")
+                f"{', '.join(NODE_FILE_FIELDS)}, fields_version, error, seen_run) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                file_rows)
+            stored = (*SERIES_FIELDS, *NODE_SERIES_FIELDS, "search_text", "sort_name")
             columns = ", ".join(stored)
             updates = ", ".join(f"{f}=excluded.{f}" for f in stored)
             self.conn.executemany(
