@@ -171,3 +171,25 @@ def test_the_waitress_internals_the_limits_use_are_there():
     assert waitress.channel.HTTPChannel.request is None  # an incomplete request is kept here
     source = waitress.channel.HTTPChannel.__init__.__code__.co_names
     assert "addr" in source and "creation_time" in source
+
+
+def test_a_saved_connection_outside_the_allowed_roots_is_ignored_at_start(tmp_path, caplog):
+    """nas-config.json saved before AllowedRoots was narrowed (or by an older version) leads nowhere."""
+    import json
+
+    from orthanc_nas.app import NasApp
+    from orthanc_nas.config import parse_settings
+
+    nas = tmp_path / "nas"
+    nas.mkdir()
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "nas-config.json").write_text(json.dumps({"Connection": {"Type": "local", "Path": "/etc"}}))
+    settings = parse_settings({"Connection": {"Type": "local", "Path": str(nas)}, "DataDirectory": str(data),
+                               "AllowedRoots": [str(tmp_path / "mnt")]})
+    app = NasApp(settings, parse_processes=0)
+    try:
+        assert app.settings.Connection.Path == str(nas)
+        assert "nas-config.json.Connection.Path '/etc' is outside the folders" in caplog.text
+    finally:
+        app.close()
