@@ -168,6 +168,7 @@ def test_the_waitress_internals_the_limits_use_are_there():
         server.maintenance(0.0)
     finally:
         server.close()
+        server.task_dispatcher.shutdown()  # its threads, started by create_server
     assert waitress.channel.HTTPChannel.request is None  # an incomplete request is kept here
     source = waitress.channel.HTTPChannel.__init__.__code__.co_names
     assert "addr" in source and "creation_time" in source
