@@ -283,7 +283,7 @@ def test_clients_that_never_read_hold_no_more_than_their_share_of_downloads(orth
         status, body = _download(plain["url"])  # another address is served meanwhile
         assert status == 200
         with zipfile.ZipFile(io.BytesIO(body)) as archive:
-            assert len(archive.namelist()) == 3 and archive.testzip() is None
+            assert len(set(archive.namelist()) - {"DICOMDIR"}) == 3 and archive.testzip() is None
     finally:
         for sock in hogs:
             sock.close()
