@@ -18,6 +18,7 @@ import base64
 import hashlib
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -136,7 +137,28 @@ def series_key(record: dict, path: str) -> str:
     return base64.urlsafe_b64encode(digest).decode("ascii")
 
 
+#: the index and the shares hold patient data: only Orthanc's own account may read them
+PRIVATE_MODE = 0o600
+
+
+def make_private(path: str) -> None:
+    """Create `path` if missing, and give it (and SQLite's -wal/-shm beside it) mode 0600, whatever the umask.
+
+    SQLite creates its -wal and -shm files with the mode of the database file, so they follow.
+    Files made readable by an older version are closed again.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_MODE))
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            if stat.S_IMODE(os.stat(name).st_mode) != PRIVATE_MODE:
+                os.chmod(name, PRIVATE_MODE)
+        except FileNotFoundError:
+            pass
+
+
 def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    if not readonly and path != ":memory:":
+        make_private(path)
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
     else:
