@@ -238,6 +238,9 @@ def test_orthanc_queries_the_node_and_retrieves_a_study_into_itself(node):
         served = orthanc.get(f"/instances/{instance['ID']}/file").content
         assert pydicom.dcmread(__import__("io").BytesIO(served)).PixelData == \
             pydicom.dcmread(nas[instance["MainDicomTags"]["SOPInstanceUID"]]).PixelData
+    deadline = time.monotonic() + 60  # Orthanc has the files before the node writes the audit of its move
+    while audit_rows(node)[-1]["caller_aet"] != "ORTHANC" and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert audit_rows(node)[-1]["caller_aet"] == "ORTHANC"
 
 

@@ -238,6 +238,7 @@ class Retriever:
                 record.fail(f"unknown move destination {destination!r}")
                 log.warning("DICOM node: C-MOVE from %s to unknown destination %r refused", record.caller_aet,
                             destination)
+                self._finish(record, None)
                 yield None, None  # A801: move destination unknown
                 return
             files = self._select(event, patient_root, record)
@@ -289,6 +290,7 @@ class Retriever:
         for item, *outcome in reader:
             if event.is_cancelled or self.stop.is_set():
                 record.outcome = "cancelled"
+                self._finish(record, stores)
                 yield CANCELLED, None
                 return
             record.attempted += 1
@@ -309,12 +311,18 @@ class Retriever:
             network_failures = network_failures + 1 if network else 0
             if network_failures >= NAS_GONE_AFTER:
                 record.fail("the NAS stopped answering: the remaining files were not sent")
+                self._finish(record, stores)
                 yield OUT_OF_RESOURCES, None
                 return
             yield PENDING, _placeholder(item)
         record.outcome = "done"
 
     def _finish(self, record: Retrieval, stores: Stores | None) -> None:
+        """Write the audit row and the log line, once: before the final response where the handler gives it,
+        else when pynetdicom is done with the handler (its `finally`)."""
+        if record.written:
+            return
+        record.written = True
         record.sent = stores.sent if stores is not None else 0
         record.failed = record.attempted - record.sent
         if record.outcome == "failed":
