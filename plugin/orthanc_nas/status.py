@@ -9,12 +9,15 @@ next start after a crash) never sees a half-written file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import time
 from collections import deque
 from datetime import UTC, datetime
+
+from .pathnames import shown
 
 STATUS_NAME = "index_status.json"
 WRITE_EVERY = 50
@@ -32,10 +35,16 @@ def iso(ts: float | None) -> str | None:
 
 
 def write_json_atomic(path: str, data: dict) -> None:
+    """Write `data` as JSON to `path` through a temporary file; no temporary file is left on error."""
     tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as fh:
+            json.dump(data, fh, ensure_ascii=False, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class IndexStatus:
@@ -137,7 +146,7 @@ class IndexStatus:
         with self._lock:
             self.errors += 1
             if len(self.error_samples) < MAX_ERROR_SAMPLES:
-                self.error_samples.append({"path": path, "error": message})
+                self.error_samples.append({"path": shown(path), "error": shown(message)})
 
     def warn(self, sentence: str) -> None:
         with self._lock:
