@@ -112,22 +112,29 @@ def _file_meta(buf: bytes, complete: bool) -> _Meta | NeedMore | None:
     declared = syntax_uid = None
     while True:
         if at + 8 > size:
-            if complete:
-                return None  # the file ends within its meta group: pydicom says what it makes of it
-            return NeedMore(size * 2)
+            if not complete:
+                return NeedMore(size * 2)
+            if at == size and at > 132 and declared is not None and at >= 144 + declared:
+                raise NotDicom(f"a DICOM file without a data set: it ends after its File Meta Information "
+                               f"(byte {size})")
+            raise NotDicom(f"truncated DICOM file: it ends at byte {size} within its File Meta Information")
         group, element, vr = struct.unpack_from("<HH2s", buf, at)
         if group != 2:
             break
         if not (b"AA" <= vr <= b"ZZ"):
             return None  # not Explicit VR (pydicom retries such a group as implicit)
         if vr in _LONG_VRS:
-            (length,) = struct.unpack_from("<I", buf, at + 8) if at + 12 <= size else (_UNDEFINED,)
+            (length,) = struct.unpack_from("<I", buf, at + 8) if at + 12 <= size else (0,)
             value_at = at + 12
         else:
             (length,) = struct.unpack_from("<H", buf, at + 6)
             value_at = at + 8
         if length == _UNDEFINED:
             return None
+        if value_at + length > size:
+            if not complete:
+                return NeedMore(size * 2)
+            raise NotDicom(f"truncated DICOM file: it ends at byte {size} within its File Meta Information")
         if element == 0 and vr == b"UL" and length == 4:
             (declared,) = struct.unpack_from("<I", buf, value_at)
         elif element == 0x10:
