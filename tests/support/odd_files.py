@@ -57,6 +57,13 @@ def base(study: str, series: str | None, sop: str, **kw) -> Dataset:
 
 def save(path: Path | str, ds: Dataset, syntax=ExplicitVRLittleEndian) -> Path | str:
     """Write `ds` as a DICOM file (preamble, meta group with the implementation name `ODDCASE_1`)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_to(path, ds, syntax)
+    return path
+
+
+def save_to(target, ds: Dataset, syntax=ExplicitVRLittleEndian) -> None:
+    """Write `ds` as a DICOM file to a path or a binary file object, in the transfer syntax `syntax`."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -64,9 +71,7 @@ def save(path: Path | str, ds: Dataset, syntax=ExplicitVRLittleEndian) -> Path |
     meta.ImplementationClassUID = "1.2.3.4.5.6.7"
     meta.ImplementationVersionName = "ODDCASE_1"  # 9 characters: padded to 10
     ds.file_meta = meta
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    ds.save_as(target, enforce_file_format=True)
 
 
 def patch_value(path: Path, find: bytes, new_value: bytes) -> None:
