@@ -152,17 +152,32 @@ def _file_meta(buf: bytes, complete: bool) -> _Meta | NeedMore | None:
 
 
 class _Parse:
-    """One parse of a data set, knowing where it stopped: past the attributes, or at its end."""
+    """One parse of a data set: whether it stopped past the attributes, or ended before."""
 
-    __slots__ = ("fp", "stopped", "last_at", "last_length", "last_tag")
+    __slots__ = ("stopped",)
 
-    def __init__(self, fp):
-        self.fp = fp
+    def __init__(self):
         self.stopped = False
-        self.last_at = self.last_length = self.last_tag = None
 
     def stop_when(self, tag, vr, length) -> bool:
         if int.__gt__(tag, _LAST_TAG):  # int's own comparison: BaseTag's is 4x slower
+            self.stopped = True
+            return True
+        return False
+
+
+class _Tracking(_Parse):
+    """A parse that also remembers where its last element is, to tell a cut file from one that ends."""
+
+    __slots__ = ("fp", "last_at", "last_length", "last_tag")
+
+    def __init__(self, fp):
+        super().__init__()
+        self.fp = fp
+        self.last_at = self.last_length = self.last_tag = None
+
+    def stop_when(self, tag, vr, length) -> bool:
+        if int.__gt__(tag, _LAST_TAG):
             self.stopped = True
             return True
         self.last_tag, self.last_length, self.last_at = tag, length, self.fp.tell()
@@ -186,11 +201,13 @@ class _Parse:
         return f"{end - value_end} bytes of an element header"
 
 
-def _dataset(data: bytes, start: int, implicit: bool, little: bool):
+def _dataset(data: bytes, start: int, implicit: bool, little: bool, tracking: bool = False):
     fp = io.BytesIO(data)
     fp.seek(start)
-    parse = _Parse(fp)
+    parse = _Tracking(fp) if tracking else _Parse()
     ds = read_dataset(fp, implicit, little, stop_when=parse.stop_when, specific_tags=_TAGS)
+    if not parse.stopped and not tracking:
+        return _dataset(data, start, implicit, little, True)  # rare: read again, knowing where it ends
     return ds, parse
 
 
@@ -229,14 +246,14 @@ def _read(buf: bytes, complete: bool):
         return ds, parse, data, True, meta.notes
     # pydicom's own reader, for anything the fast path is not sure of
     fp = io.BytesIO(buf)
-    parse = _Parse(fp)
+    parse = _Tracking(fp)
     try:
         ds = read_partial(fp, stop_when=parse.stop_when, specific_tags=_TAGS)
     except InvalidDicomError:
         # Files without the 128-byte preamble and "DICM" (older exports) are still read,
         # but only kept when the parse finds the identifiers of an image below.
         fp.seek(0)
-        parse = _Parse(fp)
+        parse = _Tracking(fp)
         ds = read_partial(fp, stop_when=parse.stop_when, force=True, specific_tags=_TAGS)
     notes = ("read by pydicom's reader (the fast path was not sure of the File Meta Information)",) \
         if meta is not None else ()
