@@ -69,6 +69,17 @@ def _add_search_columns(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX series_by_modality ON series(Modality, StudyDate)")
 
 
+def _dates_as_dates(conn: sqlite3.Connection) -> None:
+    """Migration 3: dates stored by an older version as the file gave them (`2024.01.02`, `20240230`) are
+    stored as `YYYYMMDD` or null, so that they compare and sort as dates (see `dicom_values.date`)."""
+    from .dicom_values import date  # the reading rules of DA: the same as for new files
+
+    for column in ("StudyDate", "PatientBirthDate"):
+        rows = conn.execute(f"SELECT series_key, {column} FROM series WHERE {column} IS NOT NULL").fetchall()
+        conn.executemany(f"UPDATE series SET {column}=? WHERE series_key=?",
+                         ((date(str(value)), key) for key, value in rows if date(str(value)) != value))
+
+
 #: Schema versions, in order: an SQL script, or a function given the connection for what SQL alone
 #: cannot do (e.g. filling a column computed in Python). Each runs in its own transaction.
 Migration = str | Callable[[sqlite3.Connection], None]
@@ -103,6 +114,8 @@ MIGRATIONS: list[Migration] = [
     """,
     # 2: folded search columns on series, indexes for the search filters and order
     _add_search_columns,
+    # 3: dates as YYYYMMDD or null (values read from files, see `dicom_values`)
+    _dates_as_dates,
 ]
 
 

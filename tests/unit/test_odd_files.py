@@ -250,3 +250,17 @@ def test_a_run_over_every_case_mixed_ends_done_twice(tmp_path, cases):
     assert again["phase"] == "done" and again["files_skipped"] == again["files_processed"] == s["files_processed"]
     full, _ = index(tmp_path, root, full=True)
     assert full["phase"] == "done" and full["errors"] == 2
+
+
+def test_dates_stored_by_an_older_version_are_made_dates(tmp_path):
+    from orthanc_nas.catalog import MIGRATIONS, connect, migrate
+
+    conn = connect(str(tmp_path / "index.db"))
+    migrate(conn, MIGRATIONS[:2])
+    conn.executemany("INSERT INTO series(series_key, StudyDate, PatientBirthDate) VALUES (?,?,?)",
+                     [("a", "2024.01.02", "19700101"), ("b", "20240230", None), ("c", "20231231", "1970-01-01")])
+    migrate(conn)
+    rows = conn.execute("SELECT series_key FROM series ORDER BY StudyDate DESC").fetchall()
+    assert [r[0] for r in rows] == ["a", "c", "b"]
+    assert dict(conn.execute("SELECT series_key, PatientBirthDate FROM series").fetchall()) == {
+        "a": "19700101", "b": None, "c": None}
