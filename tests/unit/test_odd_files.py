@@ -264,3 +264,21 @@ def test_dates_stored_by_an_older_version_are_made_dates(tmp_path):
     assert [r[0] for r in rows] == ["a", "c", "b"]
     assert dict(conn.execute("SELECT series_key, PatientBirthDate FROM series").fetchall()) == {
         "a": "19700101", "b": None, "c": None}
+
+
+def test_the_usual_files_take_the_fast_path(tmp_path, cases, monkeypatch):
+    """pydicom's read_partial only for what the fast path is not sure of: the usual files, a wrong meta
+    group length and deflated files never go through it."""
+    import orthanc_nas.headers as headers
+
+    def unexpected(*args, **kw):
+        raise AssertionError("read_partial used")
+
+    monkeypatch.setattr(headers, "read_partial", unexpected)
+    for path in [write_dicom(tmp_path / "a.dcm"), cases / "case3" / "IM1.dcm", cases / "case3" / "IM2.dcm",
+                 cases / "case11" / "small.dcm"]:
+        assert read_record(reader, str(path))["PatientName"]
+    no_meta = tmp_path / "no-meta.dcm"
+    no_meta.write_bytes(write_dicom(tmp_path / "b.dcm").read_bytes()[128:])  # no preamble: pydicom's reader
+    with pytest.raises(NotDicom, match="read_partial used"):
+        read_record(reader, str(no_meta))
