@@ -44,6 +44,12 @@ SERIES_FIELDS = (
     "StudyDescription", "AccessionNumber", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription",
     "Modality",
 )
+#: what the DICOM node answers besides (PS3.4 C.6 return keys): per series, and per file
+NODE_SERIES_FIELDS = ("StudyTime", "StudyID", "ReferringPhysicianName", "InstitutionName", "BodyPartExamined")
+NODE_FILE_FIELDS = ("SOPClassUID", "TransferSyntaxUID")
+#: the header fields a file row holds: rows written by an older version (`files.fields_version` lower)
+#: are read again by the next incremental run, even when the file did not change
+FIELDS_VERSION = 3  # 2: the DICOM node's fields; 3: values read by their VR (`dicom_values`)
 #: the order of a series' files everywhere they are listed (the zip of a share, `GET /nas/series/{key}`)
 FILE_ORDER = "InstanceNumber IS NULL, InstanceNumber, path"
 
@@ -70,7 +76,7 @@ def _add_search_columns(conn: sqlite3.Connection) -> None:
 
 
 def _dates_as_dates(conn: sqlite3.Connection) -> None:
-    """Migration 3: dates stored by an older version as the file gave them (`2024.01.02`, `20240230`) are
+    """Migration 4: dates stored by an older version as the file gave them (`2024.01.02`, `20240230`) are
     stored as `YYYYMMDD` or null, so that they compare and sort as dates (see `dicom_values.date`)."""
     from .dicom_values import date  # the reading rules of DA: the same as for new files
 
@@ -114,7 +120,18 @@ MIGRATIONS: list[Migration] = [
     """,
     # 2: folded search columns on series, indexes for the search filters and order
     _add_search_columns,
-    # 3: dates as YYYYMMDD or null (values read from files, see `dicom_values`)
+    # 3: what the DICOM node needs; the rows already there are version 1, read again by the next run
+    """
+    ALTER TABLE files ADD COLUMN SOPClassUID TEXT;
+    ALTER TABLE files ADD COLUMN TransferSyntaxUID TEXT;
+    ALTER TABLE files ADD COLUMN fields_version INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE series ADD COLUMN StudyTime TEXT;
+    ALTER TABLE series ADD COLUMN StudyID TEXT;
+    ALTER TABLE series ADD COLUMN ReferringPhysicianName TEXT;
+    ALTER TABLE series ADD COLUMN InstitutionName TEXT;
+    ALTER TABLE series ADD COLUMN BodyPartExamined TEXT;
+    """,
+    # 4: dates as YYYYMMDD or null (values read from files, see `dicom_values`)
     _dates_as_dates,
 ]
 
@@ -309,12 +326,17 @@ class CatalogWriter:
         self.conn.execute("UPDATE runs SET finished_at=?, outcome=? WHERE id=?", (time.time(), outcome, self.run_id))
 
     def known(self, paths: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """(size, mtime_ns) of the given paths that are already in the index."""
+        """(size, mtime_ns) of the given paths that are already in the index with every field.
+
+        A row an older version wrote without the fields read today (`FIELDS_VERSION`) is left out,
+        so the file is read again; a file that could not be read (its error) has nothing to add.
+        """
         found: dict[str, tuple[int, int]] = {}
         for chunk in _chunks([stored(p) for p in paths]):
             marks = ",".join("?" * len(chunk))
             for path, size, mtime in self.conn.execute(
-                    f"SELECT path, size, mtime_ns FROM files WHERE path IN ({marks})", chunk):
+                    f"SELECT path, size, mtime_ns FROM files WHERE path IN ({marks}) "
+                    f"AND (fields_version >= {FIELDS_VERSION} OR error IS NOT NULL)", chunk):
                 found[loaded(path)] = (size, mtime)
         return found
 
@@ -369,16 +391,18 @@ class CatalogWriter:
             if record is not None:
                 key = series_key(record, entry.path)
                 series_rows[key] = tuple(sqlite_value(v) for v in (
-                    *(record.get(f) for f in SERIES_FIELDS), *search_columns(record)))
+                    *(record.get(f) for f in (*SERIES_FIELDS, *NODE_SERIES_FIELDS)), *search_columns(record)))
                 dirty.add(key)
             file_rows.append((stored(entry.path), entry.size, entry.mtime_ns, key,
                               sqlite_value(record and record.get("SOPInstanceUID")),
                               sqlite_value(record and record.get("InstanceNumber")),
+                              *(sqlite_value((record or {}).get(f)) for f in NODE_FILE_FIELDS), FIELDS_VERSION,
                               sqlite_value(error), self.run_id))
         self.conn.executemany(
             "INSERT OR REPLACE INTO files(path, size, mtime_ns, series_key, SOPInstanceUID, InstanceNumber, "
-            "error, seen_run) VALUES (?,?,?,?,?,?,?,?)", file_rows)
-        stored_fields = (*SERIES_FIELDS, "search_text", "sort_name")
+            f"{', '.join(NODE_FILE_FIELDS)}, fields_version, error, seen_run) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            file_rows)
+        stored_fields = (*SERIES_FIELDS, *NODE_SERIES_FIELDS, "search_text", "sort_name")
         columns = ", ".join(stored_fields)
         updates = ", ".join(f"{f}=excluded.{f}" for f in stored_fields)
         self.conn.executemany(

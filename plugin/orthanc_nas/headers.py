@@ -33,7 +33,7 @@ from pydicom.dataelem import convert_raw_data_element
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset, read_partial
 from pydicom.tag import Tag
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from .dicom_values import READERS, character_sets, from_python
 
@@ -45,18 +45,24 @@ INFLATE_STEP = 64 * 1024  # bytes of a deflated data set inflated at first; doub
 # keyword -> (tag, VR of the data dictionary, PS3.6)
 FIELDS: dict[str, tuple[int, str]] = {
     "SpecificCharacterSet": (0x00080005, "CS"),
+    "SOPClassUID": (0x00080016, "UI"),
     "SOPInstanceUID": (0x00080018, "UI"),
     "StudyDate": (0x00080020, "DA"),
+    "StudyTime": (0x00080030, "TM"),
     "AccessionNumber": (0x00080050, "SH"),
     "Modality": (0x00080060, "CS"),
+    "InstitutionName": (0x00080080, "LO"),
+    "ReferringPhysicianName": (0x00080090, "PN"),
     "StudyDescription": (0x00081030, "LO"),
     "SeriesDescription": (0x0008103E, "LO"),
     "PatientName": (0x00100010, "PN"),
     "PatientID": (0x00100020, "LO"),
     "PatientBirthDate": (0x00100030, "DA"),
     "PatientSex": (0x00100040, "CS"),
+    "BodyPartExamined": (0x00180015, "CS"),
     "StudyInstanceUID": (0x0020000D, "UI"),
     "SeriesInstanceUID": (0x0020000E, "UI"),
+    "StudyID": (0x00200010, "SH"),
     "SeriesNumber": (0x00200011, "IS"),
     "InstanceNumber": (0x00200013, "IS"),
 }
@@ -100,6 +106,7 @@ class NeedMore:
 class _Meta:
     end: int  # where the data set starts
     syntax: tuple[bool, bool, bool] | None
+    uid: str | None  # TransferSyntaxUID (0002,0010)
     notes: tuple[str, ...]
 
 
@@ -148,7 +155,8 @@ def _file_meta(buf: bytes, complete: bool) -> _Meta | NeedMore | None:
                  "(read by its elements)",)
     if buf[at:at + 2] == b"\0\0":
         return None  # a command group (0000) before the data set: pydicom's reader knows it
-    return _Meta(at, _syntax(bytes(syntax_uid)), notes)
+    uid = bytes(syntax_uid)
+    return _Meta(at, _syntax(uid), uid.decode("latin-1").strip(" \0") or None, notes)
 
 
 class _Parse:
@@ -229,7 +237,7 @@ def _inflated(buf: bytes, meta: _Meta, complete: bool):
 
 
 def _read(buf: bytes, complete: bool):
-    """(data set, parse, the bytes it was read from, has meta, notes), or NeedMore."""
+    """(data set, parse, the bytes it was read from, transfer syntax, has meta, notes), or NeedMore."""
     meta = _file_meta(buf, complete) if buf[128:132] == b"DICM" else None
     if isinstance(meta, NeedMore):
         return meta
@@ -243,7 +251,7 @@ def _read(buf: bytes, complete: bool):
         else:
             ds, parse = _dataset(buf, meta.end, implicit, little)
             data = buf
-        return ds, parse, data, True, meta.notes
+        return ds, parse, data, meta.uid, True, meta.notes
     # pydicom's own reader, for anything the fast path is not sure of
     fp = io.BytesIO(buf)
     parse = _Tracking(fp)
@@ -257,7 +265,7 @@ def _read(buf: bytes, complete: bool):
         ds = read_partial(fp, stop_when=parse.stop_when, force=True, specific_tags=_TAGS)
     notes = ("read by pydicom's reader (the fast path was not sure of the File Meta Information)",) \
         if meta is not None else ()
-    return ds, parse, buf, bool(len(getattr(ds, "file_meta", None) or ())), notes
+    return ds, parse, buf, _transfer_syntax(ds), bool(len(getattr(ds, "file_meta", None) or ())), notes
 
 
 def parse_head(buf: bytes, complete: bool) -> dict | NeedMore:
@@ -283,7 +291,7 @@ def _parse_head(buf: bytes, complete: bool) -> dict | NeedMore:
     result = _read(buf, complete)
     if isinstance(result, NeedMore):
         return result
-    ds, parse, data, has_meta, notes = result
+    ds, parse, data, syntax, has_meta, notes = result
     cut = None
     if not parse.stopped:
         # pydicom parses a cut buffer silently. A parse that never passed the attributes read here
@@ -305,8 +313,23 @@ def _parse_head(buf: bytes, complete: bool) -> dict | NeedMore:
     if charset is not None and isinstance(charset.value, bytes) and charset.value.rstrip(b" ") != \
             charset.value.rstrip(b" \0"):
         notes += ("SpecificCharacterSet padded with NUL bytes",)
+    record["TransferSyntaxUID"] = syntax
     record["notes"] = list(notes)
     return record
+
+
+#: the transfer syntax of a file without File Meta Information, by the encoding pydicom found
+_ENCODINGS = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
+              (False, False): ExplicitVRBigEndian}
+
+
+def _transfer_syntax(ds) -> str | None:
+    """The TransferSyntaxUID (0002,0010) of a file pydicom's reader read: its meta group's, else the
+    encoding its data set has."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return str(meta.TransferSyntaxUID).strip(" \0") or None
+    return _ENCODINGS.get(tuple(ds.original_encoding))
 
 
 def _values(ds) -> dict:
