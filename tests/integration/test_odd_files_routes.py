@@ -80,11 +80,15 @@ def test_a_latin1_named_file_is_listed_escaped_and_shared_as_it_is(orthanc, nas)
     detail = orthanc.get(f"/nas/series/{series['series_key']}").json()
     assert [f["path"] for f in detail["files"]] == ["odd/case2/K\\xf6ln/M\\xfcller.dcm"]
 
-    answer = orthanc.post("/nas/shares", json={"series": [series["series_key"]]})
-    assert answer.status_code == 201, answer.text
-    download = requests.get(answer.json()["url"], timeout=60)
-    assert download.status_code == 200
-    zipped = zipfile.ZipFile(io.BytesIO(download.content))
-    (name,) = zipped.namelist()
     with open(os.fsencode(nas) + b"/odd/case2/K\xf6ln/M\xfcller.dcm", "rb") as fh:
-        assert zipped.read(name) == fh.read()
+        original = fh.read()
+    for layout in ("dicomdir", "folders"):
+        answer = orthanc.post("/nas/shares", json={"series": [series["series_key"]], "layout": layout})
+        assert answer.status_code == 201, answer.text
+        download = requests.get(answer.json()["url"] + "/download", timeout=60)
+        assert download.status_code == 200, download.text[:300]
+        zipped = zipfile.ZipFile(io.BytesIO(download.content))
+        (name,) = [n for n in zipped.namelist() if n != "DICOMDIR"]
+        assert zipped.read(name) == original
+        if layout == "folders":
+            assert name.endswith("M_xfcller.dcm")

@@ -17,6 +17,7 @@ from tests.support.dicom import PIXEL_DATA_OB, write_dicom, write_series
 from orthanc_nas import cli
 from orthanc_nas.archive import series_archive
 from orthanc_nas.catalog import Catalog, CatalogWriter, sqlite_value
+from orthanc_nas.dicomdir import file_set_archive
 from orthanc_nas.headers import NotDicom, parse_head, read_record
 from orthanc_nas.indexer import Indexer
 from orthanc_nas.pathnames import loaded, shown, stored
@@ -126,6 +127,11 @@ def test_a_latin1_name_is_kept_to_be_read_again_and_shown_escaped(tmp_path, case
     assert name.endswith("M_xfcller.dcm")
     original = (os.fsencode(cases / "case2") + b"/" + raw)
     with open(original, "rb") as fh:
+        assert zipped.read(name) == fh.read()
+        fh.seek(0)
+        archive, _ = file_set_archive(catalog, LocalSource(str(cases / "case2")), [key])  # the DICOMDIR layout
+        zipped = zipfile.ZipFile(io.BytesIO(b"".join(archive)))
+        (name,) = [n for n in zipped.namelist() if n != "DICOMDIR"]
         assert zipped.read(name) == fh.read()
 
 
