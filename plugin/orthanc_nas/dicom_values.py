@@ -20,6 +20,7 @@ Multi-valued elements give their first value. Leading and trailing spaces and NU
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
@@ -36,7 +37,9 @@ _TIME = re.compile(r"(\d{2})(?::?(\d{2})(?::?(\d{2})(\.\d{1,6})?)?)?")
 
 
 def _first(text: str) -> str:
-    return text.split("\\", 1)[0].strip(PADDING)
+    if "\\" in text:
+        text = text.split("\\", 1)[0]
+    return text.strip(PADDING)
 
 
 def _ascii(data: bytes) -> str:
@@ -64,15 +67,17 @@ def integer(text: str) -> int | None:
 
 def date(text: str) -> str | None:
     """A DA value as `YYYYMMDD` (also from the legacy `YYYY.MM.DD`), or None when it is no date."""
-    match = _DATE.fullmatch(_first(text))
-    if match is None or (len(match.group(0)) not in (8, 10)):
-        return None
-    year, month, day = (int(g) for g in match.groups())
+    text = _first(text)
+    if not (len(text) == 8 and text.isdigit() and text.isascii()):  # the usual form, without a regex
+        match = _DATE.fullmatch(text)
+        if match is None or len(text) != 10:
+            return None
+        text = "".join(match.groups())
     try:
-        datetime.date(year, month, day)
+        datetime.date(int(text[:4]), int(text[4:6]), int(text[6:]))
     except ValueError:
         return None
-    return "".join(match.groups())
+    return text
 
 
 def time(text: str) -> str | None:
@@ -110,14 +115,15 @@ def guess_encodings(value: bytes) -> list[str]:
         return ["iso8859"]
 
 
-def character_sets(data: bytes) -> list[str] | None:
+@functools.lru_cache(maxsize=256)  # an archive holds a handful of distinct values
+def character_sets(data: bytes) -> tuple[str, ...] | None:
     """Python codecs of a SpecificCharacterSet value as pydicom reads it (NUL and space padding, known
     misspellings such as `ISO-IR 100`); None when the file declares none."""
     value = convert_string(data, True)
     terms = [value] if isinstance(value, str) else list(value)
     if not any(t.strip(PADDING) for t in terms):
         return None
-    return convert_encodings(terms)
+    return tuple(convert_encodings(terms))
 
 
 # -- readers of raw bytes, by VR ------------------------------------------------------------------

@@ -68,6 +68,8 @@ FIELDS: dict[str, tuple[int, str]] = {
 }
 _LAST_TAG = max(tag for tag, _ in FIELDS.values())
 _TAGS = [Tag(tag) for tag, _ in FIELDS.values()]
+_READ = [(keyword, Tag(tag), vr) for keyword, (tag, vr) in FIELDS.items() if keyword != "SpecificCharacterSet"]
+_ELEMENT = struct.Struct("<HH2sH")  # an Explicit VR Little Endian element header: group, element, VR, length
 
 # Explicit VR elements with a 4-byte length (PS3.5 7.1.2)
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
@@ -125,17 +127,15 @@ def _file_meta(buf: bytes, complete: bool) -> _Meta | NeedMore | None:
                 raise NotDicom(f"a DICOM file without a data set: it ends after its File Meta Information "
                                f"(byte {size})")
             raise NotDicom(f"truncated DICOM file: it ends at byte {size} within its File Meta Information")
-        group, element, vr = struct.unpack_from("<HH2s", buf, at)
+        group, element, vr, length = _ELEMENT.unpack_from(buf, at)
         if group != 2:
             break
         if not (b"AA" <= vr <= b"ZZ"):
             return None  # not Explicit VR (pydicom retries such a group as implicit)
+        value_at = at + 8
         if vr in _LONG_VRS:
             (length,) = struct.unpack_from("<I", buf, at + 8) if at + 12 <= size else (0,)
             value_at = at + 12
-        else:
-            (length,) = struct.unpack_from("<H", buf, at + 6)
-            value_at = at + 8
         if length == _UNDEFINED:
             return None
         if value_at + length > size:
@@ -340,16 +340,15 @@ def _values(ds) -> dict:
     except Exception:  # pydicom warns about a character set it does not know and reads Latin-1
         encodings = None
     record: dict = {}
-    for keyword, (tag, vr) in FIELDS.items():
+    for keyword, tag, vr in _READ:
         raw = ds.get_item(tag)
-        if raw is None or keyword == "SpecificCharacterSet":
+        if raw is None:
             record[keyword] = None
             continue
         try:
             record[keyword] = _value(raw, vr, encodings)
         except Exception:  # a value pydicom cannot decode: keep the file, lose the attribute
             record[keyword] = None
-    record.pop("SpecificCharacterSet")
     return record
 
 
@@ -362,7 +361,8 @@ def _value(raw, vr: str, encodings):
         return READERS[vr](value, encodings)
     # Written with another VR than the dictionary's (or already converted): pydicom reads it by the
     # VR it has, then the stored value follows the dictionary's
-    element = convert_raw_data_element(raw, encoding=encodings) if isinstance(value, bytes) else raw
+    element = convert_raw_data_element(raw, encoding=list(encodings) if encodings else None) \
+        if isinstance(value, bytes) else raw
     return from_python(vr, element.value)
 
 
