@@ -162,9 +162,12 @@ RECORD_ERRORS = (OverflowError, UnicodeError, ValueError, TypeError, sqlite3.Int
 def sqlite_value(value):
     """A value SQLite stores as it is: None, an int within 64 bits, a finite float, or text without NULs
     that is valid UTF-8 (undecodable bytes escaped). Anything else becomes None, or its text."""
-    if value is None or isinstance(value, str | bool):
-        if isinstance(value, str):
-            return shown(value.replace("\0", ""))
+    kind = type(value)
+    if kind is str:  # the usual value: checked without copying it
+        if "\0" in value:
+            value = value.replace("\0", "")
+        return value if value.isascii() else shown(value)
+    if value is None or kind is bool:
         return value
     if isinstance(value, int):
         return value if INT64_MIN <= value <= INT64_MAX else None

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 def stored(path: str) -> str | bytes:
     """The value the index keeps for `path`: the text itself, or its raw bytes when it is not UTF-8."""
+    if path.isascii():
+        return path
     try:
         path.encode("utf-8")
         return path
@@ -33,6 +35,8 @@ def loaded(value: str | bytes) -> str:
 
 def shown(text: str) -> str:
     """`text` (a path, or a message naming one) as valid UTF-8, undecodable bytes escaped as `\\xNN`."""
+    if text.isascii():
+        return text
     try:
         text.encode("utf-8")
         return text
