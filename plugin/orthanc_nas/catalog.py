@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +33,7 @@ from contextlib import contextmanager
 
 from .errors import NotFound
 from .normalize import fold, search_text
-from .pathnames import loaded, shown, stored
+from .pathnames import escaped, loaded, stored
 
 log = logging.getLogger("orthanc_nas")
 
@@ -166,7 +167,7 @@ def sqlite_value(value):
     if kind is str:  # the usual value: checked without copying it
         if "\0" in value:
             value = value.replace("\0", "")
-        return value if value.isascii() else shown(value)
+        return value if value.isascii() else escaped(value)
     if value is None or kind is bool:
         return value
     if isinstance(value, int):
@@ -176,7 +177,28 @@ def sqlite_value(value):
     return sqlite_value(str(value))
 
 
+#: the index and the shares hold patient data: only Orthanc's own account may read them
+PRIVATE_MODE = 0o600
+
+
+def make_private(path: str) -> None:
+    """Create `path` if missing, and give it (and SQLite's -wal/-shm beside it) mode 0600, whatever the umask.
+
+    SQLite creates its -wal and -shm files with the mode of the database file, so they follow.
+    Files made readable by an older version are closed again.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_MODE))
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            if stat.S_IMODE(os.stat(name).st_mode) != PRIVATE_MODE:
+                os.chmod(name, PRIVATE_MODE)
+        except FileNotFoundError:
+            pass
+
+
 def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    if not readonly and path != ":memory:":
+        make_private(path)
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
     else:
@@ -373,7 +395,7 @@ class CatalogWriter:
                             self._store([one])
                     except RECORD_ERRORS as exc:
                         reason = f"the index refused a value of this file ({type(exc).__name__}: {exc})"[:300]
-                        log.warning("NAS indexing: %s: %s", shown(entry.path), reason)
+                        log.warning("NAS indexing: %s: %s", escaped(entry.path), reason)
                         refused.append((entry.path, reason))
                         try:
                             with savepoint(self.conn):
@@ -382,7 +404,7 @@ class CatalogWriter:
                             pass  # not even its path: it is read again next run
         for entry, record, _ in results:
             for note in (record or {}).get("notes") or ():
-                log.debug("NAS indexing: %s: %s (the writer's mistake; read anyway)", shown(entry.path), note)
+                log.debug("NAS indexing: %s: %s (the writer's mistake; read anyway)", escaped(entry.path), note)
         return refused
 
     def _store(self, results: Sequence[tuple]) -> None:

@@ -8,7 +8,7 @@ JSON and Orthanc's log refuse it. Here:
 - `stored`: what the index keeps: the path as text when it is valid UTF-8 (every usual name, unchanged),
   its raw bytes (a BLOB) otherwise, so the file can be opened again from the index (zips, retrievals);
 - `loaded`: the path again from what the index holds;
-- `shown`: the path for people (JSON answers, the status file, the log): valid UTF-8, the undecodable
+- `escaped`: the path for people (JSON answers, the status file, the log): valid UTF-8, the undecodable
   bytes escaped as `\\xNN`.
 """
 
@@ -33,7 +33,7 @@ def loaded(value: str | bytes) -> str:
     return value
 
 
-def shown(text: str) -> str:
+def escaped(text: str) -> str:
     """`text` (a path, or a message naming one) as valid UTF-8, undecodable bytes escaped as `\\xNN`."""
     if text.isascii():
         return text

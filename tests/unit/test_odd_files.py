@@ -20,7 +20,7 @@ from orthanc_nas.catalog import Catalog, CatalogWriter, sqlite_value
 from orthanc_nas.dicomdir import file_set_archive
 from orthanc_nas.headers import NotDicom, parse_head, read_record
 from orthanc_nas.indexer import Indexer
-from orthanc_nas.pathnames import loaded, shown, stored
+from orthanc_nas.pathnames import escaped, loaded, stored
 from orthanc_nas.search import series_detail
 from orthanc_nas.sources import FileEntry
 from orthanc_nas.sources.local import LocalSource
@@ -139,8 +139,8 @@ def test_path_values_round_trip():
     latin1 = os.fsdecode(b"K\xf6ln/M\xfcller.dcm")
     assert stored("a/b.dcm") == "a/b.dcm" and stored(latin1) == b"K\xf6ln/M\xfcller.dcm"
     assert loaded(stored(latin1)) == latin1 and loaded("a") == "a"
-    assert shown(latin1) == LATIN1_SHOWN and shown("Müller") == "Müller"
-    assert shown("x\ud800") == "x\\ud800"
+    assert escaped(latin1) == LATIN1_SHOWN and escaped("Müller") == "Müller"
+    assert escaped("x\ud800") == "x\\ud800"
 
 
 def test_status_file_and_cli_take_a_latin1_name(tmp_path, capsys):
