@@ -288,3 +288,14 @@ def test_the_usual_files_take_the_fast_path(tmp_path, cases, monkeypatch):
     no_meta.write_bytes(write_dicom(tmp_path / "b.dcm").read_bytes()[128:])  # no preamble: pydicom's reader
     with pytest.raises(NotDicom, match="read_partial used"):
         read_record(reader, str(no_meta))
+
+
+def test_files_indexed_before_values_were_read_by_vr_are_read_again(tmp_path, cases):
+    """An index written before (fields version 2: SeriesNumber `1.5` cut to 1) is corrected by the next run."""
+    s, catalog = index(tmp_path, cases / "case12")
+    conn = catalog.reader()
+    conn.execute("UPDATE files SET fields_version=2")
+    conn.execute("UPDATE series SET SeriesNumber=1 WHERE SeriesNumber IS NULL")
+    again, catalog = index(tmp_path, cases / "case12")
+    assert again["files_skipped"] == 0 and again["phase"] == "done"
+    check_expected(catalog, {"P12"})
