@@ -19,6 +19,7 @@ from orthanc_nas.config import parse_settings
 from orthanc_nas.errors import NasError
 from orthanc_nas.http import Request, Response, parse_query
 from orthanc_nas.panel import explorer_script
+from orthanc_nas.pathnames import escaped
 
 log = logging.getLogger("orthanc_nas")
 _KEEP: list = []  # objects Orthanc holds that must outlive its own references (see register)
@@ -36,7 +37,7 @@ class OrthancLogHandler(logging.Handler):
         self.orthanc = orthanc
 
     def emit(self, record: logging.LogRecord) -> None:
-        message = "NAS: " + self.format(record)
+        message = "NAS: " + escaped(self.format(record))  # a file name that is not UTF-8 is escaped
         if record.levelno >= logging.ERROR:
             self.orthanc.LogError(message)
         elif record.levelno >= logging.WARNING:

@@ -454,11 +454,13 @@ class _Run:
         meanwhile) is not written: a row it had stays as it was (its series keep it), it is marked
         seen so it is not taken for deleted, and the next run tries it again.
         """
-        writer.write([(entry, record, error) for entry, record, error, kept in results if kept],
-                     unread=[entry.path for entry, _, _, kept in results if not kept])
+        refused = writer.write([(entry, record, error) for entry, record, error, kept in results if kept],
+                               unread=[entry.path for entry, _, _, kept in results if not kept])
         for entry, _, error, _ in results:
             if error is not None:
                 self.status.add_error(entry.path, error)
+        for path, error in refused:  # a record the index refused: counted, the rest of the batch is written
+            self.status.add_error(path, error)
         self.status.series_count = writer.series_count()
         self.status.add_processed(len(results))
 
