@@ -17,6 +17,7 @@ from .probe import try_source
 from .shares import ShareStore
 from .sources import Source, open_source
 from .status import IndexStatus
+from .store import open_engine
 
 log = logging.getLogger("orthanc_nas")
 
@@ -34,14 +35,15 @@ class NasApp:
             except ConfigError as exc:
                 log.error("%s: ignored, orthanc.json's connection is used. %s", exc.message, exc.hint)
                 self.settings = settings.with_connection(settings.Connection, self.settings.Workers)
-        self.catalog = Catalog(self.settings.DataDirectory)
+        self.engine = open_engine(self.settings.Database, self.settings.DataDirectory)
+        self.catalog = Catalog(self.settings.DataDirectory, self.engine)
         self.status = IndexStatus(self.settings.DataDirectory)
         self.status.load(self.catalog.counts()["series"])
         self._source: Source | None = None
         self._source_lock = threading.Lock()
         self.indexer = Indexer(self.catalog, self.status, self.source, lambda: self.settings.Workers,
                                parse_processes=parse_processes)
-        self.shares = ShareStore(self.settings.DataDirectory)
+        self.shares = ShareStore(self.settings.DataDirectory, engine=self.engine)
         self.listener: ShareListener | None = None
         self.dicom_node = None  # the DICOM node (`start_dicom_node`), when DicomServer.Enabled
 
@@ -66,7 +68,7 @@ class NasApp:
 
         settings = self.settings.DicomServer
         self.dicom_node = DicomNode(settings, self.catalog, self.source, Peers(settings, modalities, orthanc),
-                                    RetrievalAudit(self.settings.DataDirectory))
+                                    RetrievalAudit(self.settings.DataDirectory, self.engine))
         return self.dicom_node.start()
 
     def share_url(self, token: str) -> str:

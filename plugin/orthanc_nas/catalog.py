@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 
+from . import store
 from .errors import NotFound
 from .normalize import fold, search_text
 from .pathnames import escaped, loaded, stored
@@ -72,8 +73,15 @@ def _add_search_columns(conn: sqlite3.Connection) -> None:
                      (search_columns(dict(zip(SEARCHED_FIELDS, row[1:], strict=True))) + (row[0],)
                       for row in rows))
     # the answer's order (newest first): a search without words reads its first page straight off it
-    conn.execute("CREATE INDEX series_by_date ON series(StudyDate DESC, sort_name, SeriesNumber, series_key)")
+    if store.dialect(conn) is store.PG_DIALECT:  # NULLs placed as SQLite places them (see `search._ORDER`)
+        conn.execute("CREATE INDEX series_by_date ON series(StudyDate DESC NULLS LAST, sort_name, "
+                     "SeriesNumber NULLS FIRST, series_key)")
+    else:
+        conn.execute("CREATE INDEX series_by_date ON series(StudyDate DESC, sort_name, SeriesNumber, series_key)")
     conn.execute("CREATE INDEX series_by_modality ON series(Modality, StudyDate)")
+    if store.dialect(conn) is store.PG_DIALECT:  # words are found by a trigram index (SQLite scans the rows)
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        conn.execute("CREATE INDEX series_search ON series USING gin (search_text gin_trgm_ops)")
 
 
 def _dates_as_dates(conn: sqlite3.Connection) -> None:
@@ -163,8 +171,8 @@ def series_key(record: dict, path: str) -> str:
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1  # SQLite's INTEGER
 
 #: what SQLite may refuse in one record's values (not the database's own trouble: locked, full, corrupt)
-RECORD_ERRORS = (OverflowError, UnicodeError, ValueError, TypeError, sqlite3.InterfaceError,
-                 sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError)
+RECORD_ERRORS = (OverflowError, UnicodeError, ValueError, TypeError, *store.SQLITE_DIALECT.value_errors,
+                 *store.PG_DIALECT.value_errors)
 
 
 def sqlite_value(value):
@@ -217,16 +225,18 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS, part: str = "index") -> int:
     """Apply the migrations the database has not seen yet; returns the schema version.
 
-    Safe when several connections open an older index at once (the indexer and
-    request threads): each step checks the version again under the write lock.
+    `part`: which set of migrations (`index`, `shares`, `dicom`): on PostgreSQL one database holds them
+    all (see `store`). Safe when several connections, or several Orthanc nodes, open an older database
+    at once: each step checks the version again under the write lock.
     """
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    version = store.schema_version(conn, part)
     for number, step in enumerate(migrations[version:], start=version + 1):
         with transaction(conn):
-            if conn.execute("PRAGMA user_version").fetchone()[0] >= number:
+            store.lock_schema(conn, part)
+            if store.schema_version(conn, part) >= number:
                 continue  # another connection applied it meanwhile
             if callable(step):
                 step(conn)
@@ -234,7 +244,7 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIO
                 for statement in step.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={number}")
+            store.set_schema_version(conn, part, number)
     return len(migrations)
 
 
@@ -247,7 +257,7 @@ def read_snapshot(conn: sqlite3.Connection):
     if conn.in_transaction:
         yield conn
         return
-    conn.execute("BEGIN")
+    conn.execute(store.dialect(conn).begin_snapshot)
     try:
         yield conn
     finally:
@@ -286,18 +296,18 @@ def _chunks(items: Sequence, size: int = 500) -> Iterable[Sequence]:
 class Catalog:
     """The index database of one DataDirectory."""
 
-    def __init__(self, data_dir: str):
+    def __init__(self, data_dir: str, engine: store.Engine | None = None):
         self.path = os.path.join(data_dir, INDEX_NAME)
+        self.engine = engine or store.default_engine(data_dir)
         self._local = threading.local()
 
     # -- connections ------------------------------------------------------------
     def exists(self) -> bool:
-        return os.path.exists(self.path)
+        return self.engine.exists("index")
 
     def open_for_writing(self) -> sqlite3.Connection:
         """The writer's connection; creates and migrates the database if needed."""
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        conn = connect(self.path)
+        conn = self.engine.connect("index")
         migrate(conn)
         return conn
 
@@ -308,9 +318,9 @@ class Catalog:
             if not self.exists():
                 raise NotFound("there is no NAS index yet",
                                "Run indexing first: the \"Index now\" button of the NAS panel, or POST /nas/index.")
-            conn = connect(self.path)
+            conn = self.engine.connect("index")
             migrate(conn)  # an index made by an older version is upgraded on first use
-            conn.row_factory = sqlite3.Row
+            conn.row_factory = sqlite3.Row  # (rows of PostgreSQL answer by name already)
             self._local.conn = conn
         return conn
 
@@ -350,8 +360,8 @@ class CatalogWriter:
         self.run_id = 0
 
     def begin_run(self) -> int:
-        cur = self.conn.execute("INSERT INTO runs(started_at) VALUES (?)", (time.time(),))
-        self.run_id = cur.lastrowid
+        self.run_id = self.conn.execute("INSERT INTO runs(started_at) VALUES (?) RETURNING id",
+                                        (time.time(),)).fetchone()[0]
         return self.run_id
 
     def finish_run(self, outcome: str) -> None:
@@ -430,9 +440,11 @@ class CatalogWriter:
                               sqlite_value(record and record.get("InstanceNumber")),
                               *(sqlite_value((record or {}).get(f)) for f in NODE_FILE_FIELDS), FIELDS_VERSION,
                               sqlite_value(error), self.run_id))
+        file_fields = ("size", "mtime_ns", "series_key", "SOPInstanceUID", "InstanceNumber", *NODE_FILE_FIELDS,
+                       "fields_version", "error", "seen_run")
         self.conn.executemany(
-            "INSERT OR REPLACE INTO files(path, size, mtime_ns, series_key, SOPInstanceUID, InstanceNumber, "
-            f"{', '.join(NODE_FILE_FIELDS)}, fields_version, error, seen_run) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO files(path, {', '.join(file_fields)}) VALUES (?{',?' * len(file_fields)}) "
+            f"ON CONFLICT(path) DO UPDATE SET {', '.join(f'{f}=excluded.{f}' for f in file_fields)}",
             file_rows)
         stored_fields = (*SERIES_FIELDS, *NODE_SERIES_FIELDS, "search_text", "sort_name")
         columns = ", ".join(stored_fields)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .errors import ConfigError
+from .store import POSTGRESQL, SQLITE, DatabaseSettings
 
 CONNECTION_TYPES = ("local", "smb")
 ENUMERATORS = ("auto", "scandir", "robocopy", "powershell")
@@ -111,11 +112,14 @@ class Settings:
     AllowedRoots: tuple[str, ...] | str = DEFAULT_ALLOWED_ROOTS
     #: SMB hosts a connection saved or tested from the web may reach, or "*"
     AllowedHosts: tuple[str, ...] | str = ANY
+    #: where the index, shares and audits live: SQLite files in DataDirectory, or a PostgreSQL database
+    Database: DatabaseSettings = DatabaseSettings()
 
     def public(self) -> dict:
         """The settings in the shape of the orthanc.json section, without the password."""
         data = asdict(self)
         data["Connection"] = self.Connection.public()
+        data["Database"] = self.Database.public()
         for key in ("AllowedRoots", "AllowedHosts"):
             data[key] = data[key] if data[key] == ANY else list(data[key])
         return data
@@ -147,7 +151,9 @@ _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "DicomServer": (dict,),
     "AllowedRoots": (list, str),
     "AllowedHosts": (list, str),
+    "Database": (dict,),
 }
+_DATABASE_KEYS: dict[str, tuple[type, ...]] = {"Type": (str,), "Url": (str,), "Password": (str,)}
 
 
 def _check_object(obj: Any, keys: dict, where: str) -> None:
@@ -267,7 +273,21 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
         DicomServer=dicom_server,
         AllowedRoots=parse_allowed(section.get("AllowedRoots", list(DEFAULT_ALLOWED_ROOTS)), "Nas.AllowedRoots"),
         AllowedHosts=parse_allowed(section.get("AllowedHosts", ANY), "Nas.AllowedHosts"),
+        Database=parse_database(section.get("Database", {})),
     )
+
+
+def parse_database(raw: Any, where: str = "Nas.Database") -> DatabaseSettings:
+    """Validate the `Database` object: `{"Type": "sqlite"}` or `{"Type": "postgresql", "Url": …}`."""
+    _check_object(raw, _DATABASE_KEYS, where)
+    kind = raw.get("Type", SQLITE)
+    if kind not in (SQLITE, POSTGRESQL):
+        raise ConfigError(f"setting {where}.Type must be sqlite or postgresql, not {kind!r}")
+    url = raw.get("Url", "")
+    if kind == POSTGRESQL and not re.match(r"^postgres(ql)?://", url):
+        raise ConfigError(f"setting {where}.Url must be a postgresql:// URL when {where}.Type is postgresql",
+                          'For example "postgresql://orthanc@db.hospital.local:5432/orthanc_nas".')
+    return DatabaseSettings(kind, url, raw.get("Password", ""))
 
 
 _AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE, 16 characters, no backslash

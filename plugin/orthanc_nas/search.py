@@ -1,9 +1,10 @@
 """Searching the index: the queries behind `GET /nas/search` and `GET /nas/series/{key}`.
 
-Pure functions over an SQLite connection, shared by the REST routes and the
-command line. Terms are folded like the stored `series.search_text` (see
-`normalize`) and each must occur in it (`instr`, so `%` and `_` in a term are
-plain characters). One row per series: 20,000 rows for a million files, a scan
+Pure functions over a connection of the index (SQLite or PostgreSQL, see
+`store`), shared by the REST routes and the command line. Terms are folded like
+the stored `series.search_text` (see `normalize`) and each must occur in it
+(`Dialect.contains`: `%` and `_` in a term are plain characters; on PostgreSQL
+a trigram index finds the rows). One row per series: 20,000 rows for a million files, a scan
 of which takes a few milliseconds (figures in docs/performance.md).
 
 Each answer is read from one snapshot of the index (WAL), so a search made
@@ -23,6 +24,7 @@ from .catalog import FILE_ORDER, SERIES_FIELDS, read_snapshot
 from .errors import BadRequest, NotFound, shown
 from .normalize import terms as fold_terms
 from .pathnames import escaped, loaded
+from .store import Dialect, dialect
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -37,9 +39,10 @@ FILE_FIELDS = ("path", "size", "SOPInstanceUID", "InstanceNumber")
 # then SeriesNumber; the key last makes pages stable. Index `series_by_date` has this order: a search
 # without terms reads its first page straight off it. With terms every row is read anyway, and walking
 # the index then costs a table lookup per row (3× slower than a plain scan and a sort of the matches,
-# measured on 20,000 series), so `+` keeps the planner off it.
-_ORDER = "StudyDate DESC, sort_name, SeriesNumber, series_key"
-_ORDER_SCANNING = "+" + _ORDER
+# measured on 20,000 series), so `+` keeps SQLite's planner off it (`Dialect.scan_prefix`; PostgreSQL's
+# planner chooses by its statistics).
+# NULLS as SQLite places them by default (PostgreSQL's default is the opposite): the same order on both.
+_ORDER = "StudyDate DESC NULLS LAST, sort_name, SeriesNumber NULLS FIRST, series_key"
 _SELECT = ", ".join(ANSWER_FIELDS)
 
 
@@ -106,9 +109,13 @@ class SearchResult:
     series: list[dict]
 
 
-def _where(params: SearchParams) -> tuple[str, list]:
-    clauses = ["instr(search_text, ?) > 0"] * len(params.terms)
-    args: list = list(params.terms)
+def _where(params: SearchParams, dialect: Dialect) -> tuple[str, list]:
+    clauses: list[str] = []
+    args: list = []
+    for term in params.terms:
+        clause, arg = dialect.contains("search_text", term)
+        clauses.append(clause)
+        args.append(arg)
     for clause, value in (("Modality = ?", params.modality), ("StudyDate >= ?", params.date_from),
                           ("StudyDate <= ?", params.date_to)):
         if value is not None:
@@ -123,8 +130,9 @@ def _dicts(cursor: sqlite3.Cursor, fields: tuple[str, ...]) -> list[dict]:
 
 def search(conn: sqlite3.Connection, params: SearchParams) -> SearchResult:
     """The page of series matching `params`, in the spec's order, and the total number of matches."""
-    where, args = _where(params)
-    order = _ORDER_SCANNING if params.terms else _ORDER
+    engine = dialect(conn)
+    where, args = _where(params, engine)
+    order = engine.scan_prefix + _ORDER if params.terms else _ORDER
     with read_snapshot(conn):
         rows = _dicts(conn.execute(f"SELECT {_SELECT} FROM series{where} ORDER BY {order} LIMIT ? OFFSET ?",
                                    [*args, params.limit, params.offset]), ANSWER_FIELDS)

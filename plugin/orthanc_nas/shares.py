@@ -1,4 +1,4 @@
-"""Share links: `shares.db` (SQLite) and the limiter of wrong links.
+"""Share links: `shares.db` (SQLite, or the `Database` PostgreSQL, see `store`) and the limiter of wrong links.
 
 A share gives whoever holds its token the series it names, until it expires
 or is revoked. Only the SHA-256 of a token is stored: a copy of `shares.db`
@@ -25,7 +25,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .catalog import connect, migrate
+from . import store
+from .catalog import migrate
 from .errors import BadRequest, NotFound, shown
 from .passphrase import MAX_LENGTH as MAX_PASSPHRASE
 from .passphrase import MIN_LENGTH as MIN_PASSPHRASE
@@ -179,8 +180,9 @@ def parse_share_request(body: dict, default_hours: float, max_hours: float) -> S
 class ShareStore:
     """`shares.db` of one DataDirectory; safe to use from many threads (one connection per thread)."""
 
-    def __init__(self, data_dir: str, clock: Callable[[], float] = time.time):
+    def __init__(self, data_dir: str, clock: Callable[[], float] = time.time, engine: store.Engine | None = None):
         self.path = os.path.join(data_dir, SHARES_NAME)
+        self.engine = engine or store.default_engine(data_dir)
         self.clock = clock
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -189,9 +191,8 @@ class ShareStore:
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            conn = connect(self.path)
-            migrate(conn, MIGRATIONS)
+            conn = self.engine.connect("shares")
+            migrate(conn, MIGRATIONS, "shares")
             conn.row_factory = sqlite3.Row
             self._local.conn = conn
             with self._lock:
@@ -272,10 +273,9 @@ class ShareStore:
     # -- audit ------------------------------------------------------------------
     def audit(self, client: str, share_id: str | None, outcome: str, detail: str | None = None) -> int:
         """Record one attempt; returns its row id (to finish it later for a download)."""
-        cur = self._conn().execute(
-            "INSERT INTO audit(at, client, share_id, outcome, detail) VALUES (?,?,?,?,?)",
-            (self.clock(), client, share_id, outcome, detail))
-        return cur.lastrowid
+        return self._conn().execute(
+            "INSERT INTO audit(at, client, share_id, outcome, detail) VALUES (?,?,?,?,?) RETURNING id",
+            (self.clock(), client, share_id, outcome, detail)).fetchone()[0]
 
     def finish(self, audit_id: int, outcome: str, bytes_sent: int, detail: str | None = None) -> None:
         """Record how a download that was let through ended."""

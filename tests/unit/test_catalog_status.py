@@ -2,9 +2,17 @@ import json
 import os
 import sqlite3
 
+import pytest
+
 from orthanc_nas.catalog import MIGRATIONS, Catalog, CatalogWriter, connect, migrate, series_key
 from orthanc_nas.sources import FileEntry
 from orthanc_nas.status import IndexStatus
+
+
+@pytest.fixture(autouse=True)
+def engine(db_engine):
+    """Every test of this module on SQLite and on PostgreSQL (see tests/conftest.py)."""
+    return db_engine
 
 
 def rec(series="1.2.3", study="9.9", number=1, instance=1, name="DOE^JOHN"):
@@ -105,6 +113,7 @@ def test_snapshot_has_the_fields_of_the_spec(tmp_path):
     assert snap["phase"] == "idle" and snap["running"] is False
 
 
+@pytest.mark.sqlite_only
 def test_an_index_of_an_older_version_is_upgraded(tmp_path):
     path = tmp_path / "index.db"
     conn = sqlite3.connect(path)

@@ -18,6 +18,12 @@ from orthanc_nas.search import ANSWER_FIELDS, SearchParams, search, series_detai
 UID = "1.2.826.0.1.3680043.2.1125.9"
 
 
+@pytest.fixture(autouse=True)
+def engine(db_engine):
+    """Every test of this module on SQLite and on PostgreSQL (see tests/conftest.py)."""
+    return db_engine
+
+
 def study(n, date, name, pid, desc, **more):
     return dict(PatientName=name, PatientID=pid, StudyInstanceUID=f"{UID}.{n}", StudyDate=date,
                 StudyDescription=desc, **more)
@@ -175,6 +181,7 @@ def test_series_detail_lists_files_by_instance_number(conn, data_dir):
         series_detail(conn, "no-such-key")
 
 
+@pytest.mark.sqlite_only
 def test_a_version_1_index_is_upgraded_and_searchable(tmp_path):
     path = str(tmp_path / catalog_module.INDEX_NAME)
     old = connect(path)

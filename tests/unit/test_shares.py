@@ -35,6 +35,12 @@ from orthanc_nas.shares import (
 from orthanc_nas.sources import FileEntry
 
 
+@pytest.fixture(autouse=True)
+def engine(db_engine):
+    """Every test of this module on SQLite and on PostgreSQL (see tests/conftest.py)."""
+    return db_engine
+
+
 class Clock:
     def __init__(self, now: float = 1_000_000.0):
         self.now = now
@@ -56,6 +62,7 @@ def store(tmp_path, clock):
 
 
 # -- the store ----------------------------------------------------------------------------
+@pytest.mark.sqlite_only
 def test_only_the_hash_of_a_token_is_stored(store, tmp_path):
     share, token = store.create(["k1", "k2"], 2, "for a colleague")
     assert len(token) == 43 and share.series == ["k1", "k2"] and share.expires_at == share.created_at + 7200
@@ -268,6 +275,7 @@ def test_download_slots_never_let_more_than_the_limit_run(store):
     assert all(slots.take(unlimited, store.completed) is None for _ in range(20))
 
 
+@pytest.mark.sqlite_only
 def test_shares_made_before_the_passphrase_open_as_folders(tmp_path):
     conn = sqlite3.connect(tmp_path / "shares.db")
     for statement in MIGRATIONS[0].split(";"):

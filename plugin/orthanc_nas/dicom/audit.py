@@ -1,4 +1,5 @@
-"""The audit of the DICOM node: every C-MOVE and C-GET, in `dicom.db` (SQLite) of the DataDirectory.
+"""The audit of the DICOM node: every C-MOVE and C-GET, in `dicom.db` (SQLite) of the DataDirectory,
+or the `Database` PostgreSQL (see `store`).
 
 One row per retrieval: when, who asked (calling AE title and address), the operation and its
 destination, the level and the keys of the identifier, how many files it selected, sent and failed,
@@ -14,7 +15,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..catalog import connect, migrate
+from .. import store
+from ..catalog import migrate
 
 AUDIT_NAME = "dicom.db"
 
@@ -72,17 +74,17 @@ class RetrievalAudit:
     """`dicom.db`: one connection, shared by the associations' threads under a lock (a row per retrieval:
     writes are rare, and connections made and dropped with each association thread are not worth it)."""
 
-    def __init__(self, data_dir: str):
+    def __init__(self, data_dir: str, engine: store.Engine | None = None):
         self.path = os.path.join(data_dir, AUDIT_NAME)
+        self.engine = engine or store.default_engine(data_dir)
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
 
     def _conn(self) -> sqlite3.Connection:
         """The connection, opened (and migrated) on first use; call with the lock held."""
         if self._connection is None:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            conn = connect(self.path)
-            migrate(conn, MIGRATIONS)
+            conn = self.engine.connect("dicom")
+            migrate(conn, MIGRATIONS, "dicom")
             conn.row_factory = sqlite3.Row
             self._connection = conn
         return self._connection
@@ -92,11 +94,12 @@ class RetrievalAudit:
         with self._lock:
             cur = self._conn().execute(
                 "INSERT INTO retrievals(started_at, finished_at, caller_aet, caller_address, operation, "
-                "destination, level, keys, files, sent, failed, outcome, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "destination, level, keys, files, sent, failed, outcome, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                "RETURNING id",
                 (r.started_at, time.time(), r.caller_aet, r.caller_address, r.operation, r.destination, r.level,
                  json.dumps(r.keys, ensure_ascii=False), r.files, r.sent, r.failed, r.outcome,
                  "; ".join(r.reasons) or None))
-            return cur.lastrowid
+            return cur.fetchone()[0]
 
     def latest(self, limit: int = 100) -> list[dict]:
         """The latest retrievals, newest first, `keys` as an object."""
@@ -115,5 +118,5 @@ class RetrievalAudit:
         if conn is not None:
             try:
                 conn.close()
-            except sqlite3.Error:
+            except (sqlite3.Error, store.DatabaseUnavailable):
                 pass
