@@ -15,12 +15,17 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .errors import ConfigError
+from .schedule import parse_schedule
+from .throttle import Throttle, parse_throttle
 
 CONNECTION_TYPES = ("local", "smb")
 ENUMERATORS = ("auto", "scandir", "robocopy", "powershell")
 DEFAULT_WORKERS = 12
 MIN_WORKERS, MAX_WORKERS = 1, 64
 SAVED_CONFIG_NAME = "nas-config.json"
+#: NetApp, Synology, QNAP, Windows and Linux snapshot and recycle folders (SPEC "Configuration")
+DEFAULT_EXCLUDED_FOLDERS = (".snapshot", "~snapshot", "@eaDir", "#recycle", "#snapshot", "$RECYCLE.BIN",
+                            "System Volume Information", ".Trash-*")
 SMB_REQUIRED = ("Host", "Share", "Username", "Password")
 _SMB_FIELD_HELP = {
     "Host": "the NAS's name or IP address, e.g. nas.hospital.local or 10.0.0.12.",
@@ -86,11 +91,16 @@ class Settings:
     DefaultShareHours: float = 24
     MaxShareHours: float = 720
     ShareServer: ShareServer = ShareServer()
+    Schedule: str | None = None  # a cron expression: incremental runs started by the plugin
+    Throttle: Throttle | None = None
+    ExcludedFolders: tuple[str, ...] = DEFAULT_EXCLUDED_FOLDERS  # folder name globs never walked
+    SkippedExtensions: tuple[str, ...] = ()  # file name endings never read, lower case with their dot
 
     def public(self) -> dict:
         """The settings in the shape of the orthanc.json section, without the password."""
         data = asdict(self)
         data["Connection"] = self.Connection.public()
+        data["ExcludedFolders"], data["SkippedExtensions"] = list(self.ExcludedFolders), list(self.SkippedExtensions)
         return data
 
     def with_connection(self, connection: Connection, workers: int | None = None) -> Settings:
@@ -112,6 +122,10 @@ _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "DefaultShareHours": (int, float),
     "MaxShareHours": (int, float),
     "ShareServer": (dict,),
+    "Schedule": (str, type(None)),
+    "Throttle": (dict, type(None)),
+    "ExcludedFolders": (list,),
+    "SkippedExtensions": (list,),
 }
 
 
@@ -131,7 +145,21 @@ def _check_object(obj: Any, keys: dict, where: str) -> None:
                               field=f"{where}.{key}")
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object"}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object", list: "a list"}
+
+
+def normalize_extensions(extensions: tuple[str, ...]) -> tuple[str, ...]:
+    """`jpg`, `.JPG` → `.jpg`, in the order given, once each."""
+    return tuple(dict.fromkeys("." + e.lower().strip().lstrip(".") for e in extensions))
+
+
+def parse_names(value: list, where: str) -> tuple[str, ...]:
+    """A list of non-empty strings (ExcludedFolders, SkippedExtensions)."""
+    for item in value:
+        if not isinstance(item, str) or not item.strip() or "/" in item or "\\" in item:
+            raise ConfigError(f"setting {where} must list names (strings without / or \\), not {json.dumps(item)[:60]}",
+                              field=where)
+    return tuple(value)
 
 
 def parse_connection(raw: Any, where: str = "Nas.Connection") -> Connection:
@@ -217,6 +245,12 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
         DefaultShareHours=default_hours,
         MaxShareHours=max_hours,
         ShareServer=server,
+        Schedule=parse_schedule(section.get("Schedule")),
+        Throttle=parse_throttle(section.get("Throttle")),
+        ExcludedFolders=parse_names(section.get("ExcludedFolders", list(DEFAULT_EXCLUDED_FOLDERS)),
+                                    "Nas.ExcludedFolders"),
+        SkippedExtensions=normalize_extensions(parse_names(section.get("SkippedExtensions", []),
+                                                           "Nas.SkippedExtensions")),
     )
 
 

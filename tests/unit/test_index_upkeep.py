@@ -15,11 +15,12 @@ from tests.support.dicom import write_dicom, write_series
 
 from orthanc_nas import indexer as indexer_mod
 from orthanc_nas.catalog import Catalog
+from orthanc_nas.config import DEFAULT_EXCLUDED_FOLDERS
 from orthanc_nas.errors import ConfigError
 from orthanc_nas.indexer import Indexer
 from orthanc_nas.schedule import Scheduler, next_time, parse_schedule
 from orthanc_nas.sources.local import LocalSource
-from orthanc_nas.sources.scope import DEFAULT_EXCLUDED_FOLDERS, WalkScope
+from orthanc_nas.sources.scope import WalkScope
 from orthanc_nas.sources.windows import lister_env, powershell_command, robocopy_command
 from orthanc_nas.status import IndexStatus
 from orthanc_nas.throttle import Pacer, Throttle, parse_throttle
@@ -106,7 +107,7 @@ def test_a_throttled_run_reads_at_the_pace_and_says_so(tmp_path):
     # the pace of reads at the source, over the whole run: 159 intervals at 1/40 s
     pace = (len(source.times) - 1) / (source.times[-1] - source.times[0])
     assert 0.8 * 40 <= pace <= 1.2 * 40, pace
-    gaps = [b - a for a, b in zip(source.times, source.times[1:])]
+    gaps = [b - a for a, b in zip(source.times, source.times[1:], strict=False)]
     assert max(gaps) < 1.0  # smooth: no burst followed by a long pause
     assert True in seen and ix.status.snapshot()["throttled"] is False
 

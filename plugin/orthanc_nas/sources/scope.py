@@ -12,11 +12,8 @@ import fnmatch
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from ..errors import BadRequest
 from .base import FileEntry, WalkError
-
-#: NetApp, Synology, QNAP, Windows and Linux snapshot and recycle folders (SPEC "Configuration")
-DEFAULT_EXCLUDED_FOLDERS = (".snapshot", "~snapshot", "@eaDir", "#recycle", "#snapshot", "$RECYCLE.BIN",
-                            "System Volume Information", ".Trash-*")
 
 
 @dataclass(frozen=True)
@@ -70,6 +67,16 @@ class WalkScope:
         return isinstance(item, WalkError) or self.covers(item.path)
 
 
-def normalize_extensions(extensions: Iterable[str]) -> tuple[str, ...]:
-    """`jpg`, `.JPG` → `.jpg`."""
-    return tuple(sorted({"." + e.lower().lstrip(".") for e in extensions if e.strip(". ")}))
+def parse_folder(value) -> str:
+    """A folder of the NAS given by a client (`POST /nas/index`'s `path`): relative to its root,
+    `/`-separated, "" for all of it. BadRequest (400) for anything else: not a string, absolute,
+    a drive, `..`, a backslash."""
+    if not isinstance(value, str):
+        raise BadRequest("field 'path' must be a string: a folder of the NAS relative to its root",
+                         'For example {"path": "2024/11"}.', field="path")
+    parts = [p for p in value.strip().split("/") if p not in ("", ".")]
+    if value.startswith("/") or "\\" in value or ".." in parts or (parts and ":" in parts[0]):
+        raise BadRequest(f"field 'path' must be a folder relative to the NAS root, not {value!r}",
+                         'Give the folder as the NAS shows it under its root, e.g. {"path": "2024/11"}, '
+                         "without a leading /, a drive, backslashes or '..'.", field="path")
+    return "/".join(parts)
