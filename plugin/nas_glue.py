@@ -17,7 +17,7 @@ from orthanc_nas.app import NasApp
 from orthanc_nas.config import parse_settings
 from orthanc_nas.errors import NasError
 from orthanc_nas.http import Request, Response, parse_query
-from orthanc_nas.metrics import figures
+from orthanc_nas.metrics import MetricsPusher
 from orthanc_nas.panel import explorer_script
 
 log = logging.getLogger("orthanc_nas")
@@ -114,17 +114,6 @@ def make_callback(app: NasApp):
     return on_rest
 
 
-def make_metrics_refresh(orthanc, app: NasApp):
-    """Orthanc's metrics refresh: the plugin's figures (`metrics.figures`) through `SetMetricsValue`."""
-    def refresh():
-        try:
-            for name, value in figures(app).items():
-                orthanc.SetMetricsValue(name, value, orthanc.MetricsType.DEFAULT)
-        except Exception:  # never let a figure break Orthanc's metrics
-            log.exception("the NAS metrics could not be refreshed")
-    return refresh
-
-
 def register(orthanc) -> NasApp:
     handler = OrthancLogHandler(orthanc)
     log.addHandler(handler)
@@ -150,13 +139,13 @@ def register(orthanc) -> NasApp:
     if script is not None:
         orthanc.ExtendOrthancExplorer(script)
 
-    refresh = make_metrics_refresh(orthanc, app)
-    _KEEP.append(refresh)
-    orthanc.RegisterRefreshMetricsCallback(refresh)  # called by Orthanc before it answers its metrics
+    metrics = MetricsPusher(app, lambda name, value: orthanc.SetMetricsValue(
+        name, value, orthanc.MetricsType.DEFAULT)).start()
     app.start_schedule()
 
     def on_change(change_type, level, resource_id):
         if change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+            metrics.stop()
             app.close()
 
     _KEEP.append(on_change)
