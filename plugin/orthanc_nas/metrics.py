@@ -14,7 +14,6 @@ from collections.abc import Callable
 from .shares import COMPLETE
 from .status import _parse_iso
 
-
 log = logging.getLogger("orthanc_nas")
 
 PUSH_EVERY = 2.0  # seconds between two pushes of the figures to Orthanc
