@@ -266,3 +266,28 @@ def test_a_scheduled_turn_skips_while_a_run_goes_on(monkeypatch):
         time.sleep(0.01)
     scheduler.stop()
     assert len(turns) >= 3 and nexts[-1] is None and all(isinstance(t, float) for t in nexts[:-1])
+
+
+def test_upkeep_settings_are_read_checked_and_sent_back_unchanged():
+    from orthanc_nas.config import Settings, parse_settings, parse_web_settings
+
+    s = parse_settings({"Schedule": "0 2 * * *", "Throttle": {"Hours": "07:00-19:00", "MaxFilesPerSecond": 50},
+                        "SkippedExtensions": ["JPG", ".pdf", ".jpg"]})
+    assert s.Schedule == "0 2 * * *" and s.Throttle == Throttle("07:00-19:00", 50)
+    assert s.ExcludedFolders == DEFAULT_EXCLUDED_FOLDERS and s.SkippedExtensions == (".jpg", ".pdf")
+    public = s.public()
+    assert public["ExcludedFolders"] == list(DEFAULT_EXCLUDED_FOLDERS)
+    assert public["Throttle"] == {"Hours": "07:00-19:00", "MaxFilesPerSecond": 50}
+    body = {**public, "Connection": {"Type": "local", "Path": "/mnt/nas"}}
+    assert isinstance(parse_web_settings(body, s), Settings)  # GET /nas/config's answer goes back as it is
+    for section, field in (({"ExcludedFolders": ".snapshot"}, "Nas.ExcludedFolders"),
+                           ({"ExcludedFolders": ["a/b"]}, "Nas.ExcludedFolders"),
+                           ({"SkippedExtensions": [3]}, "Nas.SkippedExtensions"),
+                           ({"Schedule": "nightly"}, "Nas.Schedule"),
+                           ({"Throttle": {"Hours": "19:00-19:00"}}, "Nas.Throttle.Hours")):
+        with pytest.raises(ConfigError) as err:
+            parse_settings(section)
+        assert err.value.field == field, section
+    with pytest.raises(ConfigError) as err:
+        parse_web_settings({**body, "Schedule": "* * * * *"}, s)
+    assert err.value.field == "Schedule"  # set in orthanc.json only
