@@ -25,6 +25,10 @@ RAISE_AFTER = 3  # blocks in a row that are not slow before one more worker is a
 SLOW_READ_SECONDS = 0.05  # when even the fastest reads take longer, a local mount is suggested
 
 
+class Stopped(Exception):
+    """The run is stopping: a read that waited for a slot does not start."""
+
+
 class Governor:
     """Sets the live worker limit from read times and network failures; tells when the NAS is gone.
 
@@ -67,11 +71,19 @@ class Governor:
         self.cut_from: float | None = None  # the fastest read when the limit was last lowered for slowness
 
     @contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one of the `limit` reads allowed in flight; waits while `limit` are."""
+    def slot(self, stop: threading.Event | None = None) -> Iterator[None]:
+        """Hold one of the `limit` reads allowed in flight; waits while `limit` are.
+
+        Raises `Stopped` instead of starting a read once `stop` is set (a NAS that stopped answering
+        must not get the waiting reads one after the other).
+        """
         with self._cond:
-            while self.in_flight >= self.limit:
-                self._cond.wait()
+            while True:
+                if stop is not None and stop.is_set():
+                    raise Stopped
+                if self.in_flight < self.limit:
+                    break
+                self._cond.wait(0.1)
             self.in_flight += 1
         try:
             yield

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from .catalog import Catalog, CatalogWriter
 from .errors import Busy, NasError, NasNetworkError
-from .governor import BLOCK, CALM, NAS_GONE_AFTER, RAISE_AFTER, Governor, with_retries
+from .governor import BLOCK, CALM, NAS_GONE_AFTER, RAISE_AFTER, Governor, Stopped, with_retries
 from .headers import HEAD_SIZE, NeedMore, NotDicom, read_record
 from .parsing import ParsePool
 from .sources import FileEntry, Source, WalkError
@@ -208,7 +208,7 @@ class _Run:
         heads: list[tuple[FileEntry, bytes]] = []
 
         def read(path: str, size: int) -> bytes:
-            with governor.slot():  # at most `limit` reads in flight, whatever the number of threads
+            with governor.slot(self.stop):  # at most `limit` reads in flight, whatever the number of threads
                 started = time.monotonic()
                 buf = with_retries(source.read_head, path, size, stop=self.stop, on_failure=governor.failure)
                 governor.success(time.monotonic() - started)
@@ -222,6 +222,8 @@ class _Run:
                 heads.append((entry, read(entry.path, HEAD_SIZE)))
             except NasError as exc:
                 found.append(Outcome(entry, error=exc.message, read=False))
+            except Stopped:
+                break
         parsed = parser.parse([(buf, len(buf) < HEAD_SIZE) for _, buf in heads]) if heads else []
         for (entry, _), result in zip(heads, parsed, strict=True):
             if isinstance(result, NeedMore):  # a header longer than the first read: rare, read on here
@@ -229,6 +231,8 @@ class _Run:
                     result = read_record(read, entry.path, result.size)
                 except NasError as exc:
                     found.append(Outcome(entry, error=exc.message, read=False))
+                    continue
+                except Stopped:
                     continue
                 except NotDicom as exc:
                     result = str(exc)
