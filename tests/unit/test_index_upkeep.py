@@ -291,3 +291,25 @@ def test_upkeep_settings_are_read_checked_and_sent_back_unchanged():
     with pytest.raises(ConfigError) as err:
         parse_web_settings({**body, "Schedule": "* * * * *"}, s)
     assert err.value.field == "Schedule"  # set in orthanc.json only
+
+
+def test_a_read_waiting_for_a_slot_does_not_start_once_the_run_stops():
+    from orthanc_nas.governor import Governor, Stopped
+
+    g, stop, outcome = Governor(1), threading.Event(), []
+
+    def waiting():
+        try:
+            with g.slot(stop):
+                outcome.append("read")
+        except Stopped:
+            outcome.append("stopped")
+
+    with g.slot(stop):
+        t = threading.Thread(target=waiting)
+        t.start()
+        time.sleep(0.2)
+        assert outcome == [] and g.in_flight == 1
+        stop.set()
+        t.join(5)
+    assert outcome == ["stopped"] and g.in_flight == 0
