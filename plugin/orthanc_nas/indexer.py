@@ -105,7 +105,7 @@ class Indexer:
             if self._busy():
                 raise Busy("indexing is already running")
             self._stop.clear()
-            self.status.start(self._workers(), trigger, folder)
+            self.status.start(self._workers())
             self._thread = threading.Thread(target=self.run, args=(full, folder, trigger), name="nas-indexer",
                                             daemon=True)
             self._thread.start()
@@ -139,7 +139,7 @@ class Indexer:
         status = self.status
         if not status.running:  # called directly (command line, tests), not through start()
             self._stop.clear()
-            status.start(self._workers(), trigger, folder)
+            status.start(self._workers())
         try:
             _Run(self, full, self.scope(folder), trigger).execute()
         except NasError as exc:

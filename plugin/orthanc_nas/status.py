@@ -67,8 +67,6 @@ class IndexStatus:
         self.error_samples: list[dict] = []
         self.workers = 0
         self.throttled = False
-        self.trigger: str | None = None
-        self.folder: str = ""
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.updated_at: float | None = None
@@ -111,12 +109,11 @@ class IndexStatus:
         if interrupted:
             self.write()
 
-    def start(self, workers: int, trigger: str = "api", folder: str = "") -> None:
+    def start(self, workers: int) -> None:
         with self._lock:
             self._reset()
             self.phase = "enumerating"
             self.workers = workers
-            self.trigger, self.folder = trigger, folder
             self.started_at = time.time()
         self.write()
 
