@@ -656,6 +656,9 @@
     rows.forEach(function (s) { list.appendChild(el('li', { text: seriesLine(s) })); });
     fillExpiry();
     $('share-label').value = suggestedLabel(rows);
+    $('share-passphrase').value = '';
+    $('share-max').value = '';
+    $('share-layout').value = 'dicomdir';
     $('share-form').hidden = false;
     $('share-result').hidden = true;
     $('share-url').value = '';
@@ -672,11 +675,18 @@
                  expires_in_hours: parseFloat($('share-expiry').value) };
     var label = $('share-label').value.trim();
     if (label) { body.label = label; }
+    var passphrase = $('share-passphrase').value;
+    if (passphrase) { body.passphrase = passphrase; }
+    if ($('share-max').value) { body.max_downloads = parseInt($('share-max').value, 10); }
+    body.layout = $('share-layout').value;
     api('POST', 'shares', body).then(function (answer) {
       var share = answer.data;
       $('share-form').hidden = true;
       $('share-url').value = share.url;
       setText('share-expires', localTime(share.expires_at));
+      setText('share-limits', (share.max_downloads ? ', ' + plural(share.max_downloads, 'time') : '') +
+              (share.passphrase ? ', with the passphrase you chose' : ''));
+      $('share-passphrase').value = '';
       setText('share-copied', '');
       if (share.warning) { showMessage($('share-warning'), 'warning', null, share.warning); } else { hide($('share-warning')); }
       $('share-result').hidden = false;
@@ -706,6 +716,7 @@
   // -- the list of shares ---------------------------------------------------------------------------------
   function shareState(share) {
     if (share.revoked) { return 'revoked'; }
+    if (share.max_downloads && share.downloads >= share.max_downloads) { return 'used up'; }
     return Date.parse(share.expires_at) <= Date.now() ? 'expired' : 'active';
   }
 
@@ -719,7 +730,7 @@
   function renderShares(shares) {
     var tbody = clear(document.querySelector('#shares tbody'));
     if (!shares.length) {
-      tbody.appendChild(el('tr', null, el('td', { colspan: 8, className: 'empty',
+      tbody.appendChild(el('tr', null, el('td', { colspan: 9, className: 'empty',
         text: 'No share links yet. Search for a series and press “Share”.' })));
     }
     shares.forEach(function (share) {
@@ -733,9 +744,11 @@
         el('td', { className: 'num', text: number(share.series.length) }),
         el('td', { text: localTime(share.created_at) }),
         el('td', { text: localTime(share.expires_at) }),
-        el('td', { className: 'num', text: number(share.downloads) }),
+        el('td', { className: 'num', text: number(share.downloads) +
+                   (share.max_downloads ? ' of ' + number(share.max_downloads) : '') }),
+        el('td', { text: share.passphrase ? 'yes' : 'no' }),
         el('td', { text: share.last_download_at ? localTime(share.last_download_at) : 'never' }),
-        el('td', null, el('span', { className: 'state state-' + status, text: status })),
+        el('td', null, el('span', { className: 'state state-' + status.replace(' ', '-'), text: status })),
         el('td', { className: 'actions' }, action)));
     });
   }
@@ -761,11 +774,18 @@
     renderStatus(state.status);
     loadRuns();
     var start = location.hash.slice(1);
+    // ?q=... in the address (a custom button of Orthanc Explorer 2, a bookmark): search it at once
+    var wanted = new URLSearchParams(location.search).get('q');
+    if (wanted !== null && configured(state.settings)) { start = 'search'; }
     if (TABS.indexOf(start) < 0) {
       start = !configured(state.settings) ? 'connection' : (state.status.series_count ? 'search' : 'indexing');
     }
     showTab(start);
     if (start !== location.hash.slice(1)) { history.replaceState(null, '', '#' + start); }
+    if (start === 'search' && wanted !== null) {
+      $('q').value = wanted;
+      runSearch(searchParams(0));
+    }
   }, function (err) {
     showError($('notice'), err);
     showTab(location.hash.slice(1) || 'connection');

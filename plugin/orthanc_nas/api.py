@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from .allowed import check_web_connection
 from .archive import content_disposition, series_archive
 from .config import parse_web_connection, parse_web_settings
-from .errors import BadRequest, ConfigError, NotFound, NotSupported
+from .errors import BadRequest, ConfigError, NotFound, NotSupported, shown
 from .http import Request, Response, Router, json_response
 from .panel import panel_file
 from .search import SearchParams, search, series_detail
@@ -78,15 +79,16 @@ def series_zip(app, request: Request, key: str) -> Response:
 @router.route("POST", "/nas/shares")
 def create_share(app, request: Request) -> Response:
     settings = app.settings
-    series, hours, label = parse_share_request(request.json(), settings.DefaultShareHours, settings.MaxShareHours)
-    known = app.catalog.series_rows(series)
-    for key in series:
+    options = parse_share_request(request.json(), settings.DefaultShareHours, settings.MaxShareHours)
+    known = app.catalog.series_rows(options.series)
+    for key in options.series:
         if key not in known:
-            raise NotFound(f"unknown series_key {key!r}", "Use a series_key found by GET /nas/search.")
-    share, token = app.shares.create(series, hours, label)
-    log.info("share %s created: %d series, expires at %s", share.id, len(series), iso(share.expires_at))
+            raise NotFound(f"unknown series_key {shown(key)}", "Use a series_key found by GET /nas/search.")
+    share, token = app.shares.create_from(options)
+    log.info("share %s created: %d series, expires at %s", share.id, len(share.series), iso(share.expires_at))
     answer = {"id": share.id, "token": token, "url": app.share_url(token), "expires_at": iso(share.expires_at),
-              "series": share.series, "label": share.label}
+              "series": share.series, "label": share.label, "max_downloads": share.max_downloads,
+              "passphrase": share.passphrase_hash is not None, "layout": share.layout}
     if app.listener is None or not app.listener.running:
         answer["warning"] = ("The share listener is not running (see Orthanc's log): this link will work only "
                              "once it is.")
@@ -115,6 +117,7 @@ def put_config(app, request: Request) -> Response:
     """Validate, save, reconnect, then test the new connection. The settings are saved even when the test
     fails (a NAS may be down for a moment, or set up ahead of time): the answer's `test` says so."""
     settings = parse_web_settings(request.json(), app.settings)
+    check_web_connection(settings.Connection, app.settings, app.base_settings.Connection)
     app.configure(settings)
     return json_response({**app.settings.public(), "test": app.test_connection()})
 
@@ -128,6 +131,8 @@ def test_config(app, request: Request) -> Response:
                           'The body is {"Connection": {...}}, or empty to test the saved connection.',
                           field=unknown[0])
     connection = parse_web_connection(body["Connection"], app.settings.Connection) if body else None
+    if connection is not None:
+        check_web_connection(connection, app.settings, app.base_settings.Connection)
     result = app.test_connection(connection)
     return json_response(result, 200 if result["ok"] else 502)
 

@@ -6,8 +6,10 @@ import logging
 import threading
 from dataclasses import replace
 
+from .allowed import check_web_connection
 from .catalog import Catalog
-from .config import Connection, Settings, load_saved_connection, save_connection
+from .config import SAVED_CONFIG_NAME, Connection, Settings, load_saved_connection, save_connection
+from .errors import ConfigError
 from .indexer import Indexer
 from .listener import ShareApp, ShareListener
 from .probe import try_source
@@ -25,6 +27,13 @@ class NasApp:
     def __init__(self, settings: Settings, *, parse_processes: int | None = None):
         self.base_settings = settings
         self.settings = load_saved_connection(settings)
+        if self.settings.Connection != settings.Connection:  # saved from the web before AllowedRoots narrowed
+            try:
+                check_web_connection(self.settings.Connection, settings, settings.Connection,
+                                     f"{SAVED_CONFIG_NAME}.Connection")
+            except ConfigError as exc:
+                log.error("%s: ignored, orthanc.json's connection is used. %s", exc.message, exc.hint)
+                self.settings = settings.with_connection(settings.Connection, self.settings.Workers)
         self.catalog = Catalog(self.settings.DataDirectory)
         self.status = IndexStatus(self.settings.DataDirectory)
         self.status.load(self.catalog.counts()["series"])

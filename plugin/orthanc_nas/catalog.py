@@ -18,6 +18,7 @@ import base64
 import hashlib
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -34,6 +35,12 @@ SERIES_FIELDS = (
     "StudyDescription", "AccessionNumber", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription",
     "Modality",
 )
+#: what the DICOM node answers besides (PS3.4 C.6 return keys): per series, and per file
+NODE_SERIES_FIELDS = ("StudyTime", "StudyID", "ReferringPhysicianName", "InstitutionName", "BodyPartExamined")
+NODE_FILE_FIELDS = ("SOPClassUID", "TransferSyntaxUID")
+#: the header fields a file row holds: rows written by an older version (`files.fields_version` lower)
+#: are read again by the next incremental run, even when the file did not change
+FIELDS_VERSION = 2
 #: the order of a series' files everywhere they are listed (the zip of a share, `GET /nas/series/{key}`)
 FILE_ORDER = "InstanceNumber IS NULL, InstanceNumber, path"
 
@@ -93,7 +100,18 @@ MIGRATIONS: list[Migration] = [
     """,
     # 2: folded search columns on series, indexes for the search filters and order
     _add_search_columns,
-    # 3: what each run was and did (GET /nas/runs)
+    # 3: what the DICOM node needs; the rows already there are version 1, read again by the next run
+    """
+    ALTER TABLE files ADD COLUMN SOPClassUID TEXT;
+    ALTER TABLE files ADD COLUMN TransferSyntaxUID TEXT;
+    ALTER TABLE files ADD COLUMN fields_version INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE series ADD COLUMN StudyTime TEXT;
+    ALTER TABLE series ADD COLUMN StudyID TEXT;
+    ALTER TABLE series ADD COLUMN ReferringPhysicianName TEXT;
+    ALTER TABLE series ADD COLUMN InstitutionName TEXT;
+    ALTER TABLE series ADD COLUMN BodyPartExamined TEXT;
+    """,
+    # 4: what each run was and did (GET /nas/runs)
     """
     ALTER TABLE runs ADD COLUMN trigger TEXT NOT NULL DEFAULT 'api';
     ALTER TABLE runs ADD COLUMN path TEXT NOT NULL DEFAULT '';
@@ -127,7 +145,28 @@ def series_key(record: dict, path: str) -> str:
     return base64.urlsafe_b64encode(digest).decode("ascii")
 
 
+#: the index and the shares hold patient data: only Orthanc's own account may read them
+PRIVATE_MODE = 0o600
+
+
+def make_private(path: str) -> None:
+    """Create `path` if missing, and give it (and SQLite's -wal/-shm beside it) mode 0600, whatever the umask.
+
+    SQLite creates its -wal and -shm files with the mode of the database file, so they follow.
+    Files made readable by an older version are closed again.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_MODE))
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            if stat.S_IMODE(os.stat(name).st_mode) != PRIVATE_MODE:
+                os.chmod(name, PRIVATE_MODE)
+        except FileNotFoundError:
+            pass
+
+
 def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    if not readonly and path != ":memory:":
+        make_private(path)
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
     else:
@@ -286,12 +325,17 @@ class CatalogWriter:
              len(self.changed - self.added - self.removed), len(self.removed - self.added), self.run_id))
 
     def known(self, paths: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """(size, mtime_ns) of the given paths that are already in the index."""
+        """(size, mtime_ns) of the given paths that are already in the index with every field.
+
+        A row an older version wrote without the fields read today (`FIELDS_VERSION`) is left out,
+        so the file is read again; a file that could not be read (its error) has nothing to add.
+        """
         found: dict[str, tuple[int, int]] = {}
         for chunk in _chunks(paths):
             marks = ",".join("?" * len(chunk))
             for path, size, mtime in self.conn.execute(
-                    f"SELECT path, size, mtime_ns FROM files WHERE path IN ({marks})", chunk):
+                    f"SELECT path, size, mtime_ns FROM files WHERE path IN ({marks}) "
+                    f"AND (fields_version >= {FIELDS_VERSION} OR error IS NOT NULL)", chunk):
                 found[path] = (size, mtime)
         return found
 
@@ -315,18 +359,21 @@ class CatalogWriter:
                 key = None
                 if record is not None:
                     key = series_key(record, entry.path)
-                    series_rows[key] = (*(record.get(f) for f in SERIES_FIELDS), *search_columns(record))
+                    series_rows[key] = (*(record.get(f) for f in (*SERIES_FIELDS, *NODE_SERIES_FIELDS)),
+                                        *search_columns(record))
                     dirty.add(key)
                 file_rows.append((entry.path, entry.size, entry.mtime_ns, key,
                                   record and record.get("SOPInstanceUID"), record and record.get("InstanceNumber"),
+                                  *((record or {}).get(f) for f in NODE_FILE_FIELDS), FIELDS_VERSION,
                                   error, self.run_id))
             self.conn.executemany(
                 "INSERT OR REPLACE INTO files(path, size, mtime_ns, series_key, SOPInstanceUID, InstanceNumber, "
-                "error, seen_run) VALUES (?,?,?,?,?,?,?,?)", file_rows)
+                f"{', '.join(NODE_FILE_FIELDS)}, fields_version, error, seen_run) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                file_rows)
             existing = self._existing(list(series_rows))
             self.added.update(k for k in series_rows if k not in existing)
             self.changed.update(dirty)
-            stored = (*SERIES_FIELDS, "search_text", "sort_name")
+            stored = (*SERIES_FIELDS, *NODE_SERIES_FIELDS, "search_text", "sort_name")
             columns = ", ".join(stored)
             updates = ", ".join(f"{f}=excluded.{f}" for f in stored)
             self.conn.executemany(

@@ -27,6 +27,9 @@ SAVED_CONFIG_NAME = "nas-config.json"
 DEFAULT_EXCLUDED_FOLDERS = (".snapshot", "~snapshot", "@eaDir", "#recycle", "#snapshot", "$RECYCLE.BIN",
                             "System Volume Information", ".Trash-*")
 SMB_REQUIRED = ("Host", "Share", "Username", "Password")
+ANY = "*"
+#: the local folders settings from the web may use by default: the usual mount points (any UNC path on Windows)
+DEFAULT_ALLOWED_ROOTS = ("\\\\",) if os.name == "nt" else ("/mnt", "/media", "/srv")
 _SMB_FIELD_HELP = {
     "Host": "the NAS's name or IP address, e.g. nas.hospital.local or 10.0.0.12.",
     "Share": "the name of the shared folder on the NAS, e.g. dicom (as in \\\\nas\\dicom).",
@@ -95,12 +98,18 @@ class Settings:
     Throttle: Throttle | None = None
     ExcludedFolders: tuple[str, ...] = DEFAULT_EXCLUDED_FOLDERS  # folder name globs never walked
     SkippedExtensions: tuple[str, ...] = ()  # file name endings never read, lower case with their dot
+    #: folders (with their subfolders) a connection saved or tested from the web may use, or "*"
+    AllowedRoots: tuple[str, ...] | str = DEFAULT_ALLOWED_ROOTS
+    #: SMB hosts a connection saved or tested from the web may reach, or "*"
+    AllowedHosts: tuple[str, ...] | str = ANY
 
     def public(self) -> dict:
         """The settings in the shape of the orthanc.json section, without the password."""
         data = asdict(self)
         data["Connection"] = self.Connection.public()
         data["ExcludedFolders"], data["SkippedExtensions"] = list(self.ExcludedFolders), list(self.SkippedExtensions)
+        for key in ("AllowedRoots", "AllowedHosts"):
+            data[key] = data[key] if data[key] == ANY else list(data[key])
         return data
 
     def with_connection(self, connection: Connection, workers: int | None = None) -> Settings:
@@ -126,6 +135,8 @@ _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "Throttle": (dict, type(None)),
     "ExcludedFolders": (list,),
     "SkippedExtensions": (list,),
+    "AllowedRoots": (list, str),
+    "AllowedHosts": (list, str),
 }
 
 
@@ -160,6 +171,15 @@ def parse_names(value: list, where: str) -> tuple[str, ...]:
             raise ConfigError(f"setting {where} must list names (strings without / or \\), not {json.dumps(item)[:60]}",
                               field=where)
     return tuple(value)
+
+
+def parse_allowed(value: Any, where: str) -> tuple[str, ...] | str:
+    """`"*"` or a list of non-empty strings (AllowedRoots, AllowedHosts)."""
+    if value == ANY:
+        return ANY
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f'setting {where} must be "*" or a list of non-empty strings', field=where)
+    return tuple(v.strip() for v in value)
 
 
 def parse_connection(raw: Any, where: str = "Nas.Connection") -> Connection:
@@ -251,30 +271,34 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
                                     "Nas.ExcludedFolders"),
         SkippedExtensions=normalize_extensions(parse_names(section.get("SkippedExtensions", []),
                                                            "Nas.SkippedExtensions")),
+        AllowedRoots=parse_allowed(section.get("AllowedRoots", list(DEFAULT_ALLOWED_ROOTS)), "Nas.AllowedRoots"),
+        AllowedHosts=parse_allowed(section.get("AllowedHosts", ANY), "Nas.AllowedHosts"),
     )
 
 
 #: what the web (PUT /nas/config) may change; the rest of the section is set in orthanc.json only
 WEB_KEYS = ("Connection", "Workers")
-_IDENTITY = ("Host", "Username", "Domain")  # who the saved password belongs to
+_IDENTITY = ("Host", "Port", "Username", "Domain")  # who the saved password belongs to
 
 
 def parse_web_connection(raw: Any, current: Connection, where: str = "Connection") -> Connection:
     """Validate a connection sent from the web (NAS panel, REST); ConfigError naming the field otherwise.
 
     `PasswordSet`, which GET /nas/config adds, is ignored. A missing or empty `Password` keeps the saved
-    one, but only for the same Host, Username and Domain: a saved password is never handed to a server
-    or an account other than the one it was saved for.
+    one, but only for the same Host, Port, Username and Domain: a saved password is never handed to a
+    server (or another service of the same server) or an account other than the one it was saved for.
     """
     if not isinstance(raw, dict):
         return parse_connection(raw, where)  # refused, naming `where`
     raw = {k: v for k, v in raw.items() if k != "PasswordSet"}
     if not raw.get("Password") and raw.get("Type") == "smb" and current.Type == "smb" and current.Password:
-        if all(str(raw.get(k, "")).strip().lower() == getattr(current, k).strip().lower() for k in _IDENTITY):
+        defaults = {"Port": Connection.Port}
+        if all(str(raw.get(k, defaults.get(k, ""))).strip().lower() == str(getattr(current, k)).strip().lower()
+               for k in _IDENTITY):
             raw["Password"] = current.Password
         else:
             raise ConfigError(f"setting {where}.Password is required: the saved password belongs to another "
-                              "host, user or domain", "Type the password of this account again.",
+                              "host, port, user or domain", "Type the password of this account again.",
                               field=f"{where}.Password")
     return parse_connection(raw, where)
 

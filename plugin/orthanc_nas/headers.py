@@ -18,7 +18,7 @@ from pydicom.charset import convert_encodings
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset, read_partial
 from pydicom.tag import Tag
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 from pydicom.values import convert_PN, convert_text
 
@@ -30,18 +30,24 @@ MAX_HEAD_SIZE = 64 * 1024 * 1024
 _TEXT, _NAME, _ASCII, _INT = "text", "name", "ascii", "int"
 FIELDS: dict[str, tuple[int, str]] = {
     "SpecificCharacterSet": (0x00080005, _ASCII),
+    "SOPClassUID": (0x00080016, _ASCII),
     "SOPInstanceUID": (0x00080018, _ASCII),
     "StudyDate": (0x00080020, _ASCII),
+    "StudyTime": (0x00080030, _ASCII),
     "AccessionNumber": (0x00080050, _TEXT),
     "Modality": (0x00080060, _ASCII),
+    "InstitutionName": (0x00080080, _TEXT),
+    "ReferringPhysicianName": (0x00080090, _NAME),
     "StudyDescription": (0x00081030, _TEXT),
     "SeriesDescription": (0x0008103E, _TEXT),
     "PatientName": (0x00100010, _NAME),
     "PatientID": (0x00100020, _TEXT),
     "PatientBirthDate": (0x00100030, _ASCII),
     "PatientSex": (0x00100040, _ASCII),
+    "BodyPartExamined": (0x00180015, _ASCII),
     "StudyInstanceUID": (0x0020000D, _ASCII),
     "SeriesInstanceUID": (0x0020000E, _ASCII),
+    "StudyID": (0x00200010, _TEXT),
     "SeriesNumber": (0x00200011, _INT),
     "InstanceNumber": (0x00200013, _INT),
 }
@@ -189,7 +195,24 @@ def parse_head(buf: bytes, complete: bool) -> dict | NeedMore:
             raise NotDicom("not a DICOM file (no DICOM header found)")
         raise NotDicom("DICOM file without study, series or instance UID (not an image, e.g. a DICOMDIR)")
     record.pop("SpecificCharacterSet")
+    record["TransferSyntaxUID"] = _transfer_syntax(buf, ds)
     return record
+
+#: the transfer syntax of a file without File Meta Information, by the encoding pydicom found (implicit VR, little endian)
+_ENCODINGS = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
+              (False, False): ExplicitVRBigEndian}
+
+def _transfer_syntax(buf: bytes, ds) -> str | None:
+    """The file's TransferSyntaxUID (0002,0010), from its meta group, else the encoding its dataset has."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return str(meta.TransferSyntaxUID).strip(" \0") or None
+    if buf[128:132] == b"DICM" and buf[132:138] == _META_LENGTH:  # read by the fast path, meta skipped
+        at = buf.find(_TRANSFER_SYNTAX, 144, 144 + int.from_bytes(buf[140:144], "little"))
+        if at > 0:
+            size = int.from_bytes(buf[at + 6:at + 8], "little")
+            return buf[at + 8:at + 8 + size].decode("ascii", "replace").strip(" \0") or None
+    return _ENCODINGS.get(tuple(ds.original_encoding))
 
 def _charsets(raw) -> list[str] | None:
     """Python codecs for the file's SpecificCharacterSet; None when the file declares none."""

@@ -13,6 +13,7 @@ lock `snapshot()` takes; the file is written after that lock is released.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -36,8 +37,13 @@ def iso(ts: float | None) -> str | None:
 
 
 def write_json_atomic(path: str, data: dict) -> None:
+    """Write `data` to `path` through a temporary file and a rename; the file is 0600 (patient names) whatever
+    the umask, and the temporary one is created so (O_EXCL), never widened later."""
     tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # left by a crash: O_EXCL must create it anew with this mode
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as fh:
+        os.fchmod(fh.fileno(), 0o600)
         json.dump(data, fh, ensure_ascii=False, indent=1)
     os.replace(tmp, path)
 

@@ -9,7 +9,7 @@ from orthanc_nas.sources import FileEntry
 
 def record(**fields) -> dict:
     """A parsed header as the indexer gets it: every attribute present, None unless given."""
-    values = {keyword: None for keyword in FIELDS if keyword != "SpecificCharacterSet"}
+    values = {keyword: None for keyword in (*FIELDS, "TransferSyntaxUID") if keyword != "SpecificCharacterSet"}
     unknown = set(fields) - set(values)
     assert not unknown, f"not an indexed attribute: {unknown}"
     values.update(fields)
