@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from datetime import datetime
 
 import pytest
 from tests.support.dicom import write_dicom, write_series
@@ -93,3 +94,22 @@ def test_the_plugins_figures_are_in_orthancs_prometheus_answer(orthanc_factory, 
     o.index()
     figures = prometheus(o, lambda f: f.get("orthanc_nas_files_indexed") == 9)
     assert figures["orthanc_nas_files_indexed"] == 9 and figures["orthanc_nas_series"] == 3  # refreshed
+
+
+def test_a_throttled_run_says_so_while_it_goes_on(orthanc_factory, nas):
+    o = orthanc_factory(local(nas, Throttle={"Hours": "00:00-24:00", "MaxFilesPerSecond": 2}))
+    assert o.post("/nas/index", json={}).status_code == 202
+    seen = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        s = o.get("/nas/status").json()
+        seen.append(s["throttled"])
+        if not s["running"] and s["phase"] != "enumerating":
+            break
+        time.sleep(0.1)
+    assert s["phase"] == "done" and s["files_processed"] == 7, s
+    assert True in seen and s["throttled"] is False  # held while reading, released at the end
+    run = o.get("/nas/runs").json()[0]
+    assert run["files_read"] == 7
+    seconds = (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
+    assert seconds >= 2, run  # 7 reads half a second apart take 3 s (times are to the second): never faster
