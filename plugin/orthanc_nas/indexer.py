@@ -167,6 +167,9 @@ class _Run:
         self.walk_errors = 0
         self.walk_done = False
         self.files_read = 0
+        self.out = 0  # batches handed to the readers whose outcomes have not come back
+        self.pending: list[Outcome] = []  # outcomes not written yet
+        self.last_write = time.monotonic()
 
     def execute(self) -> None:
         status = self.status
@@ -255,9 +258,6 @@ class _Run:
                                     name=f"nas-read-{i}", daemon=True) for i in range(governor.max)]
         for t in readers:
             t.start()
-        self.out = 0  # batches handed to the readers whose outcomes have not come back
-        self.pending: list[Outcome] = []
-        self.last_write = time.monotonic()
         gone = False
         try:
             status.set_phase("indexing")
