@@ -20,6 +20,7 @@ from orthanc_nas.errors import NasError
 from orthanc_nas.http import Request, Response, parse_query
 from orthanc_nas.metrics import MetricsPusher
 from orthanc_nas.panel import explorer_script
+from orthanc_nas.pathnames import escaped
 
 log = logging.getLogger("orthanc_nas")
 _KEEP: list = []  # objects Orthanc holds that must outlive its own references (see register)
@@ -37,7 +38,7 @@ class OrthancLogHandler(logging.Handler):
         self.orthanc = orthanc
 
     def emit(self, record: logging.LogRecord) -> None:
-        message = "NAS: " + self.format(record)
+        message = "NAS: " + escaped(self.format(record))  # a file name that is not UTF-8 is escaped
         if record.levelno >= logging.ERROR:
             self.orthanc.LogError(message)
         elif record.levelno >= logging.WARNING:
@@ -136,6 +137,41 @@ def make_callback(app: NasApp):
     return on_rest
 
 
+def orthanc_modalities(orthanc) -> list:
+    """Orthanc's DicomModalities as they are now (also those added through its REST API), as `Peer`s."""
+    from orthanc_nas.dicom import Peer
+
+    found = json.loads(orthanc.RestApiGet("/modalities?expand"))
+    if isinstance(found, list):  # an Orthanc without ?expand: one request per modality
+        found = {name: json.loads(orthanc.RestApiGet(f"/modalities/{name}/configuration")) for name in found}
+    return [Peer(m["AET"], m.get("Host"), m.get("Port")) for m in found.values() if isinstance(m, dict)]
+
+
+def start_dicom_node(orthanc, app: NasApp, config: dict):
+    """Start the DICOM node. With RegisterInOrthanc, returns what adds it to Orthanc's modalities (id `nas`),
+    to be called once Orthanc runs (its REST API is not ready while plugins load); else None."""
+    from orthanc_nas.dicom import Peer
+
+    # Orthanc queries and retrieves as its DicomAet; it receives on DicomPort only with its DICOM server on
+    own = Peer(config.get("DicomAet", "ORTHANC"), "127.0.0.1",
+               config.get("DicomPort", 4242) if config.get("DicomServerEnabled", True) else None)
+    if not app.start_dicom_node(lambda: orthanc_modalities(orthanc), own) or not app.settings.DicomServer.RegisterInOrthanc:
+        return None
+    server = app.settings.DicomServer
+    host = "127.0.0.1" if server.Host in ("0.0.0.0", "::", "") else server.Host
+
+    def register_modality():
+        try:
+            orthanc.RestApiPut("/modalities/nas", json.dumps({"AET": server.AET, "Host": host,
+                                                              "Port": app.dicom_node.port}))
+            log.info("the DICOM node is Orthanc's modality \"nas\" (%s at %s:%d)", server.AET, host,
+                     app.dicom_node.port)
+        except Exception as exc:
+            log.error("could not add the DICOM node to Orthanc's modalities: %s", exc)
+
+    return register_modality
+
+
 def register(orthanc) -> NasApp:
     handler = OrthancLogHandler(orthanc)
     log.addHandler(handler)
@@ -157,6 +193,7 @@ def register(orthanc) -> NasApp:
     _KEEP.append(callback)
     orthanc.RegisterRestCallback("/nas/(.*)", callback)
     app.start_share_listener()  # a port in use is logged; the rest of the plugin works without it
+    register_node = start_dicom_node(orthanc, app, config) if app.settings.DicomServer.Enabled else None  # likewise
     script = explorer_script()
     if script is not None:
         orthanc.ExtendOrthancExplorer(script)
@@ -167,6 +204,8 @@ def register(orthanc) -> NasApp:
     app.start_schedule()
 
     def on_change(change_type, level, resource_id):
+        if change_type == orthanc.ChangeType.ORTHANC_STARTED and register_node is not None:
+            register_node()
         if change_type == orthanc.ChangeType.ORTHANC_STOPPED:
             metrics.stop()
             app.close()

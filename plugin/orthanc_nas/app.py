@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 
 from .allowed import check_web_connection
@@ -46,6 +47,7 @@ class NasApp:
         self.scheduler: Scheduler | None = None
         self.shares = ShareStore(self.settings.DataDirectory)
         self.listener: ShareListener | None = None
+        self.dicom_node = None  # the DICOM node (`start_dicom_node`), when DicomServer.Enabled
 
     def start_share_listener(self) -> bool:
         """Serve share links on `ShareServer.Host:Port`; False (and a clear log line) if the port is taken."""
@@ -68,6 +70,18 @@ class NasApp:
     def _scheduled_run(self) -> None:
         self.source()  # no connection: not started (logged by the scheduler)
         self.indexer.start(trigger="schedule")
+
+    def start_dicom_node(self, modalities: Callable[[], list] = list, orthanc=None) -> bool:
+        """Start the DICOM query/retrieve node (see `orthanc_nas.dicom`); False (logged) if it cannot listen.
+
+        `modalities()` gives Orthanc's DicomModalities as `Peer`s at each call; `orthanc` is Orthanc's own AE.
+        """
+        from .dicom import DicomNode, Peers, RetrievalAudit  # pynetdicom is loaded only when the node runs
+
+        settings = self.settings.DicomServer
+        self.dicom_node = DicomNode(settings, self.catalog, self.source, Peers(settings, modalities, orthanc),
+                                    RetrievalAudit(self.settings.DataDirectory))
+        return self.dicom_node.start()
 
     def share_url(self, token: str) -> str:
         """The link of a token: `PublicUrl`, or the listener's own address, then `/share/<token>`."""
@@ -109,7 +123,10 @@ class NasApp:
             old.close()
 
     def close(self) -> None:
-        """Orthanc is stopping: end downloads in progress, stop indexing, drop NAS sessions."""
+        """Orthanc is stopping: end downloads and retrievals in progress, stop indexing, drop NAS sessions."""
+        if self.dicom_node is not None:
+            self.dicom_node.stop()
+            self.dicom_node.audit.close()
         if self.listener is not None:
             self.listener.stop()
         if self.scheduler is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -86,6 +87,22 @@ class ShareServer:
 
 
 @dataclass(frozen=True)
+class DicomServer:
+    """The NAS as a DICOM query/retrieve node (see `orthanc_nas.dicom`)."""
+
+    Enabled: bool = False
+    AET: str = "NAS"
+    Port: int = 4243
+    Host: str = "127.0.0.1"
+    #: None: the AE titles and hosts of Orthanc's DicomModalities; "*": anyone; else [{"AET", "Host"}, ...]
+    AllowedCallers: str | list | None = None
+    #: destinations of C-MOVE besides Orthanc's modalities: {"AET": ["host", port]}
+    Destinations: dict = field(default_factory=dict)
+    MaxAssociations: int = 8
+    RegisterInOrthanc: bool = True
+
+
+@dataclass(frozen=True)
 class Settings:
     Connection: Connection
     DataDirectory: str
@@ -98,6 +115,7 @@ class Settings:
     Throttle: Throttle | None = None
     ExcludedFolders: tuple[str, ...] = DEFAULT_EXCLUDED_FOLDERS  # folder name globs never walked
     SkippedExtensions: tuple[str, ...] = ()  # file name endings never read, lower case with their dot
+    DicomServer: DicomServer = DicomServer()
     #: folders (with their subfolders) a connection saved or tested from the web may use, or "*"
     AllowedRoots: tuple[str, ...] | str = DEFAULT_ALLOWED_ROOTS
     #: SMB hosts a connection saved or tested from the web may reach, or "*"
@@ -123,6 +141,11 @@ _CONNECTION_KEYS: dict[str, tuple[type, ...]] = {
 }
 _SHARE_SERVER_KEYS: dict[str, tuple[type, ...]] = {"Host": (str,), "Port": (int,), "PublicUrl": (str, type(None)),
                                                    "TrustedProxy": (str, type(None))}
+_DICOM_SERVER_KEYS: dict[str, tuple[type, ...]] = {
+    "Enabled": (bool,), "AET": (str,), "Port": (int,), "Host": (str, type(None)),
+    "AllowedCallers": (str, list, type(None)), "Destinations": (dict,), "MaxAssociations": (int,),
+    "RegisterInOrthanc": (bool,),
+}
 _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "Connection": (dict,),
     "DataDirectory": (str,),
@@ -135,6 +158,7 @@ _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "Throttle": (dict, type(None)),
     "ExcludedFolders": (list,),
     "SkippedExtensions": (list,),
+    "DicomServer": (dict,),
     "AllowedRoots": (list, str),
     "AllowedHosts": (list, str),
 }
@@ -150,13 +174,14 @@ def _check_object(obj: Any, keys: dict, where: str) -> None:
                               field=f"{where}.{key}")
         types = keys[key]
         # JSON booleans are ints in Python: refuse them where a number is expected.
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             names = " or ".join("null" if t is type(None) else _TYPE_NAMES.get(t, t.__name__) for t in types)
             raise ConfigError(f"setting {where}.{key} must be {names}, not {json.dumps(value)[:60]}",
                               field=f"{where}.{key}")
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object", list: "a list"}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object", list: "a list",
+               bool: "true or false"}
 
 
 def normalize_extensions(extensions: tuple[str, ...]) -> tuple[str, ...]:
@@ -257,6 +282,8 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
     if not 0 <= server.Port < 65536:
         raise ConfigError("setting Nas.ShareServer.Port must be between 0 and 65535")
 
+    dicom_server = parse_dicom_server(section.get("DicomServer", {}), default_host)
+
     return Settings(
         Connection=connection,
         DataDirectory=data_dir,
@@ -271,9 +298,57 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
                                     "Nas.ExcludedFolders"),
         SkippedExtensions=normalize_extensions(parse_names(section.get("SkippedExtensions", []),
                                                            "Nas.SkippedExtensions")),
+        DicomServer=dicom_server,
         AllowedRoots=parse_allowed(section.get("AllowedRoots", list(DEFAULT_ALLOWED_ROOTS)), "Nas.AllowedRoots"),
         AllowedHosts=parse_allowed(section.get("AllowedHosts", ANY), "Nas.AllowedHosts"),
     )
+
+
+_AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE, 16 characters, no backslash
+
+
+def _ae_title(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _AE_TITLE_RE.match(value) or not value.strip():
+        raise ConfigError(f"setting {where} must be an AE title (1 to 16 characters, no backslash), "
+                          f"not {json.dumps(value)[:60]}", field=where)
+    return value.strip()
+
+
+def parse_dicom_server(raw: Any, default_host: str, where: str = "Nas.DicomServer") -> DicomServer:
+    """Validate the `DicomServer` object: AE titles (PS3.5 6.2), ports, callers and destinations."""
+    _check_object(raw, _DICOM_SERVER_KEYS, where)
+    port = raw.get("Port", 4243)
+    if not 0 <= port < 65536:
+        raise ConfigError(f"setting {where}.Port must be between 0 and 65535", field=f"{where}.Port")
+    if not 1 <= raw.get("MaxAssociations", 8) <= 1000:
+        raise ConfigError(f"setting {where}.MaxAssociations must be between 1 and 1000",
+                          field=f"{where}.MaxAssociations")
+    callers = raw.get("AllowedCallers")
+    if isinstance(callers, str) and callers != "*":
+        raise ConfigError(f'setting {where}.AllowedCallers must be "*", null or a list of {{"AET", "Host"}}',
+                          field=f"{where}.AllowedCallers")
+    if isinstance(callers, list):
+        checked = []
+        for n, caller in enumerate(callers):
+            at = f"{where}.AllowedCallers[{n}]"
+            _check_object(caller, {"AET": (str,), "Host": (str,)}, at)
+            if "AET" not in caller:
+                raise ConfigError(f"setting {at}.AET is required", field=f"{at}.AET")
+            checked.append({"AET": _ae_title(caller["AET"], f"{at}.AET"), **(
+                {"Host": caller["Host"].strip()} if caller.get("Host", "").strip() else {})})
+        callers = checked
+    destinations = {}
+    for aet, target in raw.get("Destinations", {}).items():
+        at = f"{where}.Destinations.{aet}"
+        _ae_title(aet, at)
+        if not (isinstance(target, list) and len(target) == 2 and isinstance(target[0], str) and target[0].strip()
+                and isinstance(target[1], int) and not isinstance(target[1], bool) and 0 < target[1] < 65536):
+            raise ConfigError(f'setting {at} must be ["host", port]', field=at)
+        destinations[aet.strip()] = [target[0].strip(), target[1]]
+    return DicomServer(
+        Enabled=raw.get("Enabled", False), AET=_ae_title(raw.get("AET", "NAS"), f"{where}.AET"), Port=port,
+        Host=raw.get("Host") or default_host, AllowedCallers=callers, Destinations=destinations,
+        MaxAssociations=raw.get("MaxAssociations", 8), RegisterInOrthanc=raw.get("RegisterInOrthanc", True))
 
 
 #: what the web (PUT /nas/config) may change; the rest of the section is set in orthanc.json only

@@ -370,11 +370,13 @@ class _Run:
     def _write(self, writer: CatalogWriter) -> None:
         """Store the pending outcomes in one transaction (see `Outcome.read`)."""
         found, self.pending = self.pending, []
-        writer.write([(o.entry, o.record, o.error) for o in found if o.read],
-                     unread=[o.entry.path for o in found if not o.read])
+        refused = writer.write([(o.entry, o.record, o.error) for o in found if o.read],
+                               unread=[o.entry.path for o in found if not o.read])
         for o in found:
             if o.error is not None:
                 self.status.add_error(o.entry.path, o.error)
+        for path, error in refused:  # a record the index refused: counted, the rest of the batch is written
+            self.status.add_error(path, error)
         self.files_read += sum(o.read for o in found)
         self.status.update(series_count=writer.series_count())
         self.status.add_processed(len(found))

@@ -22,6 +22,7 @@ from datetime import datetime
 from .catalog import FILE_ORDER, SERIES_FIELDS, read_snapshot
 from .errors import BadRequest, NotFound, shown
 from .normalize import terms as fold_terms
+from .pathnames import escaped, loaded
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -144,4 +145,6 @@ def series_detail(conn: sqlite3.Connection, key: str) -> dict:
         files = _dicts(conn.execute(
             f"SELECT {', '.join(FILE_FIELDS)} FROM files WHERE series_key = ? ORDER BY {FILE_ORDER}", (key,)),
             FILE_FIELDS)
+    for f in files:  # a name that is not UTF-8 is shown with its undecodable bytes escaped
+        f["path"] = escaped(loaded(f["path"]))
     return {**found[0], "files": files}

@@ -21,6 +21,8 @@ import time
 from collections import deque
 from datetime import UTC, datetime
 
+from .pathnames import escaped
+
 STATUS_NAME = "index_status.json"
 WRITE_EVERY = 50
 MAX_ERROR_SAMPLES = 20
@@ -38,14 +40,21 @@ def iso(ts: float | None) -> str | None:
 
 def write_json_atomic(path: str, data: dict) -> None:
     """Write `data` to `path` through a temporary file and a rename; the file is 0600 (patient names) whatever
-    the umask, and the temporary one is created so (O_EXCL), never widened later."""
+    the umask, and the temporary one is created so (O_EXCL), never widened later. No temporary file is
+    left on error; a file name that is not UTF-8 and slipped through unescaped is written escaped."""
     tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)  # left by a crash: O_EXCL must create it anew with this mode
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as fh:
-        os.fchmod(fh.fileno(), 0o600)
-        json.dump(data, fh, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8",
+                       errors="backslashreplace") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            json.dump(data, fh, ensure_ascii=False, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class IndexStatus:
@@ -166,7 +175,7 @@ class IndexStatus:
         with self._lock:
             self.errors += 1
             if len(self.error_samples) < MAX_ERROR_SAMPLES:
-                self.error_samples.append({"path": path, "error": message})
+                self.error_samples.append({"path": escaped(path), "error": escaped(message)})
 
     def warn(self, sentence: str) -> None:
         with self._lock:

@@ -1,0 +1,119 @@
+"""The audit of the DICOM node: every C-MOVE and C-GET, in `dicom.db` (SQLite) of the DataDirectory.
+
+One row per retrieval: when, who asked (calling AE title and address), the operation and its
+destination, the level and the keys of the identifier, how many files it selected, sent and failed,
+how it ended (`done`, `cancelled`, `failed`, `refused`) and the first failure reasons.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ..catalog import connect, migrate
+
+AUDIT_NAME = "dicom.db"
+
+MIGRATIONS: list[str] = [
+    # 1: retrievals
+    """
+    CREATE TABLE retrievals (
+        id INTEGER PRIMARY KEY,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        caller_aet TEXT NOT NULL,
+        caller_address TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        destination TEXT,
+        level TEXT,
+        keys TEXT NOT NULL,
+        files INTEGER NOT NULL DEFAULT 0,
+        sent INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        outcome TEXT,
+        detail TEXT
+    );
+    """,
+]
+#: failure reasons kept per retrieval
+MAX_REASONS = 5
+
+
+@dataclass
+class Retrieval:
+    """One C-MOVE or C-GET as the audit records it."""
+
+    caller_aet: str
+    caller_address: str
+    operation: str  # "C-MOVE" or "C-GET"
+    destination: str | None
+    level: str | None
+    keys: dict
+    files: int = 0
+    attempted: int = 0  # sub-operations handed to pynetdicom
+    sent: int = 0
+    failed: int = 0
+    outcome: str = "failed"
+    written: bool = False  # recorded already (before the final response, so a peer that reads the audit
+    # once its C-MOVE/C-GET ended finds the row)
+    reasons: list[str] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+
+    def fail(self, reason: str) -> None:
+        if len(self.reasons) < MAX_REASONS and reason not in self.reasons:
+            self.reasons.append(reason)
+
+
+class RetrievalAudit:
+    """`dicom.db`: one connection, shared by the associations' threads under a lock (a row per retrieval:
+    writes are rare, and connections made and dropped with each association thread are not worth it)."""
+
+    def __init__(self, data_dir: str):
+        self.path = os.path.join(data_dir, AUDIT_NAME)
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+
+    def _conn(self) -> sqlite3.Connection:
+        """The connection, opened (and migrated) on first use; call with the lock held."""
+        if self._connection is None:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            conn = connect(self.path)
+            migrate(conn, MIGRATIONS)
+            conn.row_factory = sqlite3.Row
+            self._connection = conn
+        return self._connection
+
+    def record(self, r: Retrieval) -> int:
+        """Write one finished retrieval; returns its id."""
+        with self._lock:
+            cur = self._conn().execute(
+                "INSERT INTO retrievals(started_at, finished_at, caller_aet, caller_address, operation, "
+                "destination, level, keys, files, sent, failed, outcome, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (r.started_at, time.time(), r.caller_aet, r.caller_address, r.operation, r.destination, r.level,
+                 json.dumps(r.keys, ensure_ascii=False), r.files, r.sent, r.failed, r.outcome,
+                 "; ".join(r.reasons) or None))
+            return cur.lastrowid
+
+    def latest(self, limit: int = 100) -> list[dict]:
+        """The latest retrievals, newest first, `keys` as an object."""
+        with self._lock:
+            rows = self._conn().execute("SELECT * FROM retrievals ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        found = []
+        for row in rows:
+            item = dict(row)
+            item["keys"] = json.loads(item["keys"])
+            found.append(item)
+        return found
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._connection = self._connection, None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
