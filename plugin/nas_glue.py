@@ -18,6 +18,7 @@ from orthanc_nas.app import NasApp
 from orthanc_nas.config import parse_settings
 from orthanc_nas.errors import NasError
 from orthanc_nas.http import Request, Response, parse_query
+from orthanc_nas.metrics import MetricsPusher
 from orthanc_nas.panel import explorer_script
 from orthanc_nas.pathnames import escaped
 
@@ -198,10 +199,15 @@ def register(orthanc) -> NasApp:
         orthanc.ExtendOrthancExplorer(script)
     link_panel(orthanc)
 
+    metrics = MetricsPusher(app, lambda name, value: orthanc.SetMetricsValue(
+        name, value, orthanc.MetricsType.DEFAULT)).start()
+    app.start_schedule()
+
     def on_change(change_type, level, resource_id):
         if change_type == orthanc.ChangeType.ORTHANC_STARTED and register_node is not None:
             register_node()
         if change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+            metrics.stop()
             app.close()
 
     _KEEP.append(on_change)

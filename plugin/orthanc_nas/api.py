@@ -12,6 +12,7 @@ from .http import Request, Response, Router, json_response
 from .panel import panel_file
 from .search import SearchParams, search, series_detail
 from .shares import parse_share_request
+from .sources.scope import parse_folder
 from .status import iso
 
 log = logging.getLogger("orthanc_nas")
@@ -27,15 +28,24 @@ def get_status(app, request: Request) -> Response:
 @router.route("POST", "/nas/index")
 def start_index(app, request: Request) -> Response:
     body = request.json(required=False)
-    unknown = set(body) - {"full"}
+    unknown = set(body) - {"full", "path"}
     if unknown:
-        raise BadRequest(f"unknown field {sorted(unknown)[0]!r} in the body", 'The body may hold {"full": true}.')
+        raise BadRequest(f"unknown field {sorted(unknown)[0]!r} in the body",
+                         'The body may hold {"full": true, "path": "2024/11"}.')
     full = body.get("full", False)
     if not isinstance(full, bool):
         raise BadRequest("field 'full' must be true or false")
+    folder = parse_folder(body.get("path", ""))
     app.source()  # a missing connection is a 400 now, not a failed run later
-    app.indexer.start(full=full)
+    app.indexer.start(full=full, folder=folder)
     return json_response({"started": True}, 202)
+
+
+@router.route("GET", "/nas/runs")
+def list_runs(app, request: Request) -> Response:
+    """The last indexing runs, newest first (SPEC "GET /nas/runs")."""
+    return json_response([{**run, "started_at": iso(run["started_at"]), "finished_at": iso(run["finished_at"])}
+                          for run in app.catalog.runs()])
 
 
 @router.route("DELETE", "/nas/index")

@@ -14,6 +14,7 @@ from .errors import ConfigError
 from .indexer import Indexer
 from .listener import ShareApp, ShareListener
 from .probe import try_source
+from .schedule import Scheduler
 from .shares import ShareStore
 from .sources import Source, open_source
 from .status import IndexStatus
@@ -42,7 +43,10 @@ class NasApp:
         self._source: Source | None = None
         self._source_lock = threading.Lock()
         self.indexer = Indexer(self.catalog, self.status, self.source, lambda: self.settings.Workers,
-                               parse_processes=parse_processes)
+                               parse_processes=parse_processes, throttle=self.settings.Throttle,
+                               excluded_folders=self.settings.ExcludedFolders,
+                               skipped_extensions=self.settings.SkippedExtensions)
+        self.scheduler: Scheduler | None = None
         self.shares = ShareStore(self.settings.DataDirectory, engine=self.engine)
         self.listener: ShareListener | None = None
         self.dicom_node = None  # the DICOM node (`start_dicom_node`), when DicomServer.Enabled
@@ -58,6 +62,16 @@ class NasApp:
             log.info("share links will start with %s; set Nas.ShareServer.PublicUrl if colleagues reach this "
                      "server under another address (a host name, a reverse proxy)", self.share_url("")[:-1])
         return True
+
+    def start_schedule(self) -> None:
+        """Start incremental runs at the times of `Schedule` (nothing without one); see `schedule`."""
+        if self.settings.Schedule and self.scheduler is None:
+            self.scheduler = Scheduler(self.settings.Schedule, self._scheduled_run,
+                                       lambda at: self.status.update(next_run_at=at)).start()
+
+    def _scheduled_run(self) -> None:
+        self.source()  # no connection: not started (logged by the scheduler)
+        self.indexer.start(trigger="schedule")
 
     def start_dicom_node(self, modalities: Callable[[], list] = list, orthanc=None) -> bool:
         """Start the DICOM query/retrieve node (see `orthanc_nas.dicom`); False (logged) if it cannot listen.
@@ -117,6 +131,8 @@ class NasApp:
             self.dicom_node.audit.close()
         if self.listener is not None:
             self.listener.stop()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         self.indexer.stop()
         self.indexer.wait(timeout=30)
         with self._source_lock:

@@ -149,7 +149,22 @@ MIGRATIONS: list[Migration] = [
     """,
     # 5: dates as YYYYMMDD or null (values read from files, see `dicom_values`)
     _dates_as_dates,
+    # 6: what each run was and did (GET /nas/runs)
+    """
+    ALTER TABLE runs ADD COLUMN trigger TEXT NOT NULL DEFAULT 'api';
+    ALTER TABLE runs ADD COLUMN path TEXT NOT NULL DEFAULT '';
+    ALTER TABLE runs ADD COLUMN files_read INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN files_skipped INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN files_removed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN errors INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN series_added INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN series_changed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN series_removed INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
+RUN_FIELDS = ("id", "started_at", "finished_at", "outcome", "trigger", "path", "files_read", "files_skipped",
+              "files_removed", "errors", "series_added", "series_changed", "series_removed")
+RUNS_KEPT = 100
 
 
 def series_key(record: dict, path: str) -> str:
@@ -342,6 +357,13 @@ class Catalog:
                 found[row["series_key"]] = row
         return found
 
+    def runs(self, limit: int = RUNS_KEPT) -> list[dict]:
+        """The last runs, newest first: `RUN_FIELDS`, times in epoch seconds."""
+        if not self.exists():
+            return []
+        rows = self.reader().execute(f"SELECT {', '.join(RUN_FIELDS)} FROM runs ORDER BY id DESC LIMIT ?", (limit,))
+        return [dict(zip(RUN_FIELDS, row, strict=True)) for row in rows]
+
     def series_files(self, key: str) -> list[dict]:
         """The readable files of one series (path, size, mtime_ns), in instance order as `GET /nas/series` lists them.
 
@@ -358,14 +380,28 @@ class CatalogWriter:
     def __init__(self, catalog: Catalog):
         self.conn = catalog.open_for_writing()
         self.run_id = 0
+        # series keys this run added, changed (files added, changed or removed) and removed
+        self.added: set[str] = set()
+        self.changed: set[str] = set()
+        self.removed: set[str] = set()
 
-    def begin_run(self) -> int:
-        self.run_id = self.conn.execute("INSERT INTO runs(started_at) VALUES (?) RETURNING id",
-                                        (time.time(),)).fetchone()[0]
+    def begin_run(self, trigger: str = "api", path: str = "") -> int:
+        """Record a run's start (`trigger`: api, schedule or start; `path`: its folder, "" for all); keeps
+        the last `RUNS_KEPT` runs."""
+        with transaction(self.conn):
+            self.run_id = self.conn.execute("INSERT INTO runs(started_at, trigger, path) VALUES (?,?,?) RETURNING id",
+                                            (time.time(), trigger, path)).fetchone()[0]
+            self.conn.execute("DELETE FROM runs WHERE id <= ?", (self.run_id - RUNS_KEPT,))
         return self.run_id
 
-    def finish_run(self, outcome: str) -> None:
-        self.conn.execute("UPDATE runs SET finished_at=?, outcome=? WHERE id=?", (time.time(), outcome, self.run_id))
+    def finish_run(self, outcome: str, counts: dict | None = None) -> None:
+        """Record the end: `counts` holds files_read, files_skipped, files_removed, errors."""
+        counts = {k: (counts or {}).get(k, 0) for k in ("files_read", "files_skipped", "files_removed", "errors")}
+        self.conn.execute(
+            "UPDATE runs SET finished_at=?, outcome=?, files_read=?, files_skipped=?, files_removed=?, errors=?, "
+            "series_added=?, series_changed=?, series_removed=? WHERE id=?",
+            (time.time(), outcome, *counts.values(), len(self.added - self.removed),
+             len(self.changed - self.added - self.removed), len(self.removed - self.added), self.run_id))
 
     def known(self, paths: Sequence[str]) -> dict[str, tuple[int, int]]:
         """(size, mtime_ns) of the given paths that are already in the index with every field.
@@ -403,20 +439,20 @@ class CatalogWriter:
                                       ((self.run_id, stored(p)) for p in unread))
             try:
                 with savepoint(self.conn):
-                    self._store(results)
+                    self._note(*self._store(results))
             except RECORD_ERRORS:
                 for one in results:  # the batch again, record by record: only the refused one is lost
                     entry = one[0]
                     try:
                         with savepoint(self.conn):
-                            self._store([one])
+                            self._note(*self._store([one]))
                     except RECORD_ERRORS as exc:
                         reason = f"the index refused a value of this file ({type(exc).__name__}: {exc})"[:300]
                         log.warning("NAS indexing: %s: %s", escaped(entry.path), reason)
                         refused.append((entry.path, reason))
                         try:
                             with savepoint(self.conn):
-                                self._store([(entry, None, reason)])
+                                self._note(*self._store([(entry, None, reason)]))
                         except RECORD_ERRORS:
                             pass  # not even its path: it is read again next run
         for entry, record, _ in results:
@@ -424,7 +460,13 @@ class CatalogWriter:
                 log.debug("NAS indexing: %s: %s (the writer's mistake; read anyway)", escaped(entry.path), note)
         return refused
 
-    def _store(self, results: Sequence[tuple]) -> None:
+    def _note(self, added: set[str], dirty: set[str]) -> None:
+        """Count what a stored batch did to series (for the run's `series_added`, `series_changed`)."""
+        self.added.update(added)
+        self.changed.update(dirty)
+
+    def _store(self, results: Sequence[tuple]) -> tuple[set[str], set[str]]:
+        """Store records; returns the series keys it added, and those it touched."""
         dirty = self._old_keys([entry.path for entry, _, _ in results])
         series_rows = {}
         file_rows = []
@@ -446,6 +488,7 @@ class CatalogWriter:
             f"INSERT INTO files(path, {', '.join(file_fields)}) VALUES (?{',?' * len(file_fields)}) "
             f"ON CONFLICT(path) DO UPDATE SET {', '.join(f'{f}=excluded.{f}' for f in file_fields)}",
             file_rows)
+        added = set(series_rows) - self._existing(list(series_rows))
         stored_fields = (*SERIES_FIELDS, *NODE_SERIES_FIELDS, "search_text", "sort_name")
         columns = ", ".join(stored_fields)
         updates = ", ".join(f"{f}=excluded.{f}" for f in stored_fields)
@@ -454,15 +497,31 @@ class CatalogWriter:
             f"ON CONFLICT(series_key) DO UPDATE SET {updates}",
             ((key, *values) for key, values in series_rows.items()))
         self._recount(dirty)
+        return added, dirty
 
-    def remove_unseen(self) -> int:
-        """Remove files this run did not see. Call only after a complete, error-free enumeration."""
+    def remove_unseen(self, folder: str = "", covered: Callable[[str], bool] | None = None) -> int:
+        """Remove files this run did not see, within `folder` ("" for all) and, with `covered`, only
+        paths it accepts (those the walk would have listed). Call only after a complete, error-free
+        enumeration."""
         with transaction(self.conn):
-            dirty = {row[0] for row in self.conn.execute(
-                "SELECT DISTINCT series_key FROM files WHERE seen_run < ? AND series_key IS NOT NULL", (self.run_id,))}
-            removed = self.conn.execute("DELETE FROM files WHERE seen_run < ?", (self.run_id,)).rowcount
+            inside = "AND substr(path, 1, ?) = ?" if folder else ""
+            args = (self.run_id, len(folder) + 1, folder + "/") if folder else (self.run_id,)
+            rows = [(path, key) for path, key in self.conn.execute(
+                f"SELECT path, series_key FROM files WHERE seen_run < ? {inside}", args)
+                if covered is None or covered(loaded(path))]
+            for chunk in _chunks([path for path, _ in rows]):
+                self.conn.execute(f"DELETE FROM files WHERE path IN ({','.join('?' * len(chunk))})", chunk)
+            dirty = {key for _, key in rows if key is not None}
+            self.changed.update(dirty)
             self._recount(dirty)
-        return removed
+        return len(rows)
+
+    def _existing(self, keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(keys):
+            found.update(row[0] for row in self.conn.execute(
+                f"SELECT series_key FROM series WHERE series_key IN ({','.join('?' * len(chunk))})", chunk))
+        return found
 
     def _old_keys(self, paths: Sequence[str]) -> set[str]:
         keys: set[str] = set()
@@ -478,6 +537,8 @@ class CatalogWriter:
             self.conn.execute(
                 f"UPDATE series SET file_count=(SELECT count(*) FROM files WHERE files.series_key=series.series_key) "
                 f"WHERE series_key IN ({marks})", chunk)
+            self.removed.update(row[0] for row in self.conn.execute(
+                f"SELECT series_key FROM series WHERE file_count=0 AND series_key IN ({marks})", chunk))
             self.conn.execute(f"DELETE FROM series WHERE file_count=0 AND series_key IN ({marks})", chunk)
 
     def series_count(self) -> int:

@@ -16,13 +16,18 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .errors import ConfigError
+from .schedule import parse_schedule
 from .store import POSTGRESQL, SQLITE, DatabaseSettings
+from .throttle import Throttle, parse_throttle
 
 CONNECTION_TYPES = ("local", "smb")
 ENUMERATORS = ("auto", "scandir", "robocopy", "powershell")
 DEFAULT_WORKERS = 12
 MIN_WORKERS, MAX_WORKERS = 1, 64
 SAVED_CONFIG_NAME = "nas-config.json"
+#: NetApp, Synology, QNAP, Windows and Linux snapshot and recycle folders (SPEC "Configuration")
+DEFAULT_EXCLUDED_FOLDERS = (".snapshot", "~snapshot", "@eaDir", "#recycle", "#snapshot", "$RECYCLE.BIN",
+                            "System Volume Information", ".Trash-*")
 SMB_REQUIRED = ("Host", "Share", "Username", "Password")
 ANY = "*"
 #: the local folders settings from the web may use by default: the usual mount points (any UNC path on Windows)
@@ -107,6 +112,10 @@ class Settings:
     DefaultShareHours: float = 24
     MaxShareHours: float = 720
     ShareServer: ShareServer = ShareServer()
+    Schedule: str | None = None  # a cron expression: incremental runs started by the plugin
+    Throttle: Throttle | None = None
+    ExcludedFolders: tuple[str, ...] = DEFAULT_EXCLUDED_FOLDERS  # folder name globs never walked
+    SkippedExtensions: tuple[str, ...] = ()  # file name endings never read, lower case with their dot
     DicomServer: DicomServer = DicomServer()
     #: folders (with their subfolders) a connection saved or tested from the web may use, or "*"
     AllowedRoots: tuple[str, ...] | str = DEFAULT_ALLOWED_ROOTS
@@ -120,6 +129,7 @@ class Settings:
         data = asdict(self)
         data["Connection"] = self.Connection.public()
         data["Database"] = self.Database.public()
+        data["ExcludedFolders"], data["SkippedExtensions"] = list(self.ExcludedFolders), list(self.SkippedExtensions)
         for key in ("AllowedRoots", "AllowedHosts"):
             data[key] = data[key] if data[key] == ANY else list(data[key])
         return data
@@ -148,6 +158,10 @@ _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "DefaultShareHours": (int, float),
     "MaxShareHours": (int, float),
     "ShareServer": (dict,),
+    "Schedule": (str, type(None)),
+    "Throttle": (dict, type(None)),
+    "ExcludedFolders": (list,),
+    "SkippedExtensions": (list,),
     "DicomServer": (dict,),
     "AllowedRoots": (list, str),
     "AllowedHosts": (list, str),
@@ -174,6 +188,20 @@ def _check_object(obj: Any, keys: dict, where: str) -> None:
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object", list: "a list",
                bool: "true or false"}
+
+
+def normalize_extensions(extensions: tuple[str, ...]) -> tuple[str, ...]:
+    """`jpg`, `.JPG` → `.jpg`, in the order given, once each."""
+    return tuple(dict.fromkeys("." + e.lower().strip().lstrip(".") for e in extensions))
+
+
+def parse_names(value: list, where: str) -> tuple[str, ...]:
+    """A list of non-empty strings (ExcludedFolders, SkippedExtensions)."""
+    for item in value:
+        if not isinstance(item, str) or not item.strip() or "/" in item or "\\" in item:
+            raise ConfigError(f"setting {where} must list names (strings without / or \\), not {json.dumps(item)[:60]}",
+                              field=where)
+    return tuple(value)
 
 
 def parse_allowed(value: Any, where: str) -> tuple[str, ...] | str:
@@ -270,6 +298,12 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
         DefaultShareHours=default_hours,
         MaxShareHours=max_hours,
         ShareServer=server,
+        Schedule=parse_schedule(section.get("Schedule")),
+        Throttle=parse_throttle(section.get("Throttle")),
+        ExcludedFolders=parse_names(section.get("ExcludedFolders", list(DEFAULT_EXCLUDED_FOLDERS)),
+                                    "Nas.ExcludedFolders"),
+        SkippedExtensions=normalize_extensions(parse_names(section.get("SkippedExtensions", []),
+                                                           "Nas.SkippedExtensions")),
         DicomServer=dicom_server,
         AllowedRoots=parse_allowed(section.get("AllowedRoots", list(DEFAULT_ALLOWED_ROOTS)), "Nas.AllowedRoots"),
         AllowedHosts=parse_allowed(section.get("AllowedHosts", ANY), "Nas.AllowedHosts"),

@@ -62,8 +62,8 @@ def error_of(answer: requests.Response, status: int) -> dict:
 def test_get_answers_the_section_without_a_password(orthanc, nas_a):
     settings = orthanc.get("/nas/config").json()
     assert set(settings) == {"Connection", "DataDirectory", "Workers", "Enumerator", "DefaultShareHours",
-                             "MaxShareHours", "ShareServer", "AllowedRoots", "AllowedHosts",
-                             "DicomServer"}
+                             "MaxShareHours", "ShareServer", "AllowedRoots", "AllowedHosts", "Schedule", "Throttle",
+                             "ExcludedFolders", "SkippedExtensions", "DicomServer"}
     assert settings["Connection"]["Path"] == str(nas_a) and settings["Connection"]["PasswordSet"] is False
     assert "Password" not in settings["Connection"]
 

@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 from ..errors import NasError, NasNetworkError, NasNotFound, NasPermissionError
 from .base import FileEntry, WalkError
+from .scope import WalkScope
 from .walk import CHUNK, QUEUE_CHUNKS, WALK_THREADS, Folder, parallel_walk
 
 __all__ = ["CHUNK", "QUEUE_CHUNKS", "WALK_THREADS", "LocalSource", "os_error", "safe_relpath"]
@@ -121,7 +122,8 @@ class LocalSource:
         return sorted(names)[:limit]
 
     # -- walk -----------------------------------------------------------------
-    def walk(self, stop: threading.Event) -> Iterator[FileEntry | WalkError]:
+    def walk(self, stop: threading.Event, scope: WalkScope | None = None, chunks: bool = False) -> Iterator:
+        """See `Source.walk`."""
         seen_dirs: set[tuple[int, int]] = set()  # every folder listed, so links never list one twice
         seen_lock = threading.Lock()
         try:
@@ -156,7 +158,8 @@ class LocalSource:
             except OSError as exc:
                 raise os_error(exc, f"folder {rel or '/'}") from exc
 
-        return parallel_walk(list_folder, stop, self.threads)
+        scope = scope or WalkScope()
+        return parallel_walk(scope.filter(list_folder), stop, self.threads, top=scope.folder, chunks=chunks)
 
     # -- reading --------------------------------------------------------------
     def _full(self, path: str) -> str:
