@@ -26,6 +26,12 @@ from orthanc_nas.status import IndexStatus
 from orthanc_nas.throttle import Pacer, Throttle, parse_throttle
 
 
+@pytest.fixture(autouse=True)
+def engine(db_engine):
+    """Every test of this module on SQLite and on PostgreSQL (see tests/conftest.py)."""
+    return db_engine
+
+
 class CountingSource(LocalSource):
     """A folder whose head reads take `delay` s and are counted while in flight, with the limit then."""
 

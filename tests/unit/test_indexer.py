@@ -14,6 +14,12 @@ from orthanc_nas.sources.local import LocalSource
 from orthanc_nas.status import IndexStatus
 
 
+@pytest.fixture(autouse=True)
+def engine(db_engine):
+    """Every test of this module on SQLite and on PostgreSQL (see tests/conftest.py)."""
+    return db_engine
+
+
 @pytest.fixture
 def nas(tmp_path):
     root = tmp_path / "nas"
