@@ -22,7 +22,7 @@ router = Router()
 
 @router.route("GET", "/nas/status")
 def get_status(app, request: Request) -> Response:
-    return json_response(app.status.snapshot())
+    return json_response(app.status_snapshot())
 
 
 @router.route("POST", "/nas/index")
@@ -50,7 +50,8 @@ def list_runs(app, request: Request) -> Response:
 
 @router.route("DELETE", "/nas/index")
 def stop_index(app, request: Request) -> Response:
-    return json_response({"stopping": app.indexer.stop(), "phase": app.status.phase})
+    stopping = app.stop_indexing()
+    return json_response({"stopping": stopping, "phase": app.status_snapshot()["phase"]})
 
 
 @router.route("GET", "/nas/search")

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from .allowed import check_web_connection
 from .catalog import Catalog
+from .cluster import ClusterRun
 from .config import SAVED_CONFIG_NAME, Connection, Settings, load_saved_connection, save_connection
 from .errors import ConfigError
 from .indexer import Indexer
@@ -18,7 +19,7 @@ from .schedule import Scheduler
 from .shares import ShareStore
 from .sources import Source, open_source
 from .status import IndexStatus
-from .store import open_engine
+from .store import DatabaseUnavailable, open_engine
 
 log = logging.getLogger("orthanc_nas")
 
@@ -39,7 +40,11 @@ class NasApp:
         self.engine = open_engine(self.settings.Database, self.settings.DataDirectory)
         self.catalog = Catalog(self.settings.DataDirectory, self.engine)
         self.status = IndexStatus(self.settings.DataDirectory)
-        self.status.load(self.catalog.counts()["series"])
+        try:
+            self.status.load(self.catalog.counts()["series"])
+        except DatabaseUnavailable as exc:  # PostgreSQL down while Orthanc starts: the plugin starts anyway
+            log.warning("%s; the NAS index is used once it answers", exc.message)
+            self.status.load()
         self._source: Source | None = None
         self._source_lock = threading.Lock()
         self.indexer = Indexer(self.catalog, self.status, self.source, lambda: self.settings.Workers,
@@ -48,6 +53,10 @@ class NasApp:
                                skipped_extensions=self.settings.SkippedExtensions)
         self.scheduler: Scheduler | None = None
         self.shares = ShareStore(self.settings.DataDirectory, engine=self.engine)
+        self.cluster: ClusterRun | None = None
+        if self.engine.shared:  # several Orthanc nodes on one database: one run for them all
+            self.cluster = self.indexer.cluster = ClusterRun(self.engine)
+            self.status.on_write = self._publish_status
         self.listener: ShareListener | None = None
         self.dicom_node = None  # the DICOM node (`start_dicom_node`), when DicomServer.Enabled
 
@@ -124,6 +133,32 @@ class NasApp:
         if old is not None:
             old.close()
 
+    def _publish_status(self, snapshot: dict) -> None:
+        if self.cluster.publish(snapshot):  # another node asked the run to stop
+            self.indexer.stop()
+
+    def status_snapshot(self) -> dict:
+        """`GET /nas/status`: this node's run, or with several nodes the cluster's (whichever node runs it)."""
+        snapshot = self.status.snapshot()
+        if self.cluster is None or self.indexer.running:
+            return snapshot
+        try:
+            found = self.cluster.current()
+        except DatabaseUnavailable:
+            return snapshot
+        if found is None:
+            return snapshot
+        node, _, data = found
+        return {**data, "next_run_at": snapshot.get("next_run_at"), "series_count": snapshot["series_count"]
+                if node == self.cluster.node else data.get("series_count", 0), "node": node}
+
+    def stop_indexing(self) -> bool:
+        """`DELETE /nas/index`: stop the run here, and with several nodes wherever it runs. True if one ran."""
+        stopping = self.indexer.stop()
+        if self.cluster is not None:
+            stopping = self.cluster.request_stop() or stopping
+        return stopping
+
     def close(self) -> None:
         """Orthanc is stopping: end downloads and retrievals in progress, stop indexing, drop NAS sessions."""
         if self.dicom_node is not None:
@@ -140,3 +175,4 @@ class NasApp:
                 self._source.close()
                 self._source = None
         self.shares.close()
+        self.engine.close()

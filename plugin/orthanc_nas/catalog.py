@@ -161,6 +161,17 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE runs ADD COLUMN series_changed INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE runs ADD COLUMN series_removed INTEGER NOT NULL DEFAULT 0;
     """,
+    # 7: the cluster's indexing run, one row (several Orthanc nodes on one PostgreSQL index, see `cluster`)
+    """
+    CREATE TABLE cluster_run (
+        id INTEGER PRIMARY KEY,
+        node TEXT NOT NULL,
+        running INTEGER NOT NULL,
+        stop_requested INTEGER NOT NULL,
+        heartbeat REAL NOT NULL,
+        status TEXT NOT NULL
+    );
+    """,
 ]
 RUN_FIELDS = ("id", "started_at", "finished_at", "outcome", "trigger", "path", "files_read", "files_skipped",
               "files_removed", "errors", "series_added", "series_changed", "series_removed")

@@ -86,6 +86,7 @@ class Indexer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.cluster = None  # several nodes on one database: the cluster's run (`cluster.ClusterRun`)
 
     @property
     def running(self) -> bool:
@@ -104,6 +105,12 @@ class Indexer:
         with self._lock:
             if self._busy():
                 raise Busy("indexing is already running")
+            if self.cluster is not None:  # one run at a time for the whole cluster
+                node = self.cluster.claim({"phase": "enumerating", "running": True})
+                if node is not None:
+                    raise Busy(f"indexing is already running on another Orthanc node ({node})",
+                               "Wait for it to finish, or stop it with DELETE /nas/index on any node.")
+                self.cluster.beat(self.status.snapshot, self._stop.set)
             self._stop.clear()
             self.status.start(self._workers())
             self._thread = threading.Thread(target=self.run, args=(full, folder, trigger), name="nas-indexer",
@@ -149,6 +156,8 @@ class Indexer:
             log.exception("NAS indexing failed unexpectedly")
             status.fail({"error": f"{type(exc).__name__}: {exc}", "kind": "internal",
                          "hint": "See Orthanc's log; the index is unchanged and the next run resumes."})
+        if self.cluster is not None:
+            self.cluster.release(status.snapshot())
         return status.snapshot()
 
 

@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from .pathnames import escaped
@@ -66,6 +67,8 @@ class IndexStatus:
         self._write_lock = threading.Lock()  # one writer of the file at a time, outside `_lock`
         self.next_run_at: float | None = None  # from Schedule: kept across runs
         self._written_at_processed = 0
+        #: called with each snapshot written to the file (several nodes: the cluster's row, see `cluster`)
+        self.on_write: Callable[[dict], None] | None = None
         self._rate: deque[tuple[float, int]] = deque()
         self._reset()
         self.phase = "idle"
@@ -239,6 +242,8 @@ class IndexStatus:
             if self.path:
                 os.makedirs(os.path.dirname(self.path), exist_ok=True)
                 write_json_atomic(self.path, data)
+            if self.on_write is not None:
+                self.on_write(data)
 
 
 def _parse_iso(value) -> float | None:

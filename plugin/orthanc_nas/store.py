@@ -75,6 +75,8 @@ class Dialect:
     begin_snapshot = "BEGIN"  # WAL: the first read fixes the snapshot
     #: the order of a search with words: `+` keeps SQLite's planner off the order's index (see `search`)
     scan_prefix = "+"
+    #: a row read to be changed in the same transaction (SQLite's BEGIN IMMEDIATE locks the whole file)
+    for_update = ""
 
     def contains(self, column: str, term: str) -> tuple[str, str]:
         """A clause true when `term` occurs in `column` (`%` and `_` plain characters), and its argument."""
@@ -87,6 +89,7 @@ class PgDialect(Dialect):
                     psycopg.errors.UntranslatableCharacter) if psycopg else ()
     begin_snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
     scan_prefix = ""
+    for_update = " FOR UPDATE"
 
     def contains(self, column: str, term: str) -> tuple[str, str]:
         # LIKE with the term's own wildcards escaped: served by the trigram index (pg_trgm, gin_trgm_ops)

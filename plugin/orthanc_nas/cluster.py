@@ -1,0 +1,139 @@
+"""Several Orthanc nodes on one PostgreSQL index: one indexing run at a time for the whole cluster.
+
+The run is one row of `cluster_run` (the index's migration 7): the node that runs it, whether it runs,
+whether a stop was asked, its status (`GET /nas/status`'s object) and a heartbeat. The running node
+rewrites the row whenever it rewrites its status file and at least every `HEARTBEAT` seconds; there it
+also learns of a stop asked on another node. A node that stops beating for `LEASE` seconds (killed) no
+longer holds the run: the next start anywhere takes it over, and the status shows the run `interrupted`.
+
+Used only with a shared engine (`Database.Type` postgresql); on SQLite one Orthanc owns its files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from . import store
+from .catalog import transaction
+
+log = logging.getLogger("orthanc_nas")
+
+HEARTBEAT = 2.0  # seconds between two rewrites of the row while a run goes on
+LEASE = 30.0  # seconds without a heartbeat after which a run's node counts as gone
+
+
+def node_name() -> str:
+    """This node in the cluster: host, process and a few random characters (a restarted node is another)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+
+
+class ClusterRun:
+    """The cluster's run row, seen from one node. Database trouble is logged, never raised, except by `claim`."""
+
+    def __init__(self, engine: store.Engine, node: str | None = None, *, heartbeat: float = HEARTBEAT,
+                 lease: float = LEASE, clock: Callable[[], float] = time.time):
+        self.engine = engine
+        self.node = node or node_name()
+        self.heartbeat, self.lease, self.clock = heartbeat, lease, clock
+        self._conn = None
+        self._lock = threading.RLock()  # one statement at a time on the shared connection
+        self._beating: threading.Event | None = None
+
+    def conn(self):
+        if self._conn is None:
+            from .catalog import migrate
+
+            conn = self.engine.connect("index")
+            migrate(conn)
+            self._conn = conn
+        return self._conn
+
+    # -- the running node -------------------------------------------------------
+    def claim(self, snapshot: dict) -> str | None:
+        """Take the run for this node; None when taken, else the node that runs one now (alive).
+
+        Raises `DatabaseUnavailable` when the database cannot be reached (no run starts then)."""
+        with self._lock:
+            return self._claim(snapshot)
+
+    def _claim(self, snapshot: dict) -> str | None:
+        conn = self.conn()
+        conn.execute("INSERT INTO cluster_run(id, node, running, stop_requested, heartbeat, status) "
+                     "VALUES (1, '', 0, 0, 0, '{}') ON CONFLICT(id) DO NOTHING")
+        now = self.clock()
+        with transaction(conn):
+            node, running, beat = conn.execute(
+                f"SELECT node, running, heartbeat FROM cluster_run WHERE id=1{store.dialect(conn).for_update}"
+            ).fetchone()
+            if running and node != self.node and now - beat < self.lease:
+                return node
+            conn.execute("UPDATE cluster_run SET node=?, running=1, stop_requested=0, heartbeat=?, status=? "
+                         "WHERE id=1", (self.node, now, json.dumps(snapshot)))
+        return None
+
+    def beat(self, snapshot: Callable[[], dict], stop: Callable[[], None]) -> None:
+        """Rewrite the row every `heartbeat` seconds from a thread of its own until `release`; `stop()` is
+        called when another node asked the run to stop."""
+        done = self._beating = threading.Event()
+
+        def loop():
+            while not done.wait(self.heartbeat):
+                if self.publish(snapshot()):
+                    stop()
+
+        threading.Thread(target=loop, name="nas-cluster-heartbeat", daemon=True).start()
+
+    def publish(self, snapshot: dict) -> bool:
+        """Write this node's status into the row (while it holds the run); True when a stop was asked."""
+        with self._lock:
+            try:
+                row = self.conn().execute(
+                    "UPDATE cluster_run SET heartbeat=?, status=? WHERE id=1 AND node=? AND running=1 "
+                    "RETURNING stop_requested", (self.clock(), json.dumps(snapshot), self.node)).fetchone()
+            except store.DatabaseUnavailable as exc:
+                log.warning("NAS cluster: the run's status could not be written: %s", exc.message)
+                return False
+        return bool(row and row[0])
+
+    def release(self, snapshot: dict) -> None:
+        """The run ended here: its final status stays in the row for every node to show."""
+        if self._beating is not None:
+            self._beating.set()
+        with self._lock:
+            try:
+                self.conn().execute("UPDATE cluster_run SET running=0, heartbeat=?, status=? WHERE id=1 AND node=?",
+                                    (self.clock(), json.dumps(snapshot), self.node))
+            except store.DatabaseUnavailable as exc:
+                log.warning("NAS cluster: the run's end could not be written: %s", exc.message)
+
+    # -- any node ---------------------------------------------------------------
+    def request_stop(self) -> bool:
+        """Ask the run, wherever it runs, to stop at its next heartbeat. True if one was running."""
+        with self._lock:
+            row = self.conn().execute(
+                "UPDATE cluster_run SET stop_requested=1 WHERE id=1 AND running=1 RETURNING node").fetchone()
+        return row is not None
+
+    def current(self) -> tuple[str, bool, dict] | None:
+        """`(node, alive, status)` of the cluster's latest run, or None before the first. A run whose node
+        stopped beating shows as `interrupted`."""
+        with self._lock:
+            row = self.conn().execute("SELECT node, running, heartbeat, status FROM cluster_run WHERE id=1").fetchone()
+        if row is None or not row[0]:
+            return None
+        node, running, beat, status = row
+        data = json.loads(status)
+        alive = bool(running) and self.clock() - beat < self.lease
+        if running and not alive:
+            data.update(phase="interrupted", running=False)
+            data.setdefault("warnings", []).append(
+                "The indexing run's node stopped answering (it was stopped or lost); start indexing again: "
+                "files already indexed are not read again.")
+        return node, alive, data

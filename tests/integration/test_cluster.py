@@ -1,0 +1,112 @@
+"""Several Orthanc nodes on one PostgreSQL index (SPEC "Several Orthanc nodes"): two real Orthanc processes,
+each with the plugin, on a private PostgreSQL cluster (tests/support/postgres.py)."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+
+import pytest
+import requests
+from tests.support.dicom import write_series
+from tests.support.orthanc import free_port
+
+pytestmark = pytest.mark.integration
+
+SLOW = {"Hours": "00:00-23:59", "MaxFilesPerSecond": 15}  # a run that lasts long enough to be watched
+
+
+@pytest.fixture(scope="module")
+def nas(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cluster-nas")
+    for n in range(6):
+        write_series(root / f"P{n}" / "CT", 40, PatientName=f"CLUSTER^P{n}", PatientID=f"C{n}", Modality="CT")
+    return root
+
+
+def start_node(orthanc_factory, tmp_path, name: str, nas, url: str, **more):
+    port = free_port()
+    node = orthanc_factory({"Connection": {"Type": "local", "Path": str(nas)},
+                            "DataDirectory": str(tmp_path / name / "nasdata"),
+                            "Database": {"Type": "postgresql", "Url": url},
+                            "ShareServer": {"Port": port}, **more}, workdir=tmp_path / name)
+    node.share_port = port
+    return node
+
+
+def wait_for(check, timeout: float = 60, what: str = "the condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_link_made_on_one_node_downloads_from_the_other_and_a_revocation_holds_everywhere(
+        orthanc_factory, tmp_path, nas, pg_database):
+    a = start_node(orthanc_factory, tmp_path, "a", nas, pg_database)
+    b = start_node(orthanc_factory, tmp_path, "b", nas, pg_database)
+    assert a.index()["phase"] == "done"
+    found = b.get("/nas/search", params={"q": "cluster p3"})  # B never indexed: it reads A's index
+    assert found.status_code == 200 and len(found.json()) == 1
+    key = found.json()[0]["series_key"]
+
+    share = a.post("/nas/shares", json={"series": [key], "layout": "folders"}).json()
+    through_b = f"http://127.0.0.1:{b.share_port}/share/{share['token']}"
+    through_a = f"http://127.0.0.1:{a.share_port}/share/{share['token']}"
+    answer = requests.get(through_b, timeout=60)
+    assert answer.status_code == 200
+    assert len([n for n in zipfile.ZipFile(io.BytesIO(answer.content)).namelist() if n.endswith(".dcm")]) == 40
+    assert [s["id"] for s in b.get("/nas/shares").json()] == [share["id"]]
+
+    assert b.delete(f"/nas/shares/{share['id']}").status_code == 200
+    assert requests.get(through_a, timeout=60).status_code == 410  # revoked on B, refused on A at once
+    assert requests.get(through_b, timeout=60).status_code == 410
+
+
+def test_one_run_for_the_cluster_seen_and_stopped_from_any_node(orthanc_factory, tmp_path, nas, pg_database):
+    a = start_node(orthanc_factory, tmp_path, "a", nas, pg_database, Throttle=SLOW)
+    b = start_node(orthanc_factory, tmp_path, "b", nas, pg_database, Throttle=SLOW)
+    assert a.post("/nas/index", json={}).status_code == 202
+    refused = b.post("/nas/index", json={})
+    assert refused.status_code == 409 and refused.json()["kind"] == "busy"
+    seen = wait_for(lambda: (s := b.get("/nas/status").json())["running"] and s["files_processed"] > 0 and s,
+                    what="B to show A's run")
+    assert seen["phase"] == "indexing" and seen["node"]
+
+    stopped = b.delete("/nas/index").json()
+    assert stopped["stopping"] is True
+    assert a.wait_index(timeout=60)["phase"] == "cancelled"
+    final = wait_for(lambda: (s := b.get("/nas/status").json())["phase"] == "cancelled" and s,
+                     what="B to show the run cancelled")
+    assert final["files_processed"] < 240  # it stopped before the end
+
+    assert b.post("/nas/index", json={}).status_code == 202  # the cluster's run is free again: B takes it
+    assert a.post("/nas/index", json={}).status_code == 409
+    assert b.delete("/nas/index").json()["stopping"] is True
+    b.wait_index(timeout=60)
+
+
+def test_postgresql_stopped_mid_run_fails_the_run_and_everything_recovers(
+        orthanc_factory, tmp_path, nas, pg_database, postgres):
+    a = start_node(orthanc_factory, tmp_path, "a", nas, pg_database, Throttle=SLOW)
+    assert a.post("/nas/index", json={}).status_code == 202
+    wait_for(lambda: a.get("/nas/status").json()["files_processed"] >= 30, what="the run to write")
+    postgres.stop()
+    try:
+        failed = a.wait_index(timeout=120)
+        assert failed["phase"] == "failed"
+        assert failed["failure"]["kind"] == "database" and failed["failure"]["hint"]
+        down = a.get("/nas/search")
+        assert down.status_code == 503 and down.json()["kind"] == "database"
+    finally:
+        postgres.start()
+    # back by itself: searches answer, and the next run completes the index
+    wait_for(lambda: a.get("/nas/search").status_code == 200, what="searches to answer again")
+    assert a.index(timeout=120)["phase"] == "done"
+    assert int(a.get("/nas/search", params={"limit": 1}).headers["X-Total-Count"]) == 6
+    files = sum(s["file_count"] for s in a.get("/nas/search").json())
+    assert files == 240
