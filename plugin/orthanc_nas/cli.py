@@ -4,6 +4,7 @@
     NAS_PASSWORD=... python -m orthanc_nas index smb://user@nas:445/dicom/ct --data /var/lib/orthanc/nas
     python -m orthanc_nas search "john doe" --data /var/lib/orthanc/nas
     python -m orthanc_nas status --data /var/lib/orthanc/nas
+    python -m orthanc_nas migrate --from /var/lib/orthanc/nas --to postgresql://orthanc@db:5432/orthanc_nas
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import urllib.parse
 
 from .app import NasApp
 from .catalog import Catalog
-from .config import parse_settings
+from .config import parse_database, parse_settings
 from .errors import ConfigError, NasError
 from .search import SearchParams, search
+from .store import SQLITE_FILES, open_engine
 
 
 def _progress(app: NasApp, done: threading.Event) -> None:
@@ -155,6 +157,26 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_migrate(args) -> int:
+    from .moving import copy_data_directory
+
+    if not any(os.path.exists(os.path.join(args.source, name)) for name in SQLITE_FILES.values()):
+        raise ConfigError(f"no index.db, shares.db or dicom.db in {args.source}",
+                          "Give the plugin's DataDirectory (by default nas/ under Orthanc's StorageDirectory).")
+    target = open_engine(parse_database({"Type": "postgresql", "Url": args.target}, "--to"), args.source)
+    try:
+        done = copy_data_directory(args.source, target)
+    finally:
+        target.close()
+    for part, found in done.items():
+        rows = ", ".join(f"{n} {table}" for table, n in found["tables"].items())
+        print(f"{part}: {rows}" + (f" ({found['skipped']} files with names that are not UTF-8 left out: "
+                                   "PostgreSQL text cannot hold them)" if found["skipped"] else ""))
+    print(f'Done. Set Nas.Database to {{"Type": "postgresql", "Url": "{args.target}"}} on every '
+          "Orthanc node; the SQLite files were left as they were.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m orthanc_nas", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offset", help="series skipped first")
     p.add_argument("--json", action="store_true", help="print the JSON the REST route answers")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("migrate", help="copy an SQLite index, its shares and audits into PostgreSQL")
+    p.add_argument("--from", dest="source", required=True, metavar="DIR",
+                   help="the DataDirectory holding index.db, shares.db, dicom.db")
+    p.add_argument("--to", dest="target", required=True, metavar="URL",
+                   help="postgresql://user@host:5432/dbname (password: PGPASSWORD or ~/.pgpass)")
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("status", help="show the status of the last indexing")
     p.add_argument("--data", required=True, help="folder for index.db and index_status.json")

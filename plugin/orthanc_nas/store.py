@@ -78,6 +78,9 @@ class Dialect:
     #: a row read to be changed in the same transaction (SQLite's BEGIN IMMEDIATE locks the whole file)
     for_update = ""
 
+    def continue_identity(self, conn, table: str, column: str) -> None:
+        """After rows were inserted with their ids: new rows get ids above them (SQLite: by itself)."""
+
     def contains(self, column: str, term: str) -> tuple[str, str]:
         """A clause true when `term` occurs in `column` (`%` and `_` plain characters), and its argument."""
         return f"instr({column}, ?) > 0", term
@@ -90,6 +93,10 @@ class PgDialect(Dialect):
     begin_snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
     scan_prefix = ""
     for_update = " FOR UPDATE"
+
+    def continue_identity(self, conn, table: str, column: str) -> None:
+        conn.execute(f"SELECT setval(pg_get_serial_sequence(?, ?), coalesce(max({column}), 0) + 1, false) "
+                     f"FROM {table}", (table, column))
 
     def contains(self, column: str, term: str) -> tuple[str, str]:
         # LIKE with the term's own wildcards escaped: served by the trigram index (pg_trgm, gin_trgm_ops)

@@ -1,0 +1,84 @@
+"""Moving an existing index into PostgreSQL: `python -m orthanc_nas migrate --from DIR --to postgresql://…`.
+
+Copies the SQLite files of a DataDirectory (`index.db`, `shares.db`, `dicom.db`, those that exist) into
+a database, part by part, each part in one transaction: the files and series, the runs, the shares
+and their audit, the DICOM node's audit. Both sides are brought to the same schema version first (the
+numbered migrations), so every column has its place. Share links keep working: a share holds only
+the SHA-256 of its token, copied as it is. Identity counters continue after the copied ids.
+
+A target that already holds rows of a part is refused (nothing is merged or overwritten). A path that
+is not valid UTF-8 (kept as raw bytes by SQLite, see `pathnames`) cannot be PostgreSQL text: such a
+file is left out and counted (such names are indexed on SQLite only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from . import store
+from .catalog import MIGRATIONS as INDEX_MIGRATIONS
+from .catalog import migrate, transaction
+from .dicom.audit import MIGRATIONS as DICOM_MIGRATIONS
+from .errors import Busy
+from .shares import MIGRATIONS as SHARES_MIGRATIONS
+
+PARTS = {"index": INDEX_MIGRATIONS, "shares": SHARES_MIGRATIONS, "dicom": DICOM_MIGRATIONS}
+CHUNK = 2000
+
+
+def _tables(conn) -> list[str]:
+    return [row[0] for row in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+
+
+def copy_part(source, target, part: str, progress: Callable[[str, int], None] = lambda table, n: None) -> dict:
+    """Copy every table of one part from an SQLite connection into `target`; `{table: rows}` copied,
+    and `skipped` rows that PostgreSQL cannot hold. Busy (409) if the target has rows already."""
+    migrate(source, PARTS[part], part)
+    migrate(target, PARTS[part], part)
+    counts: dict[str, int] = {}
+    skipped = 0
+    tables = _tables(source)
+    with transaction(target):
+        for table in tables:
+            if target.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None:
+                raise Busy(f"the target database already holds rows of {table} ({part})",
+                           "Migrate into an empty database; the SQLite files are left as they were.")
+        for table in tables:
+            info = source.execute(f"PRAGMA table_info({table})").fetchall()
+            columns = [row[1] for row in info]
+            identity = [row[1] for row in info if row[5] and row[2].upper() == "INTEGER"]
+            marks = ",".join("?" * len(columns))
+            insert = f"INSERT INTO {table}({', '.join(columns)}) VALUES ({marks})"
+            cursor = source.execute(f"SELECT {', '.join(columns)} FROM {table}")
+            copied = 0
+            path = columns.index("path") if table == "files" and store.dialect(target) is store.PG_DIALECT else None
+            while rows := cursor.fetchmany(CHUNK):
+                if path is not None:  # a name that is not UTF-8: PostgreSQL text cannot hold it
+                    kept = [row for row in rows if not isinstance(row[path], bytes)]
+                    skipped += len(rows) - len(kept)
+                    rows = kept
+                target.executemany(insert, rows)
+                copied += len(rows)
+                progress(table, copied)
+            counts[table] = copied
+            for column in identity:
+                store.dialect(target).continue_identity(target, table, column)
+    return {"tables": counts, "skipped": skipped}
+
+
+def copy_data_directory(data_dir: str, target: store.Engine,
+                        progress: Callable[[str, int], None] = lambda table, n: None) -> dict:
+    """Copy the parts whose SQLite file exists in `data_dir` into `target`: `{part: copy_part's answer}`."""
+    source = store.SqliteEngine(data_dir)
+    done = {}
+    for part in PARTS:
+        if not source.exists(part):
+            continue
+        src, dst = source.connect(part), target.connect(part)
+        try:
+            done[part] = copy_part(src, dst, part, progress)
+        finally:
+            src.close()
+            dst.close()
+    return done
