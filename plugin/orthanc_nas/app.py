@@ -10,6 +10,7 @@ from dataclasses import replace
 from .allowed import check_web_connection
 from .catalog import Catalog
 from .cluster import ClusterRun
+from .cluster_indexing import ClusterHelper
 from .config import SAVED_CONFIG_NAME, Connection, Settings, load_saved_connection, save_connection
 from .errors import ConfigError
 from .indexer import Indexer
@@ -57,6 +58,8 @@ class NasApp:
         if self.engine.shared:  # several Orthanc nodes on one database: one run for them all
             self.cluster = self.indexer.cluster = ClusterRun(self.engine)
             self.status.on_write = self._publish_status
+            self.cluster_helper = ClusterHelper(self, self.cluster)
+            self.cluster_helper.start()
         self.listener: ShareListener | None = None
         self.dicom_node = None  # the DICOM node (`start_dicom_node`), when DicomServer.Enabled
 
@@ -168,6 +171,8 @@ class NasApp:
             self.listener.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
+        if self.cluster is not None:
+            self.cluster_helper.stop()
         self.indexer.stop()
         self.indexer.wait(timeout=30)
         with self._source_lock:

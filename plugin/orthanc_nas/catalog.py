@@ -161,7 +161,8 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE runs ADD COLUMN series_changed INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE runs ADD COLUMN series_removed INTEGER NOT NULL DEFAULT 0;
     """,
-    # 7: the cluster's indexing run, one row (several Orthanc nodes on one PostgreSQL index, see `cluster`)
+    # 7: the cluster's indexing run, one row, and its work items (several Orthanc nodes on one PostgreSQL
+    # index, see `cluster` and `cluster_indexing`)
     """
     CREATE TABLE cluster_run (
         id INTEGER PRIMARY KEY,
@@ -169,7 +170,21 @@ MIGRATIONS: list[Migration] = [
         running INTEGER NOT NULL,
         stop_requested INTEGER NOT NULL,
         heartbeat REAL NOT NULL,
-        status TEXT NOT NULL
+        status TEXT NOT NULL,
+        run_id INTEGER,
+        full_run INTEGER NOT NULL DEFAULT 0,
+        folder TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE work_items (
+        run_id INTEGER NOT NULL,
+        folder TEXT NOT NULL,
+        recursive INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        node TEXT,
+        lease_until REAL NOT NULL,
+        files INTEGER NOT NULL DEFAULT 0,
+        walk_errors INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, folder, recursive)
     );
     """,
 ]

@@ -74,8 +74,8 @@ class ClusterRun:
             ).fetchone()
             if running and node != self.node and now - beat < self.lease:
                 return node
-            conn.execute("UPDATE cluster_run SET node=?, running=1, stop_requested=0, heartbeat=?, status=? "
-                         "WHERE id=1", (self.node, now, json.dumps(snapshot)))
+            conn.execute("UPDATE cluster_run SET node=?, running=1, stop_requested=0, heartbeat=?, status=?, "
+                         "run_id=NULL WHERE id=1", (self.node, now, json.dumps(snapshot)))
         return None
 
     def beat(self, snapshot: Callable[[], dict], stop: Callable[[], None]) -> None:
@@ -113,7 +113,29 @@ class ClusterRun:
             except store.DatabaseUnavailable as exc:
                 log.warning("NAS cluster: the run's end could not be written: %s", exc.message)
 
+    def set_run(self, run_id: int, full: bool, folder: str) -> None:
+        """The run this node claimed has its id (`runs`): other nodes may take part now."""
+        with self._lock:
+            self.conn().execute("UPDATE cluster_run SET run_id=?, full_run=?, folder=? WHERE id=1 AND node=?",
+                                (run_id, int(full), folder, self.node))
+
     # -- any node ---------------------------------------------------------------
+    def run_to_help(self) -> tuple[int, bool, str] | None:
+        """`(run_id, full, folder)` of a run another node leads, alive and not asked to stop; else None."""
+        with self._lock:
+            row = self.conn().execute(
+                "SELECT run_id, full_run, folder FROM cluster_run WHERE id=1 AND running=1 AND stop_requested=0 "
+                "AND node<>? AND run_id IS NOT NULL AND heartbeat>?", (self.node, self.clock() - self.lease)
+            ).fetchone()
+        return (row[0], bool(row[1]), row[2]) if row else None
+
+    def still_running(self, run_id: int) -> bool:
+        """Whether run `run_id` goes on (its node alive, no stop asked)."""
+        with self._lock:
+            return self.conn().execute(
+                "SELECT 1 FROM cluster_run WHERE id=1 AND running=1 AND stop_requested=0 AND run_id=? "
+                "AND heartbeat>?", (run_id, self.clock() - self.lease)).fetchone() is not None
+
     def request_stop(self) -> bool:
         """Ask the run, wherever it runs, to stop at its next heartbeat. True if one was running."""
         with self._lock:

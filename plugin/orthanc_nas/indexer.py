@@ -148,7 +148,12 @@ class Indexer:
             self._stop.clear()
             status.start(self._workers())
         try:
-            _Run(self, full, self.scope(folder), trigger).execute()
+            if self.cluster is not None:  # several nodes read this run (see `cluster_indexing`)
+                from .cluster_indexing import ClusterRunPart
+
+                ClusterRunPart(self, full, self.scope(folder), trigger, self.cluster).execute()
+            else:
+                _Run(self, full, self.scope(folder), trigger).execute()
         except NasError as exc:
             log.warning("NAS indexing failed: %s", exc.message)
             status.fail(exc.to_json())
@@ -257,7 +262,7 @@ class _Run:
         mount_commands = getattr(source, "mount_commands", None)  # remote sources only
         governor = Governor(self.ix._workers(), self.ix.gone_after, mount_commands() if mount_commands else None,
                             (lambda: source.last_answer) if hasattr(source, "last_answer") else None)
-        listing = source.walk(self.stop, self.scope, chunks=True)  # the listing starts while the parse processes do
+        listing = self._listing(source)  # the listing starts while the parse processes do
         parser = ParsePool(self.ix.parse_processes)
         if parser.error:
             log.warning("NAS indexing parses in threads only: %s", parser.error)
@@ -310,6 +315,10 @@ class _Run:
                           "Check that the NAS is on and reachable, then start indexing again: what was "
                           f"indexed is kept and the next run goes on from there.{mount}")
         return self._finish(writer)
+
+    def _listing(self, source: Source):
+        """The walk's chunks (a cluster's run lists its work items instead, see `cluster_indexing`)."""
+        return source.walk(self.stop, self.scope, chunks=True)
 
     def _tick(self, governor: Governor, writer: CatalogWriter, outcomes: queue.SimpleQueue, wait: float) -> bool:
         """Collect and write outcomes, publish the governor's state; True when the run must stop."""

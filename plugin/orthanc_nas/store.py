@@ -77,6 +77,7 @@ class Dialect:
     scan_prefix = "+"
     #: a row read to be changed in the same transaction (SQLite's BEGIN IMMEDIATE locks the whole file)
     for_update = ""
+    skip_locked = ""
 
     def continue_identity(self, conn, table: str, column: str) -> None:
         """After rows were inserted with their ids: new rows get ids above them (SQLite: by itself)."""
@@ -93,6 +94,7 @@ class PgDialect(Dialect):
     begin_snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
     scan_prefix = ""
     for_update = " FOR UPDATE"
+    skip_locked = " FOR UPDATE SKIP LOCKED"  # a row another node holds is passed over, not waited for
 
     def continue_identity(self, conn, table: str, column: str) -> None:
         conn.execute(f"SELECT setval(pg_get_serial_sequence(?, ?), coalesce(max({column}), 0) + 1, false) "

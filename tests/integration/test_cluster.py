@@ -110,3 +110,33 @@ def test_postgresql_stopped_mid_run_fails_the_run_and_everything_recovers(
     assert int(a.get("/nas/search", params={"limit": 1}).headers["X-Total-Count"]) == 6
     files = sum(s["file_count"] for s in a.get("/nas/search").json())
     assert files == 240
+
+
+def test_both_nodes_read_parts_of_one_run_and_a_node_killed_mid_run_loses_nothing(
+        orthanc_factory, tmp_path, nas, pg_database):
+    import psycopg
+
+    a = start_node(orthanc_factory, tmp_path, "a", nas, pg_database, Throttle=SLOW)
+    b = start_node(orthanc_factory, tmp_path, "b", nas, pg_database, Throttle=SLOW)
+    db = psycopg.connect(pg_database, autocommit=True)
+
+    def b_items(state: str) -> int:  # items of the run held or finished by the node that did not start it
+        return db.execute("SELECT count(*) FROM work_items w JOIN cluster_run c ON c.run_id=w.run_id "
+                          "WHERE w.state=%s AND w.node<>c.node", (state,)).fetchone()[0]
+
+    assert a.post("/nas/index", json={}).status_code == 202
+    wait_for(lambda: b_items("done") >= 1 and b_items("taken") >= 1, timeout=120,
+             what="node B to finish one folder and hold another")
+    b.kill9()  # B's folder returns to A once its lease expires
+
+    final = a.wait_index(timeout=240)
+    assert final["phase"] == "done", final
+    run_id, coordinator = db.execute("SELECT run_id, node FROM cluster_run").fetchone()
+    states = db.execute("SELECT state, node FROM work_items WHERE run_id=%s", (run_id,)).fetchall()
+    assert len(states) == 7 and {s for s, _ in states} == {"done"}  # the root's own files + 6 folders
+    assert len({node for _, node in states}) == 2  # B's finished folders stayed B's
+    files = db.execute("SELECT count(*), count(DISTINCT path), min(seen_run), sum((error IS NULL)::int) "
+                       "FROM files").fetchone()
+    assert files == (240, 240, run_id, 240)  # every file once, each seen by this run, none lost
+    assert sum(s["file_count"] for s in a.get("/nas/search").json()) == 240
+    db.close()

@@ -88,6 +88,7 @@ def as_written_by_version_2(db: str) -> None:
     for column in RUN_FIELDS[4:]:  # the runs' columns of migration 4
         conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
     conn.execute("DROP TABLE IF EXISTS cluster_run")  # migration 7's
+    conn.execute("DROP TABLE IF EXISTS work_items")
     conn.execute("PRAGMA user_version=2")  # later migrations run again when the index opens
     conn.commit()
     conn.close()
