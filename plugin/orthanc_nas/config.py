@@ -290,7 +290,7 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
 
     dicom_server = parse_dicom_server(section.get("DicomServer", {}), default_host)
 
-    return Settings(
+    settings = Settings(
         Connection=connection,
         DataDirectory=data_dir,
         Workers=workers,
@@ -309,6 +309,11 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
         AllowedHosts=parse_allowed(section.get("AllowedHosts", ANY), "Nas.AllowedHosts"),
         Database=parse_database(section.get("Database", {})),
     )
+    if settings.Database.Type == POSTGRESQL and settings.DicomServer.Enabled:
+        raise ConfigError("setting Nas.DicomServer.Enabled is not available with Nas.Database.Type postgresql",
+                          "The DICOM node's queries run on the SQLite index only for now: use one or the other.",
+                          field="Nas.DicomServer.Enabled")
+    return settings
 
 
 def parse_database(raw: Any, where: str = "Nas.Database") -> DatabaseSettings:

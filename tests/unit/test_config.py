@@ -60,3 +60,28 @@ def test_broken_saved_connection_is_a_config_error(tmp_path):
     s = parse_settings({"DataDirectory": str(tmp_path)})
     with pytest.raises(ConfigError, match="nas-config.json.Connection.Path"):
         load_saved_connection(s)
+
+
+def test_database_is_sqlite_by_default_or_a_postgresql_url():
+    assert parse_settings({}).Database.Type == "sqlite"
+    settings = parse_settings({"Database": {"Type": "postgresql", "Url": "postgresql://orthanc@db:5432/nas",
+                                            "Password": "secret"}})
+    assert (settings.Database.Type, settings.Database.Url) == ("postgresql", "postgresql://orthanc@db:5432/nas")
+    assert "secret" not in json.dumps(settings.public()) and settings.public()["Database"]["PasswordSet"] is True
+
+
+@pytest.mark.parametrize("database, named", [
+    ({"Type": "mysql"}, "Nas.Database.Type"),
+    ({"Type": "postgresql"}, "Nas.Database.Url"),
+    ({"Type": "postgresql", "Url": "db:5432"}, "Nas.Database.Url"),
+    ({"Host": "db"}, "Nas.Database.Host"),
+])
+def test_bad_database_settings_name_the_key(database, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        parse_settings({"Database": database})
+
+
+def test_the_dicom_node_needs_the_sqlite_index():
+    with pytest.raises(ConfigError, match="DicomServer"):
+        parse_settings({"Database": {"Type": "postgresql", "Url": "postgresql://db/nas"},
+                        "DicomServer": {"Enabled": True}})
