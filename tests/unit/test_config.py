@@ -85,3 +85,10 @@ def test_the_dicom_node_needs_the_sqlite_index():
     with pytest.raises(ConfigError, match="DicomServer"):
         parse_settings({"Database": {"Type": "postgresql", "Url": "postgresql://db/nas"},
                         "DicomServer": {"Enabled": True}})
+
+
+def test_the_readmes_two_node_configuration_is_valid():
+    from tests.support.readme import readme_json_with
+
+    settings = parse_settings(readme_json_with("PostgreSQL")["Nas"])
+    assert settings.Database.Type == "postgresql" and settings.Database.Url.startswith("postgresql://")
