@@ -1,0 +1,137 @@
+"""SQLite against PostgreSQL, in the same run: search p50/p95, index size, and indexing files/s.
+
+    python bench/engines_bench.py [--files 1000000] [--series-size 50] [--runs 100] [--index-files 10000]
+
+A private PostgreSQL 15 cluster is started on a free port (tests/support/postgres.py) and stopped at
+the end. Search: the index of `bench/search_bench.py` (the corpus plan, one row per file) is filled
+into SQLite, then copied into PostgreSQL by the `migrate` command's code (`moving`); the same queries
+then run `--runs` times through `router.dispatch` on each engine (p50/p95 in ms), and each engine's
+size is read (SQLite: the file; PostgreSQL: `pg_total_relation_size` of its tables). Indexing: the
+benchmark corpus (`bench/corpus.py`, `--index-files` real DICOM files, kept under var/bench/) is indexed
+by the core's indexer into a fresh SQLite index and a fresh PostgreSQL database, alternately, twice each;
+files/s of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "plugin"), str(REPO / "bench")]
+
+from index_bench import corpus  # noqa: E402
+from search_bench import QUERIES, fill, percentiles, upgrade  # noqa: E402
+from tests.support.postgres import PostgresCluster  # noqa: E402
+
+from corpus import plan_corpus  # noqa: E402
+from orthanc_nas import store  # noqa: E402
+from orthanc_nas.api import router  # noqa: E402
+from orthanc_nas.catalog import Catalog  # noqa: E402
+from orthanc_nas.http import Request, parse_query  # noqa: E402
+from orthanc_nas.indexer import Indexer  # noqa: E402
+from orthanc_nas.moving import copy_data_directory  # noqa: E402
+from orthanc_nas.sources.local import LocalSource  # noqa: E402
+from orthanc_nas.status import IndexStatus  # noqa: E402
+
+
+def time_queries(catalog: Catalog, queries: list[tuple[str, dict]], runs: int) -> dict:
+    app = SimpleNamespace(catalog=catalog)
+    found = {}
+    for what, params in queries:
+        raw = {k: v.replace(" ", "+") for k, v in params.items()}
+        samples, total = [], ""
+        for i in range(runs + 3):
+            started = time.perf_counter()
+            answer = router.dispatch(app, Request("GET", "/nas/search", parse_query(raw)))
+            if i >= 3:
+                samples.append(time.perf_counter() - started)
+            assert answer.status == 200, answer.body
+            total = answer.headers["X-Total-Count"]
+        p50, p95 = percentiles(samples)
+        found[what] = {"p50_ms": round(p50, 2), "p95_ms": round(p95, 2), "total": int(total)}
+    return found
+
+
+def pg_size(engine: store.PostgresEngine) -> int:
+    conn = engine.connect("index")
+    return int(conn.execute("SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n "
+                        "ON n.oid=c.relnamespace WHERE n.nspname=current_schema() AND c.relkind='r'").fetchone()[0])
+
+
+def index_once(root: Path, catalog: Catalog) -> dict:
+    status = IndexStatus(None)
+    source = LocalSource(str(root))
+    indexer = Indexer(catalog, status, lambda: source, 12)
+    started = time.monotonic()
+    final = indexer.run()
+    seconds = time.monotonic() - started
+    source.close()
+    assert final["phase"] == "done", final
+    return {"files": final["files_processed"], "seconds": round(seconds, 2),
+            "files_per_second": round(final["files_processed"] / seconds)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=1_000_000)
+    parser.add_argument("--series-size", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--index-files", type=int, default=10_000)
+    args = parser.parse_args()
+
+    pg = PostgresCluster()
+    pg.start()
+    report: dict = {"files": args.files, "series_size": args.series_size}
+    try:
+        # -- search -------------------------------------------------------------------------------------
+        plan = plan_corpus(args.files, args.series_size)
+        work = Path(tempfile.mkdtemp(prefix="nas-engines-"))
+        started = time.monotonic()
+        fill(work, plan)
+        upgrade(work)
+        report["sqlite_fill_seconds"] = round(time.monotonic() - started, 1)
+        engine = store.PostgresEngine(pg.create_database("bench"))
+        started = time.monotonic()
+        copy_data_directory(str(work), engine)
+        engine.connect("index").execute("ANALYZE")
+        report["postgresql_copy_seconds"] = round(time.monotonic() - started, 1)
+        some_id = plan[len(plan) // 2].study.patient.patient_id
+        queries = [(w, p if p is not None else {"q": some_id[2:7]}) for w, p in QUERIES]
+        report["search"] = {
+            "sqlite": time_queries(Catalog(str(work), store.SqliteEngine(str(work))), queries, args.runs),
+            "postgresql": time_queries(Catalog(str(work), engine), queries, args.runs),
+        }
+        report["size_bytes"] = {"sqlite": (work / "index.db").stat().st_size, "postgresql": pg_size(engine)}
+        engine.close()
+
+        # -- indexing -----------------------------------------------------------------------------------
+        root = corpus(args.index_files)
+        rates: dict[str, list] = {"sqlite": [], "postgresql": []}
+        for round_ in range(2):
+            for name in ("sqlite", "postgresql"):
+                data = Path(tempfile.mkdtemp(prefix="nas-engines-index-"))
+                if name == "sqlite":
+                    target = store.SqliteEngine(str(data))
+                else:
+                    target = store.PostgresEngine(pg.create_database(f"index{round_}"))
+                rates[name].append(index_once(root, Catalog(str(data), target)))
+                target.close()
+        report["indexing"] = rates
+        report["indexing_ratio_postgresql_to_sqlite"] = round(
+            statistics.mean(r["files_per_second"] for r in rates["postgresql"])
+            / statistics.mean(r["files_per_second"] for r in rates["sqlite"]), 2)
+    finally:
+        pg.close()
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
