@@ -1,6 +1,6 @@
 """Share download benchmark: a 2 GiB series through the share listener of a real Orthanc.
 
-    .venv/bin/python bench/share_bench.py [--files 4096] [--file-mib 0.5] [--runs 3] [--keep DIR]
+    .venv/bin/python bench/share_bench.py [--files 4096] [--file-mib 0.5] [--runs 3] [--keep DIR] [--layout L]
 
 Writes a series of sparse DICOM files (a real header, a hole for the pixels: no
 disk space, no time to write), indexes it through Orthanc, shares it, then
@@ -115,6 +115,8 @@ def main() -> int:
     parser.add_argument("--file-mib", type=float, default=0.5)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--keep", help="work in this folder and keep it (default: a temporary folder)")
+    parser.add_argument("--layout", choices=("folders", "dicomdir"), default="folders",
+                        help="the zip's layout (dicomdir: the DICOMDIR is made before the first byte)")
     args = parser.parse_args()
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="share-bench-"))
@@ -134,7 +136,8 @@ def main() -> int:
             "ShareServer": {"Port": free_port()}})
         with server:
             server.index()
-            share = server.post("/nas/shares", json={"series": [series_key({"SeriesInstanceUID": uid}, "")]})
+            share = server.post("/nas/shares", json={"series": [series_key({"SeriesInstanceUID": uid}, "")],
+                                                      "layout": args.layout})
             url = share.json()["url"]
             process = psutil.Process(server.proc.pid)
             read_raw(files[:64])  # warm the page cache's metadata and the code paths

@@ -612,6 +612,9 @@
     rows.forEach(function (s) { list.appendChild(el('li', { text: seriesLine(s) })); });
     fillExpiry();
     $('share-label').value = suggestedLabel(rows);
+    $('share-passphrase').value = '';
+    $('share-max').value = '';
+    $('share-layout').value = 'dicomdir';
     $('share-form').hidden = false;
     $('share-result').hidden = true;
     $('share-url').value = '';
@@ -628,11 +631,18 @@
                  expires_in_hours: parseFloat($('share-expiry').value) };
     var label = $('share-label').value.trim();
     if (label) { body.label = label; }
+    var passphrase = $('share-passphrase').value;
+    if (passphrase) { body.passphrase = passphrase; }
+    if ($('share-max').value) { body.max_downloads = parseInt($('share-max').value, 10); }
+    body.layout = $('share-layout').value;
     api('POST', 'shares', body).then(function (answer) {
       var share = answer.data;
       $('share-form').hidden = true;
       $('share-url').value = share.url;
       setText('share-expires', localTime(share.expires_at));
+      setText('share-limits', (share.max_downloads ? ', ' + plural(share.max_downloads, 'time') : '') +
+              (share.passphrase ? ', with the passphrase you chose' : ''));
+      $('share-passphrase').value = '';
       setText('share-copied', '');
       if (share.warning) { showMessage($('share-warning'), 'warning', null, share.warning); } else { hide($('share-warning')); }
       $('share-result').hidden = false;
@@ -662,6 +672,7 @@
   // -- the list of shares ---------------------------------------------------------------------------------
   function shareState(share) {
     if (share.revoked) { return 'revoked'; }
+    if (share.max_downloads && share.downloads >= share.max_downloads) { return 'used up'; }
     return Date.parse(share.expires_at) <= Date.now() ? 'expired' : 'active';
   }
 
@@ -675,7 +686,7 @@
   function renderShares(shares) {
     var tbody = clear(document.querySelector('#shares tbody'));
     if (!shares.length) {
-      tbody.appendChild(el('tr', null, el('td', { colspan: 8, className: 'empty',
+      tbody.appendChild(el('tr', null, el('td', { colspan: 9, className: 'empty',
         text: 'No share links yet. Search for a series and press “Share”.' })));
     }
     shares.forEach(function (share) {
@@ -689,9 +700,11 @@
         el('td', { className: 'num', text: number(share.series.length) }),
         el('td', { text: localTime(share.created_at) }),
         el('td', { text: localTime(share.expires_at) }),
-        el('td', { className: 'num', text: number(share.downloads) }),
+        el('td', { className: 'num', text: number(share.downloads) +
+                   (share.max_downloads ? ' of ' + number(share.max_downloads) : '') }),
+        el('td', { text: share.passphrase ? 'yes' : 'no' }),
         el('td', { text: share.last_download_at ? localTime(share.last_download_at) : 'never' }),
-        el('td', null, el('span', { className: 'state state-' + status, text: status })),
+        el('td', null, el('span', { className: 'state state-' + status.replace(' ', '-'), text: status })),
         el('td', { className: 'actions' }, action)));
     });
   }

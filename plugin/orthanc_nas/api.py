@@ -68,15 +68,16 @@ def series_zip(app, request: Request, key: str) -> Response:
 @router.route("POST", "/nas/shares")
 def create_share(app, request: Request) -> Response:
     settings = app.settings
-    series, hours, label = parse_share_request(request.json(), settings.DefaultShareHours, settings.MaxShareHours)
-    known = app.catalog.series_rows(series)
-    for key in series:
+    options = parse_share_request(request.json(), settings.DefaultShareHours, settings.MaxShareHours)
+    known = app.catalog.series_rows(options.series)
+    for key in options.series:
         if key not in known:
             raise NotFound(f"unknown series_key {key!r}", "Use a series_key found by GET /nas/search.")
-    share, token = app.shares.create(series, hours, label)
-    log.info("share %s created: %d series, expires at %s", share.id, len(series), iso(share.expires_at))
+    share, token = app.shares.create_from(options)
+    log.info("share %s created: %d series, expires at %s", share.id, len(share.series), iso(share.expires_at))
     answer = {"id": share.id, "token": token, "url": app.share_url(token), "expires_at": iso(share.expires_at),
-              "series": share.series, "label": share.label}
+              "series": share.series, "label": share.label, "max_downloads": share.max_downloads,
+              "passphrase": share.passphrase_hash is not None, "layout": share.layout}
     if app.listener is None or not app.listener.running:
         answer["warning"] = ("The share listener is not running (see Orthanc's log): this link will work only "
                              "once it is.")

@@ -130,29 +130,40 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-def series_archive(catalog, source, keys: Sequence[str], *, stop: threading.Event | None = None
-                   ) -> tuple[ShareArchive, str]:
-    """The zip of the given series and its download file name. Raises `NotFound` naming an unknown series."""
+def indexed_series(catalog, keys: Sequence[str]) -> list:
+    """The index rows of the given series, in their order. Raises `NotFound` naming an unknown series."""
     rows = catalog.series_rows(keys)
     for key in keys:
         if key not in rows:
             raise NotFound(f"series {key} is not in the NAS index", "Search again: the NAS may have changed.")
-    series = [rows[key] for key in keys]
+    return [rows[key] for key in keys]
+
+
+def series_archive(catalog, source, keys: Sequence[str], *, stop: threading.Event | None = None
+                   ) -> tuple[ShareArchive, str]:
+    """The zip of the given series in folders and its download file name. Raises `NotFound` naming an unknown
+    series. (`dicomdir.file_set_archive` makes the DICOMDIR layout.)"""
+    series = indexed_series(catalog, keys)
     members = plan_members(series, catalog.series_files)
     return ShareArchive(source, members, stop=stop), archive_filename(series)
 
 
 # -- the stream ---------------------------------------------------------------------
 class ShareArchive:
-    """The zip's bytes as an iterable, with `len()` its exact size. Call `close()` when done or abandoned."""
+    """The zip's bytes as an iterable, with `len()` its exact size. Call `close()` when done or abandoned.
+
+    `leading`: (name, bytes) entries made in memory (a DICOMDIR), written before the NAS files.
+    """
 
     def __init__(self, source, members: Sequence[Member], *, stop: threading.Event | None = None,
-                 chunk_size: int = CHUNK):
+                 chunk_size: int = CHUNK, leading: Sequence[tuple[str, bytes]] = ()):
         self.source = source
         self.stop = stop or threading.Event()
         self.chunk_size = chunk_size
         self._open: BinaryIO | None = None
         self._zip = ZipStream(sized=True)
+        for name, data in leading:
+            self._zip.add(data, name)
         for member in members:
             self._zip.add(_Reader(self, member), member.name, size=member.size)
         self._size = len(self._zip)

@@ -24,26 +24,46 @@ from collections import OrderedDict
 from waitress import create_server, wasyncore
 
 from .archive import Interrupted, ShareArchive, content_disposition, series_archive
+from .dicomdir import MissingAttributes, file_set_archive
 from .errors import FileChanged, Gone, NasError, NotFound
+from .share_access import DownloadSlots, Unlocker, basic_password, form_passphrase
+from .share_page import (
+    DICOMDIR_NOTE,
+    FOLDERS_NOTE,
+    PAGE_HEADERS,
+    passphrase_page,
+    refusal_page,
+    share_page,
+    summarize,
+    wants_page,
+)
 from .shares import (
     BROKEN,
+    BUSY,
     COMPLETE,
+    DICOMDIR,
     DISCONNECTED,
     EXPIRED,
     FAILED,
     HEAD,
+    LOCKED,
+    PAGE,
     RATE_LIMITED,
+    REVOKED,
     STARTED,
     STOPPED,
     UNAVAILABLE,
     UNKNOWN,
+    UNLOCKED,
+    USED_UP,
+    WRONG_PASSPHRASE,
     BadTokenLimiter,
     Share,
 )
 
 log = logging.getLogger("orthanc_nas")
 
-SHARE_PATH = re.compile(r"^/share/([^/]+)$")
+SHARE_PATH = re.compile(r"^/share/([^/]+)(/download)?$")  # the page (the zip for non-browsers), the zip
 THREADS = 8  # simultaneous downloads; more wait in waitress's queue
 # Waitress keeps unsent output in memory up to the high watermark, then makes the
 # download thread wait; past `outbuf_overflow` a buffer would move to a temporary
@@ -59,7 +79,18 @@ NO_STORE = [("Cache-Control", "no-store"), ("Referrer-Policy", "no-referrer"),
 _TOKEN_IN_TEXT = re.compile(r"/share/[^\s/?#'\"]+")
 
 STATUS_LINES = {200: "200 OK", 404: "404 Not Found", 410: "410 Gone", 429: "429 Too Many Requests",
-                500: "500 Internal Server Error", 503: "503 Service Unavailable"}
+                500: "500 Internal Server Error", 503: "503 Service Unavailable", 303: "303 See Other",
+                400: "400 Bad Request", 401: "401 Unauthorized", 409: "409 Conflict"}
+BASIC_CHALLENGE = ("WWW-Authenticate", 'Basic realm="share link", charset="UTF-8"')
+#: (title, text, hint) of the answers refusing a link that exists
+REFUSALS = {
+    EXPIRED: ("This link has expired", "This link has expired.", "Ask the sender for a new link."),
+    REVOKED: ("This link was revoked", "This link was revoked by its sender.", "Ask the sender for a new link."),
+    USED_UP: ("This link is used up", "This link was downloaded as many times as its sender allowed.",
+              "Ask the sender for a new link."),
+    BUSY: ("A download is under way", "The last download this link allows is under way.",
+           "Try again when it has ended: if it fails, the link can be downloaded again."),
+}
 
 
 def redact(text: str) -> str:
@@ -108,19 +139,24 @@ class ShareApp:
         # client -> (audit row, requests refused, end of the refusal) of the current refusal of each address
         self._refusals: OrderedDict[str, tuple[int, int, float]] = OrderedDict()
         self._refusals_lock = threading.Lock()
+        self.unlocker = Unlocker(nas.shares.check_passphrase)
+        self.slots = DownloadSlots()
 
     def __call__(self, environ, start_response):
         method = environ["REQUEST_METHOD"]
-        text = functools.partial(_text, start_response, head=method == "HEAD")
+        reply = Reply(start_response, head=method == "HEAD", html=wants_page(environ))
         match = SHARE_PATH.match(environ.get("PATH_INFO", ""))
-        if match is None or method not in ("GET", "HEAD"):
-            return text(404, "Not found.")
+        download = match is not None and match.group(2) is not None
+        # POST only to the page itself: the passphrase form
+        if match is None or method not in (("GET", "HEAD") if download else ("GET", "HEAD", "POST")):
+            return reply.text(404, "Not found.")
         client = environ.get("REMOTE_ADDR") or "unknown"
         try:
-            return self._serve(match.group(1), client, method == "HEAD", start_response, text)
+            return self._serve(match.group(1), client, environ, reply, download=download)
         except Exception:
             log.exception("share listener: a request from %s failed", client)
-            return text(500, "The server could not answer. Try again later.")
+            return reply.refuse(500, "The server could not answer", "The server could not answer.",
+                                "Try again later.")
 
     def _audit_refusal(self, client: str, wait: int) -> None:
         """One audit row per refusal of an address, however many requests it refuses: `at` is the first,
@@ -137,47 +173,135 @@ class ShareApp:
                 self._refusals.popitem(last=False)
             store.finish(row, RATE_LIMITED, 0, f"{count} request{'s' if count > 1 else ''} refused")
 
-    def _serve(self, token: str, client: str, head: bool, start_response, text):
+    def _serve(self, token: str, client: str, environ, reply: Reply, *, download: bool):
         store = self.nas.shares
         wait = self.limiter.retry_after(client)
         if wait:
             self._audit_refusal(client, wait)
-            return text(429, "Too many wrong links from your address; try again later.",
-                         [("Retry-After", str(wait))])
+            return reply.refuse(429, "Too many wrong links", "Too many wrong links from your address;",
+                                "try again later.", [("Retry-After", str(wait))])
         share = store.lookup(token)
         if share is None:
             store.audit(client, None, UNKNOWN)
             if self.limiter.miss(client):
                 log.warning("share listener: refusing %s for a while after %d wrong links",
                             client, self.limiter.limit)
-            return text(404, "This link is not valid. Check that it was copied whole.")
-        refusal = share.refusal(store.clock())
+            return reply.refuse(404, "This link is not valid", "This link is not valid.",
+                                "Check that it was copied whole.")
+        refusal = share.refusal(store.clock(), self._completed(share))
         if refusal:
             store.audit(client, share.id, refusal)
             log.warning("share %s: refused a download to %s: the link is %s", share.id, client, refusal)
-            what = "has expired" if refusal == EXPIRED else "was revoked"
-            return text(410, f"This link {what}. Ask the sender for a new link.")
+            return reply.refuse(410, *REFUSALS[refusal])
+        # relative addresses of the page and of its form, from where this request is
+        here = "../" + token if download else token
+        if share.passphrase_hash is not None:
+            locked = self._check_passphrase(share, here, client, environ, reply)
+            if locked is not None:
+                return locked
+        if environ["REQUEST_METHOD"] == "POST":  # a form sent to a link without a passphrase: show its page
+            return reply.redirect(here)
+        if reply.html and not download:
+            return self._page(share, token, client, reply)
+        return self._download(share, client, reply)
+
+    def _completed(self, share: Share) -> int:
+        return self.nas.shares.completed(share.id) if share.max_downloads is not None else 0
+
+    def _check_passphrase(self, share: Share, here: str, client: str, environ, reply: Reply):
+        """None when the request proves the passphrase (Basic authentication, or the cookie of the form);
+        otherwise the answer: the form or a 401 challenge, or for a posted form the way back to the page."""
+        store = self.nas.shares
+        if environ["REQUEST_METHOD"] == "POST":
+            given = form_passphrase(environ)
+            if given is None:  # not the form's body: ask again, counting nothing
+                return reply.page(400, passphrase_page(here))
+            if not store.check_passphrase(share, given):
+                return self._wrong_passphrase(share, here, client, reply)
+            store.audit(client, share.id, UNLOCKED)
+            return reply.redirect(here, [self.unlocker.cookie(environ, share, store.clock())])
+        given = basic_password(environ)
+        if given is not None:
+            return None if store.check_passphrase(share, given) else \
+                self._wrong_passphrase(share, here, client, reply)
+        if self.unlocker.has_cookie(environ, share):
+            return None
+        store.audit(client, share.id, LOCKED)
+        if reply.html:
+            return reply.page(401, passphrase_page(here))
+        return reply.text(401, "This link needs its passphrase: send it as the password of HTTP Basic "
+                               "authentication (curl -u :PASSPHRASE).", [BASIC_CHALLENGE])
+
+    def _wrong_passphrase(self, share: Share, here: str, client: str, reply: Reply):
+        """Counted like a wrong link: enough of them and the address is refused for a while (429)."""
+        self.nas.shares.audit(client, share.id, WRONG_PASSPHRASE)
+        log.warning("share %s: wrong passphrase from %s", share.id, client)
+        if self.limiter.miss(client):
+            log.warning("share listener: refusing %s for a while after %d wrong links or passphrases",
+                        client, self.limiter.limit)
+        if reply.html:
+            return reply.page(401, passphrase_page(here, wrong=True))
+        return reply.text(401, "Wrong passphrase. Check it with the sender.", [BASIC_CHALLENGE])
+
+    def _page(self, share: Share, token: str, client: str, reply: Reply):
+        """The page of a valid link for a browser: what it holds, until when, and its Download button."""
+        store = self.nas.shares
+        try:
+            series = summarize(self.nas.catalog, share.series)
+        except NasError as exc:
+            store.audit(client, share.id, UNAVAILABLE, exc.message)
+            return reply.refuse(503, "The shared images cannot be shown", f"{exc.message}.", "Try again later.")
+        if not series:
+            store.audit(client, share.id, UNAVAILABLE, "no series left in the index")
+            return reply.refuse(410, "The shared images are gone", "They are no longer on the NAS.",
+                                "Ask the sender for a new link.")
+        store.audit(client, share.id, PAGE)
+        left = share.max_downloads - self._completed(share) if share.max_downloads is not None else None
+        return reply.page(200, share_page(token, series, expires_at=share.expires_at, now=store.clock(),
+                                          downloads_left=left,
+                                          layout_note=DICOMDIR_NOTE if share.layout == DICOMDIR else FOLDERS_NOTE))
+
+    def _download(self, share: Share, client: str, reply: Reply):
+        """The zip, streamed; a share with `max_downloads` takes one of its slots while the download runs."""
+        store = self.nas.shares
         try:
             archive, filename = self._archive(share)
         except NasError as exc:
             store.audit(client, share.id, UNAVAILABLE, exc.message)
             log.warning("share %s: cannot serve %s: %s", share.id, client, exc.message)
             status = 410 if isinstance(exc, Gone) else 503
-            return text(status, f"The shared images cannot be sent: {exc.message}.")
+            return reply.refuse(status, "The shared images cannot be sent",
+                                f"The shared images cannot be sent: {exc.message}.", "")
         headers = [("Content-Type", "application/zip"), ("Content-Length", str(len(archive))),
                    ("Content-Disposition", content_disposition(filename)), *NO_STORE]
-        if head:
+        if reply.head:
             archive.close()
             store.audit(client, share.id, HEAD)
-            start_response(STATUS_LINES[200], headers)
+            reply.start_response(STATUS_LINES[200], headers)
             return []
+        refused = self.slots.take(share, store.completed)
+        if refused:
+            archive.close()
+            store.audit(client, share.id, refused)
+            log.warning("share %s: refused a download to %s: the link is %s", share.id, client, refused)
+            return reply.refuse(410 if refused == USED_UP else 409, *REFUSALS[refused],
+                                [("Retry-After", "30")] if refused == BUSY else None)
         audit_id = store.audit(client, share.id, STARTED)
         log.info("share %s: download of %d bytes started by %s", share.id, len(archive), client)
-        start_response(STATUS_LINES[200], headers)
-        return Download(archive, store, audit_id, share.id, client, self.stop)
+        reply.start_response(STATUS_LINES[200], headers)
+        return Download(archive, store, audit_id, share.id, client, self.stop,
+                        on_end=functools.partial(self.slots.give_back, share))
 
     def _archive(self, share: Share) -> tuple[ShareArchive, str]:
+        """The zip in the share's layout. A DICOMDIR needs each file's UIDs from the index: files indexed by
+        an older version lack them until the next indexing reads them again; meanwhile the folders serve."""
         try:
+            if share.layout == DICOMDIR:
+                try:
+                    return file_set_archive(self.nas.catalog, self.nas.source(), share.series, stop=self.stop)
+                except MissingAttributes as exc:
+                    log.warning("share %s: sent in folders, not as a DICOMDIR: %s; the next indexing reads "
+                                "such files again", share.id, exc)
             return series_archive(self.nas.catalog, self.nas.source(), share.series, stop=self.stop)
         except NotFound as exc:  # the share outlived its series (a later indexing removed them)
             raise Gone(exc.message.replace("is not in", "is no longer in")) from exc
@@ -187,9 +311,10 @@ class Download:
     """The body of one download; records how it ended (complete, broken, client gone, server stopping)."""
 
     def __init__(self, archive: ShareArchive, store, audit_id: int, share_id: str, client: str,
-                 stop: threading.Event):
+                 stop: threading.Event, on_end=None):
         self.archive, self.store, self.audit_id = archive, store, audit_id
         self.share_id, self.client, self.stop = share_id, client, stop
+        self.on_end = on_end  # called once the outcome is recorded
         self.sent = 0
         self.ended = False
 
@@ -223,7 +348,11 @@ class Download:
         if self.ended:
             return
         self.ended = True
-        self.store.finish(self.audit_id, outcome, self.sent, detail)
+        try:
+            self.store.finish(self.audit_id, outcome, self.sent, detail)
+        finally:
+            if self.on_end is not None:
+                self.on_end()
         level = logging.INFO if outcome == COMPLETE else logging.WARNING
         log.log(level, "share %s: download by %s %s after %d bytes%s", self.share_id, self.client, outcome,
                 self.sent, f": {detail}" if detail else "")
@@ -235,6 +364,31 @@ def _text(start_response, status: int, message: str, extra: list | None = None, 
     start_response(STATUS_LINES[status], [("Content-Type", "text/plain; charset=utf-8"),
                                           ("Content-Length", str(len(body))), *NO_STORE, *(extra or [])])
     return [] if head else [body]
+
+
+class Reply:
+    """The answers of one request: short texts for scripts, pages for a browser; no body for HEAD."""
+
+    def __init__(self, start_response, *, head: bool, html: bool):
+        self.start_response, self.head, self.html = start_response, head, html
+
+    def text(self, status: int, message: str, extra: list | None = None):
+        return _text(self.start_response, status, message, extra, head=self.head)
+
+    def page(self, status: int, body: bytes, extra: list | None = None):
+        self.start_response(STATUS_LINES[status], [*PAGE_HEADERS, ("Content-Length", str(len(body))), *NO_STORE,
+                                                   *(extra or [])])
+        return [] if self.head else [body]
+
+    def refuse(self, status: int, title: str, text: str, hint: str, extra: list | None = None):
+        """Why a link does not work: a page for a browser, a line of text for others."""
+        if self.html:
+            return self.page(status, refusal_page(title, text, hint), extra)
+        return self.text(status, f"{text} {hint}".strip(), extra)
+
+    def redirect(self, location: str, extra: list | None = None):
+        """303 to a relative address (after a posted form: reloading the page does not post it again)."""
+        return self.text(303, "See the page of this link.", [("Location", location), *(extra or [])])
 
 
 class ShareListener:

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 
 from .catalog import connect, migrate
 from .errors import BadRequest, NotFound
+from .passphrase import MAX_LENGTH as MAX_PASSPHRASE
+from .passphrase import MIN_LENGTH as MIN_PASSPHRASE
+from .passphrase import hash_passphrase, verify_passphrase
 from .status import iso
 
 SHARES_NAME = "shares.db"
@@ -59,12 +62,26 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_by_share ON audit(share_id, outcome);
     """,
+    # 2: an optional passphrase (its scrypt hash), a limit of completed downloads, the zip's layout.
+    # Links made before keep the folders they were made with.
+    """
+    ALTER TABLE shares ADD COLUMN passphrase_hash TEXT;
+    ALTER TABLE shares ADD COLUMN max_downloads INTEGER;
+    ALTER TABLE shares ADD COLUMN layout TEXT NOT NULL DEFAULT 'folders';
+    """,
 ]
 
 #: outcomes written to the audit table
 STARTED, COMPLETE, HEAD = "started", "complete", "head"
 BROKEN, DISCONNECTED, STOPPED, FAILED = "broken", "disconnected", "stopped", "error"
 UNKNOWN, EXPIRED, REVOKED, RATE_LIMITED, UNAVAILABLE = "unknown", "expired", "revoked", "rate_limited", "unavailable"
+USED_UP, BUSY = "used_up", "busy"  # every allowed download done; the last ones allowed are under way
+PAGE, LOCKED, WRONG_PASSPHRASE, UNLOCKED = "page", "passphrase_asked", "wrong_passphrase", "unlocked"
+
+#: the zip's layouts: a DICOM file-set (DICOMDIR, PS3.10 file IDs) or the readable folders of the NAS
+DICOMDIR, FOLDERS = "dicomdir", "folders"
+LAYOUTS = (DICOMDIR, FOLDERS)
+MAX_DOWNLOADS = 1000
 
 
 def hash_token(token: str) -> bytes:
@@ -79,27 +96,50 @@ class Share:
     created_at: float
     expires_at: float
     revoked_at: float | None
+    passphrase_hash: str | None = None
+    max_downloads: int | None = None
+    layout: str = FOLDERS
 
-    def refusal(self, now: float) -> str | None:
-        """Why this share may not be downloaded now (REVOKED or EXPIRED), or None."""
+    def refusal(self, now: float, completed: int = 0) -> str | None:
+        """Why this share may not be downloaded now (REVOKED, EXPIRED or USED_UP), or None.
+
+        `completed`: the downloads of it that completed (see `ShareStore.completed`)."""
         if self.revoked_at is not None:
             return REVOKED
         if now >= self.expires_at:
             return EXPIRED
+        if self.max_downloads is not None and completed >= self.max_downloads:
+            return USED_UP
         return None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Share:
         return cls(row["id"], row["label"], json.loads(row["series"]), row["created_at"], row["expires_at"],
-                   row["revoked_at"])
+                   row["revoked_at"], row["passphrase_hash"], row["max_downloads"], row["layout"])
 
 
-def parse_share_request(body: dict, default_hours: float, max_hours: float) -> tuple[list[str], float, str | None]:
-    """Validate a `POST /nas/shares` body into (series keys, hours, label); 400 naming the field otherwise."""
-    unknown = set(body) - {"series", "expires_in_hours", "label"}
+@dataclass(frozen=True)
+class ShareOptions:
+    """A checked `POST /nas/shares` body."""
+
+    series: list[str]
+    hours: float
+    label: str | None = None
+    passphrase: str | None = None
+    max_downloads: int | None = None
+    layout: str = DICOMDIR
+
+
+SHARE_FIELDS = {"series", "expires_in_hours", "label", "passphrase", "max_downloads", "layout"}
+
+
+def parse_share_request(body: dict, default_hours: float, max_hours: float) -> ShareOptions:
+    """Validate a `POST /nas/shares` body; 400 naming the field otherwise."""
+    unknown = set(body) - SHARE_FIELDS
     if unknown:
         raise BadRequest(f"unknown field {sorted(unknown)[0]!r} in the body",
-                         'The body holds "series", and optionally "expires_in_hours" and "label".')
+                         'The body holds "series", and optionally "expires_in_hours", "label", "passphrase", '
+                         '"max_downloads" and "layout".')
     series = body.get("series")
     if not isinstance(series, list) or not series or not all(isinstance(k, str) and k for k in series):
         raise BadRequest("field 'series' must be a non-empty list of series keys",
@@ -115,7 +155,25 @@ def parse_share_request(body: dict, default_hours: float, max_hours: float) -> t
     label = body.get("label")
     if label is not None and (not isinstance(label, str) or len(label) > MAX_LABEL):
         raise BadRequest(f"field 'label' must be a string of at most {MAX_LABEL} characters")
-    return list(dict.fromkeys(series)), float(hours), label
+    passphrase = body.get("passphrase")
+    if passphrase == "":
+        passphrase = None  # an empty field of a form: no passphrase
+    if passphrase is not None and (not isinstance(passphrase, str)
+                                   or not MIN_PASSPHRASE <= len(passphrase) <= MAX_PASSPHRASE):
+        raise BadRequest(f"field 'passphrase' must be a string of {MIN_PASSPHRASE} to {MAX_PASSPHRASE} characters",
+                         "Choose a passphrase of a few words, and tell it to the colleague another way "
+                         "than the link (by phone).")
+    max_downloads = body.get("max_downloads")
+    if max_downloads is not None and (isinstance(max_downloads, bool) or not isinstance(max_downloads, int)
+                                      or not 1 <= max_downloads <= MAX_DOWNLOADS):
+        raise BadRequest(f"field 'max_downloads' must be a whole number from 1 to {MAX_DOWNLOADS}, or null",
+                         "Leave it out (or null) for no limit.")
+    layout = body.get("layout", DICOMDIR)
+    if layout not in LAYOUTS:
+        raise BadRequest(f"field 'layout' must be one of {', '.join(LAYOUTS)}",
+                         '"dicomdir" (default): a DICOMDIR that viewers open as a disc; "folders": readable '
+                         "folder and file names.")
+    return ShareOptions(list(dict.fromkeys(series)), float(hours), label, passphrase, max_downloads, layout)
 
 
 class ShareStore:
@@ -141,15 +199,37 @@ class ShareStore:
         return conn
 
     # -- shares -----------------------------------------------------------------
-    def create(self, series: Sequence[str], hours: float, label: str | None = None) -> tuple[Share, str]:
-        """A new share and its token. The token is returned once and never stored."""
+    def create(self, series: Sequence[str], hours: float, label: str | None = None, *,
+               passphrase: str | None = None, max_downloads: int | None = None,
+               layout: str = DICOMDIR) -> tuple[Share, str]:
+        """A new share and its token. The token is returned once and never stored; of the passphrase
+        only its scrypt hash is (see `passphrase`)."""
         token = secrets.token_urlsafe(TOKEN_BYTES)
         now = self.clock()
-        share = Share(secrets.token_hex(8), label, list(series), now, now + hours * 3600, None)
+        hashed = hash_passphrase(passphrase) if passphrase else None
+        share = Share(secrets.token_hex(8), label, list(series), now, now + hours * 3600, None, hashed,
+                      max_downloads, layout)
         self._conn().execute(
-            "INSERT INTO shares(id, token_sha256, label, series, created_at, expires_at) VALUES (?,?,?,?,?,?)",
-            (share.id, hash_token(token), label, json.dumps(share.series), share.created_at, share.expires_at))
+            "INSERT INTO shares(id, token_sha256, label, series, created_at, expires_at, passphrase_hash, "
+            "max_downloads, layout) VALUES (?,?,?,?,?,?,?,?,?)",
+            (share.id, hash_token(token), label, json.dumps(share.series), share.created_at, share.expires_at,
+             hashed, max_downloads, layout))
         return share, token
+
+    def create_from(self, options: ShareOptions) -> tuple[Share, str]:
+        """`create` from a checked `POST /nas/shares` body."""
+        return self.create(options.series, options.hours, options.label, passphrase=options.passphrase,
+                           max_downloads=options.max_downloads, layout=options.layout)
+
+    @staticmethod
+    def check_passphrase(share: Share, passphrase: str) -> bool:
+        """Whether `passphrase` opens `share` (slow by design: about 0.15 s)."""
+        return share.passphrase_hash is not None and verify_passphrase(passphrase, share.passphrase_hash)
+
+    def completed(self, share_id: str) -> int:
+        """How many downloads of a share completed (the count `max_downloads` limits)."""
+        return self._conn().execute("SELECT count(*) FROM audit WHERE share_id=? AND outcome=?",
+                                    (share_id, COMPLETE)).fetchone()[0]
 
     def lookup(self, token: str) -> Share | None:
         """The share of a token, or None. Found by the token's hash, confirmed in constant time."""
@@ -175,7 +255,8 @@ class ShareStore:
         return [{"id": row["id"], "label": row["label"], "series": json.loads(row["series"]),
                  "created_at": iso(row["created_at"]), "expires_at": iso(row["expires_at"]),
                  "revoked": row["revoked_at"] is not None, "downloads": row["downloads"],
-                 "last_download_at": iso(row["last_download_at"])} for row in rows]
+                 "last_download_at": iso(row["last_download_at"]), "max_downloads": row["max_downloads"],
+                 "passphrase": row["passphrase_hash"] is not None, "layout": row["layout"]} for row in rows]
 
     def describe(self, share_id: str) -> dict:
         """One share as `GET /nas/shares` answers it (never the token); 404 if unknown."""

@@ -75,7 +75,8 @@ def orthanc(tmp_path_factory, corpus):
 
 # -- helpers ----------------------------------------------------------------------------
 def create(orthanc: OrthancServer, keys: list[str], **body) -> dict:
-    answer = orthanc.post("/nas/shares", json={"series": keys, **body})
+    """A share of `keys`; the zip's layout is the readable folders unless `layout` is given."""
+    answer = orthanc.post("/nas/shares", json={"series": keys, "layout": "folders", **body})
     assert answer.status_code == 201, answer.text
     share = answer.json()
     ISSUED.append(share["token"])
@@ -136,8 +137,11 @@ def test_listener_serves_nothing_but_share_links(orthanc, corpus):
         status, headers, _ = fetch(base + path, source="127.0.0.3")
         assert status == 404, path
         assert headers["cache-control"] == "no-store"
-    for method in ("POST", "PUT", "DELETE", "OPTIONS"):
+    for method in ("PUT", "DELETE", "OPTIONS"):
         assert fetch(share["url"], method, source="127.0.0.3")[0] == 404, method
+    # the page takes the passphrase form (POST); the zip's own address takes nothing but GET and HEAD
+    for method in ("POST", "PUT", "DELETE", "OPTIONS"):
+        assert fetch(share["url"] + "/download", method, source="127.0.0.3")[0] == 404, method
 
 
 # -- create, download, compare ---------------------------------------------------------------
@@ -166,7 +170,8 @@ def test_share_downloads_without_credentials_byte_for_byte(orthanc, corpus):
     listed = {s["id"]: s for s in orthanc.get("/nas/shares").json()}[share["id"]]
     assert listed["downloads"] == 1 and listed["last_download_at"] and not listed["revoked"]
     assert set(listed) == {"id", "label", "series", "created_at", "expires_at", "revoked", "downloads",
-                           "last_download_at"}
+                           "last_download_at", "max_downloads", "passphrase", "layout"}
+    assert (listed["max_downloads"], listed["passphrase"], listed["layout"]) == (None, False, "folders")
     assert [row["outcome"] for row in audit(orthanc, share["id"])] == ["complete"]
 
 

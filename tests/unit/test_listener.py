@@ -165,7 +165,8 @@ def test_download_head_and_refusals(app, caplog):
     assert request(app, "GET", "/share/" + "x" * 43)[0] == 404
     status, headers, body = request(app, "HEAD", "/share/" + "y" * 43)
     assert status == 404 and body == b"" and int(headers["Content-Length"]) > 0
-    assert request(app, "POST", f"/share/{token}")[0] == 404
+    assert request(app, "POST", f"/share/{token}/download")[0] == 404  # only the page takes a form
+    assert request(app, "PUT", f"/share/{token}")[0] == 404
     assert request(app, "GET", "/")[0] == 404
     app.shares.revoke(share_id)
     assert request(app, "GET", f"/share/{token}")[0] == 410

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import unicodedata
 
 import pytest
 
@@ -14,12 +15,20 @@ from orthanc_nas.catalog import CatalogWriter
 from orthanc_nas.config import parse_settings
 from orthanc_nas.errors import BadRequest, NotFound
 from orthanc_nas.http import Request
+from orthanc_nas.passphrase import hash_passphrase, verify_passphrase
+from orthanc_nas.share_access import DownloadSlots
 from orthanc_nas.shares import (
+    BUSY,
     COMPLETE,
+    DICOMDIR,
     EXPIRED,
+    FOLDERS,
+    MIGRATIONS,
     REVOKED,
     STARTED,
+    USED_UP,
     BadTokenLimiter,
+    ShareOptions,
     ShareStore,
     parse_share_request,
 )
@@ -55,7 +64,7 @@ def test_only_the_hash_of_a_token_is_stored(store, tmp_path):
     assert token.encode() not in raw
     assert hashlib.sha256(token.encode()).digest() in raw
     conn = sqlite3.connect(tmp_path / "shares.db")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 def test_lookup_finds_only_the_exact_token(store):
@@ -99,7 +108,8 @@ def test_listing_counts_completed_downloads_and_never_holds_the_token(store, clo
     listed = {s["id"]: s for s in store.list()}
     assert listed[share.id] == {"id": share.id, "label": "lbl", "series": ["k"], "created_at": "1970-01-12T13:46:40Z",
                                 "expires_at": "1970-01-12T14:46:40Z", "revoked": False, "downloads": 1,
-                                "last_download_at": "1970-01-12T13:46:40Z"}
+                                "last_download_at": "1970-01-12T13:46:40Z", "max_downloads": None,
+                                "passphrase": False, "layout": DICOMDIR}
     assert listed[other.id]["downloads"] == 0 and listed[other.id]["last_download_at"] is None
     assert token not in json.dumps(store.list())
     assert [r["outcome"] for r in store.audit_log(share.id)] == [EXPIRED, "disconnected", COMPLETE]
@@ -111,11 +121,12 @@ def test_listing_counts_completed_downloads_and_never_holds_the_token(store, clo
     ({"series": ["a"], "expires_in_hours": 720}, 720.0), ({"series": ["a"], "expires_in_hours": 3}, 3.0),
 ])
 def test_valid_bodies(body, hours):
-    assert parse_share_request(body, 24, 720)[1] == hours
+    assert parse_share_request(body, 24, 720).hours == hours
 
 
 def test_series_are_deduplicated_in_order():
-    assert parse_share_request({"series": ["b", "a", "b"], "label": "x"}, 24, 720) == (["b", "a"], 24.0, "x")
+    assert parse_share_request({"series": ["b", "a", "b"], "label": "x"}, 24, 720) == ShareOptions(
+        ["b", "a"], 24.0, "x", None, None, DICOMDIR)
 
 
 @pytest.mark.parametrize("body", [
@@ -125,6 +136,11 @@ def test_series_are_deduplicated_in_order():
     {"series": ["a"], "expires_in_hours": "5"}, {"series": ["a"], "expires_in_hours": None},
     {"series": ["a"], "expires_in_hours": float("nan")}, {"series": ["a"], "expires_in_hours": float("inf")},
     {"series": ["a"], "label": 3}, {"series": ["a"], "label": "x" * 201}, {"series": ["a"], "token": "x"},
+    {"series": ["a"], "passphrase": "short"}, {"series": ["a"], "passphrase": 123456},
+    {"series": ["a"], "passphrase": "x" * 201}, {"series": ["a"], "max_downloads": 0},
+    {"series": ["a"], "max_downloads": 1.5}, {"series": ["a"], "max_downloads": True},
+    {"series": ["a"], "max_downloads": "3"}, {"series": ["a"], "max_downloads": 1001},
+    {"series": ["a"], "layout": "flat"}, {"series": ["a"], "layout": None},
 ])
 def test_invalid_bodies(body):
     with pytest.raises(BadRequest):
@@ -195,3 +211,76 @@ def test_unknown_series_and_limits(app):
     status, error = call(app, "POST", "/nas/shares", {"series": [key], "expires_in_hours": 49})
     assert status == 400 and "48" in error["error"]
     assert call(app, "GET", "/nas/shares/x")[0] == 405
+
+
+# -- passphrase, download limit, layout ----------------------------------------------------------
+def test_a_passphrase_is_kept_only_as_a_salted_scrypt_hash(store, tmp_path):
+    share, token = store.create(["k"], 1, passphrase="Käse auf Brot")
+    again, _ = store.create(["k"], 1, passphrase="Käse auf Brot")
+    found = store.lookup(token)
+    assert found.passphrase_hash.startswith("scrypt$15$8$1$") and found.passphrase_hash != again.passphrase_hash
+    assert store.check_passphrase(found, "Käse auf Brot")
+    assert store.check_passphrase(found, unicodedata.normalize("NFD", "Käse auf Brot"))  # typed decomposed
+    for wrong in ["käse auf brot", "Käse auf Brot ", "", "Kase auf Brot"]:
+        assert not store.check_passphrase(found, wrong), wrong
+    assert not store.check_passphrase(store.lookup(store.create(["k"], 1)[1]), "")  # none set: nothing opens it
+    store.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("shares.db*"))
+    assert "Käse".encode() not in raw and b"Brot" not in raw
+    listed = {s["id"]: s for s in store.list()}
+    assert listed[share.id]["passphrase"] is True and "scrypt" not in json.dumps(listed)
+
+
+def test_verify_refuses_unreadable_hashes():
+    assert verify_passphrase("secret", hash_passphrase("secret"))
+    for stored in ["", "scrypt$15$8$1$abc", "bcrypt$x$y$z$a$b", "scrypt$99$8$1$AAAA$AAAA", "scrypt$x$8$1$AA$AA"]:
+        assert not verify_passphrase("secret", stored), stored
+
+
+def test_max_downloads_counts_completed_downloads_only(store, clock):
+    share, token = store.create(["k"], 1, max_downloads=2)
+    assert share.refusal(clock(), store.completed(share.id)) is None
+    store.finish(store.audit("10.0.0.1", share.id, STARTED), "disconnected", 10)
+    store.finish(store.audit("10.0.0.1", share.id, STARTED), COMPLETE, 100)
+    assert store.lookup(token).refusal(clock(), store.completed(share.id)) is None
+    store.finish(store.audit("10.0.0.1", share.id, STARTED), COMPLETE, 100)
+    assert store.lookup(token).refusal(clock(), store.completed(share.id)) == USED_UP
+    listed = {s["id"]: s for s in store.list()}[share.id]
+    assert (listed["downloads"], listed["max_downloads"]) == (2, 2)
+
+
+def test_download_slots_never_let_more_than_the_limit_run(store):
+    share, _ = store.create(["k"], 1, max_downloads=2)
+    slots = DownloadSlots()
+    assert slots.take(share, store.completed) is None
+    assert slots.take(share, store.completed) is None
+    assert slots.take(share, store.completed) == BUSY
+    store.finish(store.audit("c", share.id, STARTED), COMPLETE, 1)  # one completes, then gives its slot back
+    slots.give_back(share)
+    assert slots.take(share, store.completed) == BUSY  # 1 completed + 1 running
+    store.finish(store.audit("c", share.id, STARTED), "disconnected", 1)  # the other is cut off: not counted
+    slots.give_back(share)
+    assert slots.take(share, store.completed) is None
+    store.finish(store.audit("c", share.id, STARTED), COMPLETE, 1)
+    slots.give_back(share)
+    assert slots.take(share, store.completed) == USED_UP
+    unlimited, _ = store.create(["k"], 1)
+    assert all(slots.take(unlimited, store.completed) is None for _ in range(20))
+
+
+def test_shares_made_before_the_passphrase_open_as_folders(tmp_path):
+    conn = sqlite3.connect(tmp_path / "shares.db")
+    for statement in MIGRATIONS[0].split(";"):
+        conn.execute(statement)
+    conn.execute("INSERT INTO shares(id, token_sha256, series, created_at, expires_at) VALUES (?,?,?,?,?)",
+                 ("old", hashlib.sha256(b"t" * 43).digest(), '["k"]', 1.0, 2e9))
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    store = ShareStore(str(tmp_path))
+    try:
+        old = store.lookup("t" * 43)
+        assert (old.layout, old.passphrase_hash, old.max_downloads) == (FOLDERS, None, None)
+        assert store.create(["k"], 1)[0].layout == DICOMDIR
+    finally:
+        store.close()
