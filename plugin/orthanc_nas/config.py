@@ -104,6 +104,8 @@ class Settings:
     MaxShareHours: float = 720
     ShareServer: ShareServer = ShareServer()
     DicomServer: DicomServer = DicomServer()
+    #: None (keep) or hours after which instances the plugin imported into Orthanc are deleted from it again
+    ImportRetentionHours: float | None = None
 
     def public(self) -> dict:
         """The settings in the shape of the orthanc.json section, without the password."""
@@ -136,6 +138,7 @@ _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "MaxShareHours": (int, float),
     "ShareServer": (dict,),
     "DicomServer": (dict,),
+    "ImportRetentionHours": (int, float, type(None)),
 }
 
 
@@ -235,6 +238,10 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
         raise ConfigError("setting Nas.ShareServer.Port must be between 0 and 65535")
 
     dicom_server = parse_dicom_server(section.get("DicomServer", {}), default_host)
+    retention = section.get("ImportRetentionHours")
+    if retention is not None and (isinstance(retention, bool) or not 0 < retention < 1e6):
+        raise ConfigError("setting Nas.ImportRetentionHours must be a positive number of hours, or null",
+                          field="ImportRetentionHours")
 
     return Settings(
         Connection=connection,
@@ -245,6 +252,7 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
         MaxShareHours=max_hours,
         ShareServer=server,
         DicomServer=dicom_server,
+        ImportRetentionHours=retention,
     )
 
 
