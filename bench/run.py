@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in turn, each in a process of its own; figures go to stdout and var/bench/.
 
-    python bench/run.py [name ...]      # names: index, smb, search, share (default: all)
+    python bench/run.py [name ...]      # names: index, smb, search, share, dicom (default: all)
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ BENCHMARKS = {
     "smb": "smb_bench.py",
     "search": "search_bench.py",
     "share": "share_bench.py",
+    "dicom": "dicom_bench.py",
 }
 
 

@@ -248,3 +248,19 @@ def test_a_cancelled_move_stops_early(node, tmp_path):
     last = audit_rows(node)[-1]
     assert last["outcome"] == "cancelled" and last["files"] == len(series)
     assert received < len(series) and last["sent"] == received
+
+
+def test_a_taken_port_is_logged_and_the_rest_works(tmp_path, orthanc_factory):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        root = tmp_path / "nas"
+        root.mkdir()
+        server = orthanc_factory({"Connection": {"Type": "local", "Path": str(root)},
+                                  "DicomServer": {"Enabled": True, "Port": port}})
+        assert server.get("/nas/status").status_code == 200
+        assert f"cannot listen on 127.0.0.1:{port}" in server.log()
+        assert server.get("/modalities").json() == []  # not registered in Orthanc either

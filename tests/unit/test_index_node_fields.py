@@ -6,8 +6,13 @@ import sqlite3
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
-                         ImplicitVRLittleEndian, JPEG2000)
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from tests.support.dicom import CT_IMAGE, write_dicom, write_series
 
 from orthanc_nas.catalog import MIGRATIONS, NODE_FILE_FIELDS, NODE_SERIES_FIELDS, Catalog

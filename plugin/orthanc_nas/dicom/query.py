@@ -19,8 +19,8 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pydicom.dataset import Dataset
 from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"

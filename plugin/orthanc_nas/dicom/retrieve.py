@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import io
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,13 +27,14 @@ from dataclasses import dataclass, replace
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
 from pynetdicom.dimse_messages import C_STORE_RSP
 
 from ..errors import NasError, NasNetworkError
 from ..indexer import with_retries
 from .audit import Retrieval, RetrievalAudit
+from .pynetdicom_internals import sender_only
 from .query import IMAGE, UNIQUE_KEYS, QueryError, parse, rows
 
 log = logging.getLogger("orthanc_nas")
@@ -172,6 +174,17 @@ class NasReader:
             return f"{item.path}: {type(exc).__name__}: {exc}"[:300], False
 
 
+def no_delay(event) -> None:
+    """EVT_CONN_OPEN: send each PDU at once (TCP_NODELAY). With Nagle's algorithm, a C-STORE's data waits for
+    the peer's delayed acknowledgement of its command: about 40 ms per file on Linux."""
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
 class Stores:
     """Counts the C-STORE responses of a retrieval's sub-operations (success and warning count as sent)."""
 
@@ -180,6 +193,7 @@ class Stores:
         self.assoc = None  # the C-MOVE's store association, once accepted
 
     def on_accepted(self, event) -> None:
+        sender_only(event.assoc)
         self.assoc = event.assoc
 
     def on_recv(self, event) -> None:
@@ -224,7 +238,8 @@ class Retriever:
                 return
             files = self._select(event, patient_root, record)
             stores = Stores()
-            handlers = [(evt.EVT_ACCEPTED, stores.on_accepted), (evt.EVT_DIMSE_RECV, stores.on_recv)]
+            handlers = [(evt.EVT_CONN_OPEN, no_delay), (evt.EVT_ACCEPTED, stores.on_accepted),
+                        (evt.EVT_DIMSE_RECV, stores.on_recv)]
             yield peer.host, peer.port, {"contexts": contexts_for(files) or None, "evt_handlers": handlers}
             yield len(files)
             yield from self._send(event, files, record, stores, lambda: stores.assoc)

@@ -31,7 +31,7 @@ from ..errors import NotFound
 from .audit import RetrievalAudit
 from .peers import Peers
 from .query import QueryError, answer, parse, rows
-from .retrieve import CANCELLED, PENDING, Retriever
+from .retrieve import CANCELLED, PENDING, Retriever, no_delay
 
 log = logging.getLogger("orthanc_nas")
 
@@ -89,6 +89,7 @@ class DicomNode:
     def start(self) -> bool:
         """Listen on `Host:Port`; False, with the reason in the log, when that is not possible."""
         handlers = [
+            (evt.EVT_CONN_OPEN, no_delay),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_C_MOVE, self._on_move),

@@ -1,0 +1,130 @@
+"""The DICOM node's core without a network: settings, callers, the SQL of queries."""
+
+import pytest
+from pydicom.dataset import Dataset
+from tests.support.series import record, write
+
+from orthanc_nas.catalog import Catalog
+from orthanc_nas.config import parse_settings
+from orthanc_nas.dicom.peers import Peer, Peers
+from orthanc_nas.dicom.query import QueryError, parse, prepare, rows, sql, time_value
+from orthanc_nas.errors import ConfigError
+
+
+def dicom_server(**raw):
+    return parse_settings({"DicomServer": raw}).DicomServer
+
+
+def test_settings_default_and_validated():
+    s = dicom_server()
+    assert (s.Enabled, s.AET, s.Port, s.Host, s.AllowedCallers, s.MaxAssociations, s.RegisterInOrthanc) == \
+        (False, "NAS", 4243, "127.0.0.1", None, 8, True)
+    assert parse_settings({"DicomServer": {}}, {"RemoteAccessAllowed": True}).DicomServer.Host == "0.0.0.0"
+    s = dicom_server(Enabled=True, AllowedCallers=[{"AET": "WS1", "Host": "10.0.0.5"}, {"AET": "ANY"}],
+                     Destinations={"PACS": ["pacs.local", 104]})
+    assert s.AllowedCallers == [{"AET": "WS1", "Host": "10.0.0.5"}, {"AET": "ANY"}]
+    assert s.Destinations == {"PACS": ["pacs.local", 104]}
+
+
+@pytest.mark.parametrize("raw, field", [
+    ({"Enabled": "yes"}, "Nas.DicomServer.Enabled"),
+    ({"AET": "A" * 17}, "Nas.DicomServer.AET"),
+    ({"AET": "A\\B"}, "Nas.DicomServer.AET"),
+    ({"Port": 70000}, "Nas.DicomServer.Port"),
+    ({"AllowedCallers": "everyone"}, "Nas.DicomServer.AllowedCallers"),
+    ({"AllowedCallers": [{"Host": "x"}]}, "Nas.DicomServer.AllowedCallers[0].AET"),
+    ({"AllowedCallers": [{"AET": "X", "Port": 1}]}, "Nas.DicomServer.AllowedCallers[0].Port"),
+    ({"Destinations": {"PACS": ["host"]}}, "Nas.DicomServer.Destinations.PACS"),
+    ({"MaxAssociations": 0}, "Nas.DicomServer.MaxAssociations"),
+    ({"Colour": 1}, "Nas.DicomServer.Colour"),
+])
+def test_bad_settings_name_the_key(raw, field):
+    with pytest.raises(ConfigError) as err:
+        dicom_server(**raw)
+    assert err.value.field == field
+
+
+def test_callers_default_to_orthancs_modalities_read_at_each_call():
+    modalities = [Peer("WS1", "127.0.0.1", 104)]
+    peers = Peers(dicom_server(), lambda: modalities, Peer("ORTHANC", "127.0.0.1", 4242))
+    assert peers.allowed("WS1", "127.0.0.1") and peers.allowed("WS1 ", "::ffff:127.0.0.1")
+    assert not peers.allowed("WS1", "192.0.2.7")  # the right AE title from another host
+    assert not peers.allowed("WS2", "127.0.0.1")
+    modalities.append(Peer("WS2", "127.0.0.1", 105))
+    assert peers.allowed("WS2", "127.0.0.1")
+    assert peers.allowed("ORTHANC", "127.0.0.1") and not peers.allowed("ORTHANC", "192.0.2.7")
+    assert peers.destination("WS2") == Peer("WS2", "127.0.0.1", 105)
+    assert peers.destination("ORTHANC").port == 4242 and peers.destination("NOWHERE") is None
+
+
+def test_allowed_callers_replace_the_modalities():
+    peers = Peers(dicom_server(AllowedCallers=[{"AET": "WS9"}], Destinations={"PACS": ["192.0.2.1", 104]}),
+                  lambda: [Peer("WS1", "127.0.0.1", 104)])
+    assert peers.allowed("WS9", "198.51.100.1") and not peers.allowed("WS1", "127.0.0.1")
+    assert peers.destination("PACS") == Peer("PACS", "192.0.2.1", 104)
+    assert Peers(dicom_server(AllowedCallers="*")).allowed("ANYONE", "203.0.113.9")
+
+
+def test_times_compare_as_text():
+    assert time_value("1015") == time_value("101500") == time_value("10:15:00") == "101500.000000"
+    assert time_value("093015.25") == "093015.250000" and time_value("") is None
+
+
+def identifier(level, **keys):
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def test_refused_identifiers():
+    with pytest.raises(QueryError):
+        parse(identifier("PATIENT", PatientID="1"), patient_root=False)
+    with pytest.raises(QueryError):
+        parse(identifier("FRAME"), patient_root=True)
+    with pytest.raises(QueryError):  # an IMAGE level query of every file
+        parse(identifier("IMAGE", PatientID="1", SOPInstanceUID=""), patient_root=True)
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    cat = Catalog(str(tmp_path))
+    files = [(f"s{s}/{i}", record(PatientID=f"P{s % 3}", PatientName="DOE^JOHN", StudyInstanceUID=f"1.{s % 5}",
+                                  SeriesInstanceUID=f"2.{s}", SOPInstanceUID=f"3.{s}.{i}", InstanceNumber=i,
+                                  Modality="CT", StudyDate="20240101"))
+             for s in range(30) for i in range(20)]
+    write(cat, files)
+    return cat
+
+
+@pytest.mark.parametrize("level, keys", [
+    ("IMAGE", {"SeriesInstanceUID": "2.4"}),
+    ("IMAGE", {"SOPInstanceUID": "3.4.2"}),
+    ("IMAGE", {"StudyInstanceUID": "1.2", "SeriesInstanceUID": "2.7"}),
+    ("SERIES", {"StudyInstanceUID": "1.2"}),
+    ("STUDY", {"PatientID": "P1"}),
+    ("STUDY", {"StudyInstanceUID": "1.3"}),
+])
+def test_queries_use_the_indexes_never_a_scan_of_files(catalog, level, keys):
+    conn = prepare(catalog.reader())
+    query = parse(identifier(level, **keys), patient_root=True)
+    plan = " | ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql(query)[0], sql(query)[1]))
+    assert "SCAN f" not in plan and "SCAN files" not in plan, plan
+    assert "USING INDEX" in plan or "USING COVERING INDEX" in plan, plan
+    assert list(rows(conn, query))
+
+
+def test_the_pynetdicom_internals_the_node_relies_on_are_still_there():
+    """`pynetdicom_internals.sender_only`: the reactor is the only non-blocking reader of the DIMSE queue."""
+    import inspect
+
+    from pynetdicom.association import Association
+    from pynetdicom.dimse import DIMSEServiceProvider
+
+    reactor = inspect.getsource(Association._run_reactor)
+    assert "self.dimse.get_msg(block=False)" in reactor
+    assert "self.dimse.get_msg(block=True)" in inspect.getsource(Association.send_c_store)
+    assert list(inspect.signature(DIMSEServiceProvider.get_msg).parameters) == ["self", "block"]
+    everything = inspect.getsource(__import__("pynetdicom.association", fromlist=["x"]))
+    assert everything.count("get_msg(block=False)") == 1
