@@ -11,18 +11,23 @@ APT_RUN := orthanc orthanc-python python3-venv libsmbclient
 APT_TEST := $(APT_RUN) dcmtk samba smbclient chromium debootstrap python3-yaml orthanc-webviewer
 PYTEST_ARGS ?=
 
-# Orthanc 1.12 + Python plugin 5.0 (Debian 13 packages) run from a Debian 13 tree made once with
-# debootstrap (tools/debian13.sh); its Python is 3.13, whose dependencies go to .venv-3.13 (pip --target
-# from the host: nothing is downloaded from inside the tree). plugin/nas_plugin.py picks the venv of the
-# Python it runs in.
+# Newer Orthancs run from trees of newer Debians made once with debootstrap (tools/debian-tree.sh):
+# Orthanc 1.12 + Python plugin 5.0 from Debian 13 (suite trixie, Python 3.13), Orthanc 1.13 + Python
+# plugin 7 from Debian unstable (suite sid, Python 3.14). The dependencies of each tree's Python go to
+# .venv-<its version> (pip --target from the host: nothing is downloaded from inside a tree).
+# plugin/nas_plugin.py picks the venv of the Python it runs in.
 DEBIAN13 ?= var/debian13
-DEBIAN13_PYTHON := 3.13
-VENV_1_12 := .venv-$(DEBIAN13_PYTHON)
-SITE_1_12 := $(VENV_1_12)/lib/python$(DEBIAN13_PYTHON)/site-packages
+DEBIAN_SID ?= var/debian-sid
+TREE_1.12 = $(DEBIAN13)
+SUITE_1.12 := trixie
+PYTHON_1.12 := 3.13
+TREE_1.13 = $(DEBIAN_SID)
+SUITE_1.13 := sid
+PYTHON_1.13 := 3.14
 # The Orthancs the integration tests run against (the harness reads ORTHANC_TARGET).
-ORTHANC_TARGETS ?= 1.10 1.12
+ORTHANC_TARGETS ?= 1.10 1.12 1.13
 
-.PHONY: help deps deps-test orthanc-1.12 run run-1.12 sample test test-unit test-integration test-e2e bench \
+.PHONY: help deps deps-test orthanc-1.12 orthanc-1.13 run run-1.12 run-1.13 sample test test-unit test-integration test-e2e bench \
 	lint clean
 
 help: ## list the targets
@@ -49,21 +54,24 @@ deps: $(VENV)/.deps ## install Orthanc, its Python plugin and the Python depende
 deps-test: deps ## deps + what the tests need (dcmtk, Samba, Chromium, debootstrap, PyYAML)
 	$(call apt_install,$(APT_TEST))
 
-orthanc-1.12: deps ## Orthanc 1.12 in the Debian 13 tree var/debian13 (made once, ~1 min) and .venv-3.13
+orthanc-1.12: ## Orthanc 1.12 in the Debian 13 tree var/debian13 (made once, ~1 min) and .venv-3.13
+orthanc-1.13: ## Orthanc 1.13 in the Debian unstable tree var/debian-sid (made once, ~1 min) and .venv-3.14
+orthanc-1.12 orthanc-1.13: deps
 	$(call apt_install,debootstrap)
-	tools/debian13.sh build $(DEBIAN13)
-	@[ "$$(cat $(DEBIAN13)/.orthanc-nas-ready)" = $(DEBIAN13_PYTHON) ] || \
-	  { echo "the Debian 13 tree has Python $$(cat $(DEBIAN13)/.orthanc-nas-ready), not $(DEBIAN13_PYTHON)"; exit 1; }
-	@$(MAKE) --no-print-directory $(VENV_1_12)/.deps
+	tools/debian-tree.sh build $(TREE_$(@:orthanc-%=%)) $(SUITE_$(@:orthanc-%=%))
+	@python=$$(head -1 $(TREE_$(@:orthanc-%=%))/.orthanc-nas-ready); [ "$$python" = $(PYTHON_$(@:orthanc-%=%)) ] || \
+	  { echo "the tree $(TREE_$(@:orthanc-%=%)) has Python $$python, not $(PYTHON_$(@:orthanc-%=%))"; exit 1; }
+	@$(MAKE) --no-print-directory .venv-$(PYTHON_$(@:orthanc-%=%))/.deps TREE=$(TREE_$(@:orthanc-%=%))
 
-$(VENV_1_12)/.deps: pyproject.toml
-	rm -rf $(VENV_1_12)
-	$(PY) -m pip install -q --target $(SITE_1_12) --python-version $(DEBIAN13_PYTHON) --only-binary=:all: \
+# .venv-3.13/.deps, .venv-3.14/.deps: the runtime dependencies for the Python of the tree TREE
+.venv-%/.deps: pyproject.toml
+	rm -rf .venv-$*
+	$(PY) -m pip install -q --target .venv-$*/lib/python$*/site-packages --python-version $* --only-binary=:all: \
 	  -r <($(PYTHON_SYSTEM) tools/deps.py runtime)
 	# check that they import in the tree's Python, and that its libsmbclient loads for the SMB source
-	tools/debian13.sh run $(DEBIAN13) -- /usr/bin/python3 -c \
-	  'import sys; sys.path[:0] = ["$(abspath $(SITE_1_12))", "$(abspath plugin)"]; import pydicom, zipstream, waitress; \
-	   from orthanc_nas.sources import libsmbclient; libsmbclient.load()'
+	tools/debian-tree.sh run $(TREE) -- /usr/bin/python3 -c \
+	  'import sys; sys.path[:0] = ["$(abspath .venv-$*/lib/python$*/site-packages)", "$(abspath plugin)"]; \
+	   import pydicom, zipstream, waitress; from orthanc_nas.sources import libsmbclient; libsmbclient.load()'
 	touch $@
 
 sample: deps ## generate the sample NAS folder var/sample-nas (a few hundred synthetic DICOM files)
@@ -73,21 +81,23 @@ run: deps sample ## start Orthanc on port 8042 with the plugin on the sample NAS
 	mkdir -p var/orthanc
 	/usr/sbin/Orthanc orthanc.json
 
-run-1.12: orthanc-1.12 sample ## the same with Orthanc 1.12 from the Debian 13 tree
+run-1.12: ## the same with Orthanc 1.12 from the Debian 13 tree
+run-1.13: ## the same with Orthanc 1.13 from the Debian unstable tree
+run-1.12 run-1.13: run-%: orthanc-% sample
 	mkdir -p var/orthanc
-	tools/debian13.sh run $(DEBIAN13) --cd $(CURDIR) -- /usr/sbin/Orthanc $(CURDIR)/orthanc.json
+	tools/debian-tree.sh run $(TREE_$*) --cd $(CURDIR) -- /usr/sbin/Orthanc $(CURDIR)/orthanc.json
 
 # The integration tier once for each Orthanc of ORTHANC_TARGETS, setting `status=1` if a run fails.
 # A failed integration test is run once more (and reported as rerun, "R"): the Samba 4.17 that serves
 # as the test NAS panics now and then under load, dropping a connection in the middle of a test.
 INTEGRATION_RUNS = for target in $(ORTHANC_TARGETS); do \
 	  echo "== integration tests on Orthanc $$target"; \
-	  ORTHANC_TARGET=$$target ORTHANC_DEBIAN13=$(abspath $(DEBIAN13)) \
+	  ORTHANC_TARGET=$$target ORTHANC_DEBIAN13=$(abspath $(DEBIAN13)) ORTHANC_DEBIAN_SID=$(abspath $(DEBIAN_SID)) \
 	    $(PY) -m pytest tests/integration --reruns 1 --reruns-delay 2 -raR $(PYTEST_ARGS) || status=1; \
 	done
-ORTHANC_1_12_IF_WANTED := $(if $(filter 1.12,$(ORTHANC_TARGETS)),orthanc-1.12)
+ORTHANC_TREES_WANTED := $(addprefix orthanc-,$(filter 1.12 1.13,$(ORTHANC_TARGETS)))
 
-test: deps-test $(ORTHANC_1_12_IF_WANTED) ## the whole suite: unit and e2e once, integration on Orthanc 1.10 and 1.12
+test: deps-test $(ORTHANC_TREES_WANTED) ## the whole suite: unit and e2e once, integration on Orthanc 1.10, 1.12 and 1.13
 	@status=0; \
 	$(PY) -m pytest --ignore=tests/integration $(PYTEST_ARGS) || status=1; \
 	$(INTEGRATION_RUNS); \
@@ -96,7 +106,7 @@ test: deps-test $(ORTHANC_1_12_IF_WANTED) ## the whole suite: unit and e2e once,
 test-unit: deps ## unit tests only (no Orthanc, no Samba)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: deps-test $(ORTHANC_1_12_IF_WANTED) ## integration tests (real Orthanc, real smbd) on ORTHANC_TARGETS
+test-integration: deps-test $(ORTHANC_TREES_WANTED) ## integration tests (real Orthanc, real smbd) on ORTHANC_TARGETS
 	@status=0; $(INTEGRATION_RUNS); exit $$status
 
 test-e2e: deps-test ## the NAS panel in headless Chromium
@@ -108,6 +118,7 @@ bench: deps-test ## benchmarks: figures and ratios against simple baselines
 lint: deps ## ruff
 	$(PY) -m ruff check plugin tests bench tools
 
-clean: ## remove the venvs and generated data (the Debian 13 tree too)
-	tools/debian13.sh remove $(DEBIAN13)
-	rm -rf $(VENV) $(VENV_1_12) var .pytest_cache
+clean: ## remove the venvs and generated data (the Debian trees too)
+	tools/debian-tree.sh remove $(DEBIAN13)
+	tools/debian-tree.sh remove $(DEBIAN_SID)
+	rm -rf $(VENV) .venv-* var .pytest_cache

@@ -771,11 +771,18 @@
     renderStatus(state.status);
     var start = location.hash.slice(1);
     if (linkedSearch(start)) { return; }
+    // ?q=... in the address (a custom button of Orthanc Explorer 2, a bookmark): search it at once
+    var wanted = new URLSearchParams(location.search).get('q');
+    if (wanted !== null && configured(state.settings)) { start = 'search'; }
     if (TABS.indexOf(start) < 0) {
       start = !configured(state.settings) ? 'connection' : (state.status.series_count ? 'search' : 'indexing');
     }
     showTab(start);
     if (start !== location.hash.slice(1)) { history.replaceState(null, '', '#' + start); }
+    if (start === 'search' && wanted !== null) {
+      $('q').value = wanted;
+      runSearch(searchParams(0));
+    }
   }, function (err) {
     showError($('notice'), err);
     showTab(location.hash.slice(1) || 'connection');

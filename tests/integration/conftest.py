@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import pytest
 from tests.support.dicom import write_dicom, write_series
-from tests.support.orthanc import OrthancServer
+from tests.support.orthanc import TARGET, TREE, OrthancServer, installed_versions
 
 pytestmark = pytest.mark.integration
+
+
+def target_description() -> str:
+    """What ORTHANC_TARGET runs here, as installed (Debian unstable moves from one tree to the next)."""
+    versions = ", ".join(f"{name} {version}" for name, version in installed_versions().items())
+    where = "the host's packages" if TREE is None else f"the tree {TREE}"
+    return f"ORTHANC_TARGET={TARGET}: {versions} ({where})"
+
+
+def pytest_report_header(config):
+    return target_description()
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(f"integration tests run on {target_description()}")
 
 
 @pytest.fixture(scope="session")

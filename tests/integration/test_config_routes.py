@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from urllib.parse import urljoin, urlsplit
 
 import pytest
 import requests
@@ -217,6 +218,18 @@ def test_the_panel_is_served_under_nas_app(orthanc):
 def test_orthanc_explorer_gets_the_nas_button(orthanc):
     script = orthanc.get("/plugins/explorer.js").text
     assert "nas-open-panel" in script and "../nas/app/index.html" in script
+
+
+def test_the_plugin_lists_of_orthanc_explorer_and_orthanc_explorer_2_link_the_panel(orthanc):
+    plugin = orthanc.get("/plugins/python").json()
+    assert "orthanc-nas" in plugin["Description"]
+    # Orthanc Explorer opens RootUri from /app/explorer.html; Orthanc Explorer 2 (Root /ui/, pages under
+    # /ui/app/) puts one "../" per folder of its Root before it (its Plugin.cpp, GetPluginsConfiguration).
+    for page, prefix in (("/app/explorer.html", ""), ("/ui/app/settings", "../")):
+        link = urljoin(orthanc.url + page, prefix + plugin["RootUri"])
+        assert urlsplit(link).path == "/nas/app/index.html", page
+        answer = orthanc.session.get(link, timeout=30)
+        assert answer.status_code == 200 and '<script src="app.js"' in answer.text
 
 
 def test_no_route_answers_or_logs_a_password(orthanc):

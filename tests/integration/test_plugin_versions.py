@@ -12,9 +12,10 @@ from tests.support.orthanc import REPO, TARGET
 pytestmark = pytest.mark.integration
 
 PROBE = REPO / "tests" / "support" / "glue_probe.py"
-EXPECTED = {  # measured: plugin 4.0 (Debian 12) cannot stream, 5.0 (Debian 13) can
+EXPECTED = {  # measured: plugin 4.0 (Debian 12) cannot stream, 5.0 (Debian 13) and 7.1 (Debian unstable) can
     "1.10": {"can_stream": False, "python": "3.11"},
     "1.12": {"can_stream": True, "python": "3.13"},
+    "1.13": {"can_stream": True, "python": "3.14"},
 }
 BODY = b"".join(f"chunk{i};".encode() * 1000 for i in range(3))
 

@@ -5,10 +5,13 @@ without pytest. `OrthancServer(workdir, nas={...})` writes an orthanc.json,
 starts `Orthanc` and polls `GET /system` until it answers.
 
 `ORTHANC_TARGET` chooses the Orthanc: `1.10` (default) is the host's, from
-Debian 12 packages; `1.12` is Debian 13's, run by `tools/debian13.sh` inside
-the tree that `make orthanc-1.12` makes (`var/debian13`, or `ORTHANC_DEBIAN13`),
-with the repository, the temporary folder and the server's folders mounted at
-the same paths, so tests see no difference.
+Debian 12 packages; `1.12` is Debian 13's and `1.13` Debian unstable's, run by
+`tools/debian-tree.sh` inside the tree that `make orthanc-1.12` / `make
+orthanc-1.13` makes (`var/debian13` or `ORTHANC_DEBIAN13`, `var/debian-sid` or
+`ORTHANC_DEBIAN_SID`), with the repository, the temporary folder and the
+server's folders mounted at the same paths, so tests see no difference.
+`installed_versions()` reads the versions the target really holds (unstable
+moves): the integration tier names them in its report.
 """
 
 from __future__ import annotations
@@ -25,16 +28,34 @@ import requests
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN_SCRIPT = REPO / "plugin" / "nas_plugin.py"
-TARGETS = ("1.10", "1.12")
+TARGETS = ("1.10", "1.12", "1.13")
 TARGET = os.environ.get("ORTHANC_TARGET") or "1.10"
 if TARGET not in TARGETS:
     raise ValueError(f"ORTHANC_TARGET must be one of {', '.join(TARGETS)}, not {TARGET!r}")
-DEBIAN13 = Path(os.environ.get("ORTHANC_DEBIAN13") or REPO / "var" / "debian13").resolve()
-DEBIAN13_RUN = REPO / "tools" / "debian13.sh"
-# Inside the Debian 13 tree, Orthanc and its plugin sit where Debian puts them.
-ORTHANC_BINARY = os.environ.get("ORTHANC_BINARY", "/usr/sbin/Orthanc") if TARGET == "1.10" else "/usr/sbin/Orthanc"
+# The Debian tree each newer target runs from; None for the host's Orthanc.
+TREES = {
+    "1.12": Path(os.environ.get("ORTHANC_DEBIAN13") or REPO / "var" / "debian13").resolve(),
+    "1.13": Path(os.environ.get("ORTHANC_DEBIAN_SID") or REPO / "var" / "debian-sid").resolve(),
+}
+TREE = TREES.get(TARGET)
+TREE_RUN = REPO / "tools" / "debian-tree.sh"
+# Inside a Debian tree, Orthanc and its plugin sit where Debian puts them.
+ORTHANC_BINARY = os.environ.get("ORTHANC_BINARY", "/usr/sbin/Orthanc") if TREE is None else "/usr/sbin/Orthanc"
 PYTHON_PLUGIN = os.environ.get("ORTHANC_PYTHON_PLUGIN", "/usr/share/orthanc/plugins/libOrthancPython.so")
 USER, PASSWORD = "nasadmin", "nas-test-password"
+
+
+def installed_versions() -> dict[str, str]:
+    """{"Orthanc": "1.13.0+dfsg-1+b1", "Python plugin": "7.1+ds-1+b2", "Python": "3.14.10"}: the Debian
+    packages' versions and the Python's of the target (the host's, or its tree's)."""
+    root = [] if TREE is None else ["chroot", str(TREE)]
+    packages = subprocess.run([*root, "dpkg-query", "-W", "-f", "${Package} ${Version}\n", "orthanc",
+                               "orthanc-python"], capture_output=True, text=True).stdout.split()
+    versions = dict(zip(packages[::2], packages[1::2], strict=True))
+    python = subprocess.run([*root, "/usr/bin/python3", "-c", "import platform; print(platform.python_version())"],
+                            capture_output=True, text=True).stdout.strip()
+    return {"Orthanc": versions.get("orthanc", "?"), "Python plugin": versions.get("orthanc-python", "?"),
+            "Python": python or "?"}
 
 
 def free_port() -> int:
@@ -89,7 +110,7 @@ class OrthancServer:
     def command(self) -> list[str]:
         """The command line that starts this Orthanc (the same PID as Orthanc's, for signals)."""
         orthanc = [ORTHANC_BINARY, "--verbose", str(self.config_path)]
-        if TARGET == "1.10":
+        if TREE is None:
             return orthanc
         # The repository and the temporary folder are always mounted; the script skips folders inside
         # those. A NAS folder elsewhere must exist when Orthanc starts to be seen.
@@ -99,7 +120,7 @@ class OrthancServer:
         if isinstance(path, str) and os.path.isabs(path) and os.path.isdir(path):
             folders.append(Path(path))
         binds = [arg for folder in folders for arg in ("--bind", str(folder))]
-        return [str(DEBIAN13_RUN), "run", str(DEBIAN13), *binds, "--cd", str(self.workdir), "--", *orthanc]
+        return [str(TREE_RUN), "run", str(TREE), *binds, "--cd", str(self.workdir), "--", *orthanc]
 
     def start(self, timeout: float = 30, expect_failure: bool = False) -> OrthancServer:
         self.write_config()

@@ -13,8 +13,10 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
 import pytest
+from tests.support.readme import readme_json_with
 
 from orthanc_nas.config import parse_settings
 
@@ -148,3 +150,27 @@ def test_the_samba_share_is_the_mounted_folder(compose):
                              str(DOCKER / "samba" / "smb.conf")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "/srv/dicom"
+
+
+# What the orthancteam/orthanc image sets before the files and variables above are merged in (its
+# docker/orthanc/orthanc-defaults.json; 26.8.1): remote access and authentication, both on.
+IMAGE_DEFAULTS = {"RemoteAccessAllowed": True, "AuthenticationEnabled": True}
+
+
+def test_the_image_has_a_registered_user_orthanc_1_13_refuses_to_start_without(compose):
+    config = {**IMAGE_DEFAULTS, **image_configuration(compose)}
+    assert config["RemoteAccessAllowed"] and config["AuthenticationEnabled"]
+    users = config.get("RegisteredUsers")
+    assert isinstance(users, dict) and users and all(isinstance(p, str) and p for p in users.values())
+
+
+def test_the_orthanc_explorer_2_button_is_the_readmes_and_leads_from_its_pages_to_the_panel():
+    readme = readme_json_with("CustomButtons")["OrthancExplorer2"]["UiOptions"]["CustomButtons"]
+    image = json.loads((DOCKER / "orthanc.json").read_text())["OrthancExplorer2"]["UiOptions"]["CustomButtons"]
+    assert image == readme
+    (button,) = readme["study"]
+    assert button["HttpMethod"] == "GET" and "{PatientID}" in button["Url"]
+    # Orthanc Explorer 2 (Root "/ui/") shows a study under /ui/app/ and follows the link from there
+    for page in ("http://orthanc:8042/ui/app/", "http://orthanc:8042/ui/app/filtered-studies"):
+        target = urlsplit(urljoin(page, button["Url"].replace("{PatientID}", "DE-1001")))
+        assert (target.path, target.query) == ("/nas/app/index.html", "q=DE-1001")

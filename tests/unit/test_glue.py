@@ -2,6 +2,7 @@
 
 Plugin 4.0 (Orthanc 1.10, Debian 12): `SendHttpStatus(status, str, length)`, no streaming.
 Plugin 5.0 (Orthanc 1.12, Debian 13): `SendHttpStatus(status, body)`, `StartStreamAnswer`/`SendStreamChunk`.
+Plugin 7.1 (Orthanc 1.13, Debian unstable): as 5.0. All three have `SetRootUri` and `SetDescription`.
 """
 
 from __future__ import annotations
@@ -102,3 +103,27 @@ def test_redirections_and_405_go_through_their_own_calls(output):
     nas_glue.send(output, json_response({"error": "no"}, 405, {"Allow": "GET, PUT"}))
     assert ("redirect", "index.html") in output.calls and ("not allowed", "GET, PUT") in output.calls
     assert not [c for c in output.calls if c[0] == "status"]
+
+
+class Module40:
+    """What nas_glue.link_panel uses of the `orthanc` module (present in plugins 4.0, 5.0 and 7.1)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def SetRootUri(self, uri):
+        self.calls.append(("root", uri))
+
+    def SetDescription(self, text):
+        self.calls.append(("description", text))
+
+
+def test_the_panel_is_named_as_the_plugins_root_page_relative_to_orthanc_explorer():
+    orthanc = Module40()
+    assert nas_glue.link_panel(orthanc)
+    assert orthanc.calls[0] == ("root", "../nas/app/index.html")
+    assert orthanc.calls[1][0] == "description" and "NAS panel" in orthanc.calls[1][1]
+
+
+def test_a_module_without_root_pages_gets_no_link_and_no_error():
+    assert not nas_glue.link_panel(object())

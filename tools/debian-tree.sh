@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Orthanc 1.12 from Debian 13 packages, in a tree made with debootstrap (Debian 13 needs a newer libc
-# than Debian 12's, so it cannot be installed next to the host's Orthanc 1.10).
+# A newer Orthanc from a newer Debian's packages, in a tree made with debootstrap (Debian 13 and
+# unstable need a newer libc than Debian 12's, so they cannot be installed next to the host's Orthanc
+# 1.10): Orthanc 1.12 from Debian 13 (suite trixie), Orthanc 1.13 from Debian unstable (suite sid).
 #
-#   tools/debian13.sh build TREE     make TREE once (about 70 s); nothing to do when it is ready
-#   tools/debian13.sh check TREE     exit 0 when TREE is ready
-#   tools/debian13.sh remove TREE    delete TREE (refused while something is mounted inside it)
-#   tools/debian13.sh run TREE [--bind DIR]... [--cd DIR] -- COMMAND [ARG]...
+#   tools/debian-tree.sh build TREE SUITE  make TREE from SUITE once (about 70 s); nothing to do when
+#                                          it is ready (a tree of another suite is made again)
+#   tools/debian-tree.sh check TREE        exit 0 when TREE is ready
+#   tools/debian-tree.sh version TREE      print the Orthanc and Python versions of TREE, one a line
+#   tools/debian-tree.sh remove TREE       delete TREE (refused while something is mounted inside it)
+#   tools/debian-tree.sh run TREE [--bind DIR]... [--cd DIR] -- COMMAND [ARG]...
 #        run COMMAND inside TREE, in a private mount namespace where /proc, /dev, the repository, the
 #        temporary folder and each --bind DIR are mounted at the same paths as outside (so no path
 #        needs translating). The mounts vanish with the last process; COMMAND keeps the PID of this
@@ -14,11 +17,12 @@ set -euo pipefail
 
 PACKAGES=orthanc,orthanc-python,python3-smbc  # python3-smbc brings libsmbclient, whatever its package name
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The stamp holds the tree's Python version (what `make` checks), its suite on a second line.
 STAMP=.orthanc-nas-ready
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
-SELF="$REPO/tools/debian13.sh"
+SELF="$REPO/tools/debian-tree.sh"
 
-die() { echo "debian13.sh: $*" >&2; exit 1; }
+die() { echo "debian-tree.sh: $*" >&2; exit 1; }
 
 ready() {
     [ -f "$1/$STAMP" ] && chroot "$1" /usr/sbin/Orthanc --version >/dev/null 2>&1 \
@@ -42,21 +46,27 @@ remove() {
     rm -rf --one-file-system "$1"
 }
 
+suite() {
+    sed -n 2p "$1/$STAMP" 2>/dev/null
+}
+
 build() {
-    local tree=$1 partial="$1.partial"
+    local tree=$1 suite=$2 partial="$1.partial"
     mkdir -p "$(dirname "$tree")"
     exec 9>"$tree.lock"
     flock 9  # two builds of the same tree at once wait for each other
-    ready "$tree" && return 0
-    echo "making the Debian 13 tree $tree with $PACKAGES (about 70 s, once)"
+    # (a stamp without a suite is from before there were two: a Debian 13 tree)
+    ready "$tree" && [[ "$(suite "$tree")" = "$suite" || ( -z "$(suite "$tree")" && $suite = trixie ) ]] && return 0
+    echo "making the Debian $suite tree $tree with $PACKAGES (about 70 s, once)"
     remove "$partial"
     # debootstrap mounts /proc and /sys inside the tree while it works: in a namespace of its own,
     # those mounts cannot outlive it, whatever stops it.
     unshare --mount --propagation private \
-        debootstrap --variant=minbase --include="$PACKAGES" trixie "$partial" "$MIRROR" \
+        debootstrap --variant=minbase --include="$PACKAGES" "$suite" "$partial" "$MIRROR" \
         >"$partial.log" 2>&1 || { tail -20 "$partial.log" >&2; die "debootstrap failed (log: $partial.log)"; }
     rm -f "$partial"/var/cache/apt/archives/*.deb
-    chroot "$partial" /usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' >"$partial/$STAMP"
+    { chroot "$partial" /usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])'
+      echo "$suite"; } >"$partial/$STAMP"
     remove "$tree"
     mv "$partial" "$tree"
     rm -f "$partial.log"
@@ -65,7 +75,7 @@ build() {
 
 run() {
     local tree=$1; shift
-    [ -f "$tree/$STAMP" ] || die "$tree is not ready: run 'make orthanc-1.12'"
+    [ -f "$tree/$STAMP" ] || die "$tree is not ready: run 'make orthanc-1.12' or 'make orthanc-1.13'"
     exec unshare --mount --propagation private -- "$SELF" _inside "$(realpath "$tree")" "$@"
 }
 
@@ -99,12 +109,18 @@ inside() {  # in the private mount namespace: mount, enter the tree, exec the co
     exec chroot "$tree" /bin/sh -c 'cd "$1" && shift && exec "$@"' sh "$wd" "$@"
 }
 
-[ $# -ge 2 ] || die "usage: $0 build|check|remove|run TREE ..."
+version() {  # "Orthanc 1.13.0" from the first line of `Orthanc --version`, then "Python 3.14.0"
+    chroot "$1" /usr/sbin/Orthanc --version | awk 'NR == 1 { print "Orthanc", $NF }'
+    chroot "$1" /usr/bin/python3 -c 'import platform; print("Python", platform.python_version())'
+}
+
+[ $# -ge 2 ] || die "usage: $0 build|check|version|remove|run TREE ..."
 command=$1 tree=$2
 shift 2
 case $command in
-    build) build "$tree" ;;
+    build) [ $# -eq 1 ] || die "usage: $0 build TREE SUITE"; build "$tree" "$1" ;;
     check) ready "$tree" ;;
+    version) version "$tree" ;;
     remove) remove "$tree"; rm -f "$tree.lock" ;;
     run) run "$tree" "$@" ;;
     _inside) inside "$tree" "$@" ;;
