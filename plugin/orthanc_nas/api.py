@@ -9,8 +9,8 @@ from .archive import content_disposition, series_archive
 from .config import parse_web_connection, parse_web_settings
 from .errors import BadRequest, ConfigError, NasError, NotFound, NotSupported
 from .http import Request, Response, Router, json_response
-from .panel import panel_file
 from .jobs import ORTHANC, parse_retrieve_request
+from .panel import panel_file
 from .retrieval import echo
 from .search import SearchParams, patient_series, search, series_detail
 from .shares import parse_share_request

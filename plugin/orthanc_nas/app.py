@@ -10,8 +10,8 @@ from dataclasses import replace
 from .catalog import Catalog
 from .config import Connection, Settings, load_saved_connection, save_connection
 from .indexer import Indexer
-from .listener import ShareApp, ShareListener
 from .jobs import JobStore
+from .listener import ShareApp, ShareListener
 from .probe import try_source
 from .retention import RetentionSweeper
 from .retrieval import OrthancHost, Retrievals

@@ -297,9 +297,11 @@ class Retrievals:
                 "viewers": viewers}
 
     def _send(self, job: Job, peer: Peer) -> None:
+        from pynetdicom import evt
         from pynetdicom.status import code_to_category
 
-        from .dicom.retrieve import contexts_for, unsendable
+        from .dicom.pynetdicom_internals import sender_only
+        from .dicom.retrieve import contexts_for, no_delay, unsendable
 
         ae = new_ae(self.calling_aet())
         for key in job.series:
@@ -307,8 +309,10 @@ class Retrievals:
             if job.cancel.is_set():
                 return
             ae.requested_contexts = contexts_for(files)
-            assoc = ae.associate(peer.Host, peer.Port, ae_title=peer.AET)
-            if not assoc.is_established:
+            assoc = ae.associate(peer.Host, peer.Port, ae_title=peer.AET, evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)])
+            if assoc.is_established:
+                sender_only(assoc)  # the DICOM node's fix of pynetdicom's reactor race (see there)
+            else:
                 job.fail(key, f"{peer.AET} at {peer.Host}:{peer.Port} refused or did not answer the association "
                               f"for series {key}", len(files))
                 continue

@@ -10,7 +10,7 @@ import time
 
 import pytest
 from tests.support.dcmtk import StoreSCP, body
-from tests.support.dicom import write_dicom, write_series
+from tests.support.dicom import write_series
 from tests.support.orthanc import PYTHON_PLUGIN, TARGET, OrthancServer, free_port
 
 pytestmark = pytest.mark.integration
