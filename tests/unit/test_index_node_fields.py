@@ -15,7 +15,7 @@ from pydicom.uid import (
 )
 from tests.support.dicom import CT_IMAGE, write_dicom, write_series
 
-from orthanc_nas.catalog import MIGRATIONS, NODE_FILE_FIELDS, NODE_SERIES_FIELDS, Catalog
+from orthanc_nas.catalog import MIGRATIONS, NODE_FILE_FIELDS, NODE_SERIES_FIELDS, Catalog, migrate
 from orthanc_nas.headers import HEAD_SIZE, read_record
 from orthanc_nas.indexer import Indexer
 from orthanc_nas.sources.local import LocalSource
@@ -75,11 +75,17 @@ class CountingSource(LocalSource):
 def as_written_by_version_2(db: str) -> None:
     """Turn an index into what the version before the node fields wrote (schema 2, no such columns)."""
     conn = sqlite3.connect(db)
+    before = sqlite3.connect(":memory:")
+    migrate(before, MIGRATIONS[:2])
+    kept = {row[0] for row in before.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='index' AND sql IS NOT NULL").fetchall():
+        if name not in kept:  # indexes of later migrations
+            conn.execute(f"DROP INDEX {name}")
     for column in (*NODE_FILE_FIELDS, "fields_version"):
         conn.execute(f"ALTER TABLE files DROP COLUMN {column}")
     for column in NODE_SERIES_FIELDS:
         conn.execute(f"ALTER TABLE series DROP COLUMN {column}")
-    conn.execute("PRAGMA user_version=2")
+    conn.execute("PRAGMA user_version=2")  # later migrations run again when the index opens
     conn.commit()
     conn.close()
 
