@@ -174,6 +174,10 @@ class OrthancRest:
     def series(self, series_id: str) -> dict:
         return self._get(f"/series/{series_id}")
 
+    def instances(self, series_id: str) -> dict:
+        found = self._get(f"/series/{series_id}/instances")
+        return {i["MainDicomTags"].get("SOPInstanceUID"): i["ID"] for i in found}
+
     def plugins(self) -> list[str]:
         return self._get("/plugins")
 

@@ -18,12 +18,14 @@ To a modality: C-STORE (PS3.4 B.2) with pynetdicom, one association per series, 
 
 from __future__ import annotations
 
+import collections
 import functools
+import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,6 +37,7 @@ from .viewers import OrthancSeries, viewer_links
 log = logging.getLogger("orthanc_nas")
 
 MAX_RUNNING = 2  # jobs at once; more wait as pending
+STORE_IN_FLIGHT = 4  # files a job hands to Orthanc at once (Orthanc stores them in parallel)
 SAVE_EVERY = 0.5  # seconds between progress writes of a running job
 LABEL = "nas"  # Orthanc label (1.12+) of series imported from the NAS
 DIMSE_TIMEOUT = 60.0  # seconds a C-STORE or C-ECHO response may take
@@ -68,6 +71,9 @@ class OrthancHost(Protocol):
     def series(self, series_id: str) -> dict:
         """Orthanc's `GET /series/{id}`."""
 
+    def instances(self, series_id: str) -> dict[str, str]:
+        """The instances Orthanc has of a series: SOP Instance UID -> Orthanc ID."""
+
     def plugins(self) -> list[str]: ...
 
     def has_labels(self) -> bool: ...
@@ -93,6 +99,7 @@ class Job:
     bytes: int = 0
     samples: list[dict] = field(default_factory=list)
     saved_at: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)  # counters updated by store threads
 
     def fail(self, path: str, reason: str, count: int = 1) -> None:
         self.files_failed += count
@@ -102,6 +109,10 @@ class Job:
     def progress(self) -> dict:
         return {"files_done": self.files_done, "files_skipped": self.files_skipped,
                 "files_failed": self.files_failed, "bytes": self.bytes, "error_samples": self.samples}
+
+
+STOPPED = {"error": "Orthanc stopped while this job was running", "kind": "internal",
+           "hint": "Start the retrieval again: instances already in Orthanc are skipped."}
 
 
 class NasGone(NasNetworkError):
@@ -119,8 +130,10 @@ class Retrievals:
         self.host = host
         self.calling_aet = calling_aet
         self._jobs: dict[str, Job] = {}
+        self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max(1, max_running), thread_name_prefix="nas-job")
+        self._storers = ThreadPoolExecutor(STORE_IN_FLIGHT * max(1, max_running), thread_name_prefix="nas-store")
         failed = store.interrupted()
         if failed:
             log.warning("%d job(s) of retrieval were cut off by a stop of Orthanc: marked failed", failed)
@@ -197,6 +210,8 @@ class Retrievals:
                 else:
                     self._send(job, peer)
                 state = CANCELLED if job.cancel.is_set() else DONE
+                if self._stopping.is_set():
+                    state, outcome = FAILED, {"failure": STOPPED}
             except NasError as exc:
                 state, outcome = FAILED, {"failure": exc.to_json()}
             except Exception as exc:
@@ -254,11 +269,16 @@ class Retrievals:
         rows = self.catalog.series_rows(job.series)
         for key in job.series:
             files = self._files(key)
+            row = rows[key]
+            # what Orthanc has of this series, in one call; a file whose instance Orthanc keeps in another
+            # series is read and answered "AlreadyStored", so it is skipped all the same
+            series_id = host.lookup(row["SeriesInstanceUID"], "Series") if row["SeriesInstanceUID"] else None
+            has = host.instances(series_id) if series_id else {}
             missing, present = [], []
             for item in files:
                 if job.cancel.is_set():
                     return {}
-                found = host.lookup(item.sop_instance, "Instance") if item.sop_instance else None
+                found = has.get(item.sop_instance) if item.sop_instance else None
                 if found:
                     present.append(found)
                     job.files_done += 1
@@ -267,23 +287,18 @@ class Retrievals:
                     missing.append(item)
             self.store.retrieved_again(present)
             stored_here = False
-            for item, data in self._reading(job, missing, raw=True):
-                try:
-                    answer = host.store(data)
-                except Exception as exc:  # Orthanc refused the file (not DICOM, storage full...)
-                    job.fail(item.path, f"Orthanc did not store it: {exc}")
-                    continue
-                job.files_done += 1
-                job.bytes += len(data)
-                if answer.get("Status") == "AlreadyStored":
-                    job.files_skipped += 1
-                else:
-                    stored_here = True
-                    self.store.imported(job.id, answer["ID"], answer.get("ParentSeries", ""), item.sop_instance,
-                                        host.instance_md5(answer["ID"]))
-                self._tick(job)
-            row = rows[key]
-            series_id = host.lookup(row["SeriesInstanceUID"], "Series") if row["SeriesInstanceUID"] else None
+            storing: collections.deque[Future] = collections.deque()  # files handed to Orthanc, in order
+            try:
+                for item, data in self._reading(job, missing, raw=True):
+                    storing.append(self._storers.submit(self._store, job, item, data))
+                    while storing and (len(storing) >= STORE_IN_FLIGHT or storing[0].done()):
+                        stored_here |= storing.popleft().result()
+                    self._tick(job)
+            finally:
+                while storing:
+                    stored_here |= storing.popleft().result()
+            if row["SeriesInstanceUID"] and (stored_here or not series_id):
+                series_id = host.lookup(row["SeriesInstanceUID"], "Series")
             if series_id:
                 study_id = host.series(series_id).get("ParentStudy", "")
                 imported_series[key] = OrthancSeries(series_id, study_id, row["StudyInstanceUID"] or "",
@@ -295,6 +310,26 @@ class Retrievals:
         studies = list(dict.fromkeys(s.study_id for s in imported_series.values()))
         return {"orthanc": {"studies": studies, "series": [s.id for s in imported_series.values()]},
                 "viewers": viewers}
+
+    def _store(self, job: Job, item, data: bytes) -> bool:
+        """Hand one file to Orthanc (in a thread of `_storers`) and count it; True if Orthanc did not have
+        it, which is then recorded for ImportRetentionHours with the MD5 of its bytes (Orthanc's attachment
+        MD5, unless Orthanc transcodes on ingest: then they differ and retention keeps it, the safe side)."""
+        try:
+            stored = self.host.store(data)
+        except Exception as exc:  # Orthanc refused the file (not DICOM, storage full...)
+            with job.lock:
+                job.fail(item.path, f"Orthanc did not store it: {exc}")
+            return False
+        new = stored.get("Status") != "AlreadyStored"
+        if new:
+            self.store.imported(job.id, stored["ID"], stored.get("ParentSeries", ""), item.sop_instance,
+                                hashlib.md5(data).hexdigest())
+        with job.lock:
+            job.files_done += 1
+            job.files_skipped += 0 if new else 1
+            job.bytes += len(data)
+        return new
 
     def _send(self, job: Job, peer: Peer) -> None:
         from pynetdicom import evt
@@ -339,10 +374,13 @@ class Retrievals:
                     assoc.release()
 
     def close(self) -> None:
-        """Orthanc is stopping: every job ends at its next file; pending ones never start."""
+        """Orthanc is stopping: every job ends at its next file, `failed` (as a job found running at the next
+        start would be); pending ones never start and are marked so at the next start."""
+        self._stopping.set()
         for job in list(self._jobs.values()):
             job.cancel.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._storers.shutdown(wait=True)
 
 
 def new_ae(aet: str):

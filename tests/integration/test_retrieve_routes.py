@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import threading
 import time
@@ -292,5 +293,28 @@ def test_jobs_wait_their_turn_and_a_restart_marks_them_failed(tmp_path, nas):
             assert job["finished_at"]
         again = retrieve(server, [key])  # a new job does what the cut-off ones began
         assert (again["state"], again["files_done"], again["files_failed"]) == ("done", 10, 0)
+    finally:
+        server.stop()
+
+
+def test_a_clean_stop_of_orthanc_mid_job_marks_it_failed(tmp_path, nas):
+    folder, make_fifo, release, restore = blocked_series(nas)
+    server = start(tmp_path, nas)
+    try:
+        server.index()
+        make_fifo()
+        job_id = server.post("/nas/retrieve", json={"series": [key_of(server, "SLOW", nas)]}).json()["job"]
+        wait_for(server, job_id, lambda j: j["state"] == "running" and j["files_done"] == 3)
+        server.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while "share listener stopped" not in server.log():  # the plugin is stopping (NasApp.close)
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        release()  # the read in progress ends, as a NAS read does, and Orthanc can stop
+        server.proc.wait(30)
+        restore()
+        server.start()
+        job = server.get(f"/nas/jobs/{job_id}").json()
+        assert job["state"] == "failed" and "Orthanc stopped" in job["failure"]["error"], job
     finally:
         server.stop()
