@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from orthanc_nas.config import parse_settings
 from orthanc_nas.errors import BadRequest, ConfigError, NotSupported
 from orthanc_nas.http import Request
