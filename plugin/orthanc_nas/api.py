@@ -129,6 +129,7 @@ def test_config(app, request: Request) -> Response:
 @router.route("POST", "/nas/retrieve")
 def start_retrieval(app, request: Request) -> Response:
     series, to = parse_retrieve_request(request.json())
+    app.source()  # a missing NAS connection is a 400 now, not a failed job later
     return json_response({"job": _retrievals(app).submit(series, to)}, 202)
 
 
