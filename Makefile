@@ -71,7 +71,7 @@ orthanc-1.12 orthanc-1.13: deps
 	# check that they import in the tree's Python, and that its libsmbclient loads for the SMB source
 	tools/debian-tree.sh run $(TREE) -- /usr/bin/python3 -c \
 	  'import sys; sys.path[:0] = ["$(abspath .venv-$*/lib/python$*/site-packages)", "$(abspath plugin)"]; \
-	   import pydicom, zipstream, waitress; from orthanc_nas.sources import libsmbclient; libsmbclient.load()'
+	   import pydicom, zipstream, waitress, pynetdicom; from orthanc_nas.sources import libsmbclient; libsmbclient.load()'
 	touch $@
 
 sample: deps ## generate the sample NAS folder var/sample-nas (a few hundred synthetic DICOM files)

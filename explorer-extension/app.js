@@ -96,6 +96,14 @@
     return Math.floor(seconds / 3600) + ' h ' + String(Math.floor(seconds % 3600 / 60)).padStart(2, '0') + ' min';
   }
 
+  function ago(iso) {
+    var seconds = Math.max(0, (Date.now() - new Date(iso).getTime()) / 1000);
+    if (seconds < 60) { return 'just now'; }
+    if (seconds < 3600) { return Math.floor(seconds / 60) + ' min ago'; }
+    if (seconds < 86400) { return Math.floor(seconds / 3600) + ' h ' + Math.floor(seconds % 3600 / 60) + ' min ago'; }
+    return plural(Math.floor(seconds / 86400), 'day') + ' ago';
+  }
+
   function bytes(n) {
     if (n < 1024) { return n + ' B'; }
     if (n < 1048576) { return (n / 1024).toFixed(1) + ' KB'; }
@@ -405,13 +413,49 @@
     $('index-start').disabled = running;
     $('index-stop').disabled = !running;
     setText('tab-progress', running ? ' ' + Math.floor(percent) + ' %' : '');
+    renderSchedule(s);
+  }
+
+  // "last indexed … ago, next at …" (Schedule), and whether Throttle holds the pace now
+  function renderSchedule(s) {
+    var parts = [];
+    if (s.finished_at && !s.running) { parts.push('Last indexed ' + ago(s.finished_at)); }
+    if (s.next_run_at) { parts.push((parts.length ? 'next at ' : 'Next indexing at ') + localTime(s.next_run_at)); }
+    var line = parts.length ? parts.join(', ') + '.' : '';
+    if (s.throttled) { line += (line ? ' ' : '') + 'Reading at the working hours\' pace (Throttle).'; }
+    setText('schedule-line', line);
+  }
+
+  var RUN_TRIGGERS = { api: 'asked', schedule: 'scheduled', start: 'at start' };
+  var RUN_OUTCOMES = { done: 'done', cancelled: 'stopped', failed: 'failed', interrupted: 'interrupted' };
+
+  function loadRuns() {
+    return api('GET', 'runs').then(function (answer) {
+      var runs = answer.data;
+      $('runs-card').hidden = !runs.length;
+      var tbody = clear($('runs-body'));
+      runs.forEach(function (run) {
+        tbody.appendChild(el('tr', null,
+          el('td', { text: localTime(run.started_at) }), el('td', { text: RUN_TRIGGERS[run.trigger] || run.trigger }),
+          el('td', { className: 'path', text: run.path || 'all' }),
+          el('td', { text: run.finished_at ? (RUN_OUTCOMES[run.outcome] || run.outcome || '') : 'running' }),
+          el('td', { text: number(run.files_read) }), el('td', { text: number(run.files_skipped) }),
+          el('td', { text: number(run.files_removed) }), el('td', { text: number(run.errors) }),
+          el('td', { text: number(run.series_added) }), el('td', { text: number(run.series_changed) }),
+          el('td', { text: number(run.series_removed) })));
+      });
+    }, function () { /* the runs are extra: the status shows what matters */ });
   }
 
   function pollStatus() {
     window.clearTimeout(state.pollTimer);
     return api('GET', 'status').then(function (answer) {
+      var before = state.status;
       state.status = answer.data;
       renderStatus(state.status);
+      if (!before || before.running !== state.status.running || before.started_at !== state.status.started_at) {
+        loadRuns();
+      }
       if ($('notice').dataset.from === 'poll') { hide($('notice')); }
     }, function (err) {
       showError($('notice'), err).dataset.from = 'poll';
@@ -769,6 +813,7 @@
     state.status = answers[1].data;
     fillConnection(state.settings);
     renderStatus(state.status);
+    loadRuns();
     var start = location.hash.slice(1);
     if (linkedSearch(start)) { return; }
     // ?q=... in the address (a custom button of Orthanc Explorer 2, a bookmark): search it at once

@@ -18,7 +18,9 @@ from orthanc_nas.app import NasApp
 from orthanc_nas.config import parse_settings
 from orthanc_nas.errors import NasError
 from orthanc_nas.http import Request, Response, parse_query
+from orthanc_nas.metrics import MetricsPusher
 from orthanc_nas.panel import explorer_script
+from orthanc_nas.pathnames import escaped
 
 log = logging.getLogger("orthanc_nas")
 _KEEP: list = []  # objects Orthanc holds that must outlive its own references (see register)
@@ -36,7 +38,7 @@ class OrthancLogHandler(logging.Handler):
         self.orthanc = orthanc
 
     def emit(self, record: logging.LogRecord) -> None:
-        message = "NAS: " + self.format(record)
+        message = "NAS: " + escaped(self.format(record))  # a file name that is not UTF-8 is escaped
         if record.levelno >= logging.ERROR:
             self.orthanc.LogError(message)
         elif record.levelno >= logging.WARNING:
@@ -203,8 +205,9 @@ def start_dicom_node(orthanc, app: NasApp, config: dict):
     to be called once Orthanc runs (its REST API is not ready while plugins load); else None."""
     from orthanc_nas.dicom import Peer
 
-    own = (Peer(config.get("DicomAet", "ORTHANC"), "127.0.0.1", config.get("DicomPort", 4242))
-           if config.get("DicomServerEnabled", True) else None)
+    # Orthanc queries and retrieves as its DicomAet; it receives on DicomPort only with its DICOM server on
+    own = Peer(config.get("DicomAet", "ORTHANC"), "127.0.0.1",
+               config.get("DicomPort", 4242) if config.get("DicomServerEnabled", True) else None)
     if not app.start_dicom_node(lambda: orthanc_modalities(orthanc), own) or not app.settings.DicomServer.RegisterInOrthanc:
         return None
     server = app.settings.DicomServer
@@ -250,10 +253,15 @@ def register(orthanc) -> NasApp:
         orthanc.ExtendOrthancExplorer(script)
     link_panel(orthanc)
 
+    metrics = MetricsPusher(app, lambda name, value: orthanc.SetMetricsValue(
+        name, value, orthanc.MetricsType.DEFAULT)).start()
+    app.start_schedule()
+
     def on_change(change_type, level, resource_id):
         if change_type == orthanc.ChangeType.ORTHANC_STARTED and register_node is not None:
             register_node()
         if change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+            metrics.stop()
             app.close()
 
     _KEEP.append(on_change)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import logging
 from urllib.parse import unquote
 
+from .allowed import check_web_connection
 from .archive import content_disposition, series_archive
 from .config import parse_web_connection, parse_web_settings
-from .errors import BadRequest, ConfigError, NasError, NotFound, NotSupported
+from .errors import BadRequest, ConfigError, NasError, NotFound, NotSupported, shown
 from .http import Request, Response, Router, json_response
 from .jobs import ORTHANC, parse_retrieve_request
 from .panel import panel_file
 from .retrieval import echo
 from .search import SearchParams, patient_series, search, series_detail
 from .shares import parse_share_request
+from .sources.scope import parse_folder
 from .status import iso
 
 log = logging.getLogger("orthanc_nas")
@@ -29,15 +31,24 @@ def get_status(app, request: Request) -> Response:
 @router.route("POST", "/nas/index")
 def start_index(app, request: Request) -> Response:
     body = request.json(required=False)
-    unknown = set(body) - {"full"}
+    unknown = set(body) - {"full", "path"}
     if unknown:
-        raise BadRequest(f"unknown field {sorted(unknown)[0]!r} in the body", 'The body may hold {"full": true}.')
+        raise BadRequest(f"unknown field {sorted(unknown)[0]!r} in the body",
+                         'The body may hold {"full": true, "path": "2024/11"}.')
     full = body.get("full", False)
     if not isinstance(full, bool):
         raise BadRequest("field 'full' must be true or false")
+    folder = parse_folder(body.get("path", ""))
     app.source()  # a missing connection is a 400 now, not a failed run later
-    app.indexer.start(full=full)
+    app.indexer.start(full=full, folder=folder)
     return json_response({"started": True}, 202)
+
+
+@router.route("GET", "/nas/runs")
+def list_runs(app, request: Request) -> Response:
+    """The last indexing runs, newest first (SPEC "GET /nas/runs")."""
+    return json_response([{**run, "started_at": iso(run["started_at"]), "finished_at": iso(run["finished_at"])}
+                          for run in app.catalog.runs()])
 
 
 @router.route("DELETE", "/nas/index")
@@ -75,7 +86,7 @@ def create_share(app, request: Request) -> Response:
     known = app.catalog.series_rows(options.series)
     for key in options.series:
         if key not in known:
-            raise NotFound(f"unknown series_key {key!r}", "Use a series_key found by GET /nas/search.")
+            raise NotFound(f"unknown series_key {shown(key)}", "Use a series_key found by GET /nas/search.")
     share, token = app.shares.create_from(options)
     log.info("share %s created: %d series, expires at %s", share.id, len(share.series), iso(share.expires_at))
     answer = {"id": share.id, "token": token, "url": app.share_url(token), "expires_at": iso(share.expires_at),
@@ -109,6 +120,7 @@ def put_config(app, request: Request) -> Response:
     """Validate, save, reconnect, then test the new connection. The settings are saved even when the test
     fails (a NAS may be down for a moment, or set up ahead of time): the answer's `test` says so."""
     settings = parse_web_settings(request.json(), app.settings)
+    check_web_connection(settings.Connection, app.settings, app.base_settings.Connection)
     app.configure(settings)
     return json_response({**app.settings.public(), "test": app.test_connection()})
 
@@ -122,6 +134,8 @@ def test_config(app, request: Request) -> Response:
                           'The body is {"Connection": {...}}, or empty to test the saved connection.',
                           field=unknown[0])
     connection = parse_web_connection(body["Connection"], app.settings.Connection) if body else None
+    if connection is not None:
+        check_web_connection(connection, app.settings, app.base_settings.Connection)
     result = app.test_connection(connection)
     return json_response(result, 200 if result["ok"] else 502)
 

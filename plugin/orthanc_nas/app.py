@@ -7,14 +7,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 
+from .allowed import check_web_connection
 from .catalog import Catalog
-from .config import Connection, Settings, load_saved_connection, save_connection
+from .config import SAVED_CONFIG_NAME, Connection, Settings, load_saved_connection, save_connection
+from .errors import ConfigError
 from .indexer import Indexer
 from .jobs import JobStore
 from .listener import ShareApp, ShareListener
 from .probe import try_source
 from .retention import RetentionSweeper
 from .retrieval import OrthancHost, Retrievals
+from .schedule import Scheduler
 from .shares import ShareStore
 from .sources import Source, open_source
 from .status import IndexStatus
@@ -28,13 +31,23 @@ class NasApp:
     def __init__(self, settings: Settings, *, parse_processes: int | None = None):
         self.base_settings = settings
         self.settings = load_saved_connection(settings)
+        if self.settings.Connection != settings.Connection:  # saved from the web before AllowedRoots narrowed
+            try:
+                check_web_connection(self.settings.Connection, settings, settings.Connection,
+                                     f"{SAVED_CONFIG_NAME}.Connection")
+            except ConfigError as exc:
+                log.error("%s: ignored, orthanc.json's connection is used. %s", exc.message, exc.hint)
+                self.settings = settings.with_connection(settings.Connection, self.settings.Workers)
         self.catalog = Catalog(self.settings.DataDirectory)
         self.status = IndexStatus(self.settings.DataDirectory)
         self.status.load(self.catalog.counts()["series"])
         self._source: Source | None = None
         self._source_lock = threading.Lock()
         self.indexer = Indexer(self.catalog, self.status, self.source, lambda: self.settings.Workers,
-                               parse_processes=parse_processes)
+                               parse_processes=parse_processes, throttle=self.settings.Throttle,
+                               excluded_folders=self.settings.ExcludedFolders,
+                               skipped_extensions=self.settings.SkippedExtensions)
+        self.scheduler: Scheduler | None = None
         self.shares = ShareStore(self.settings.DataDirectory)
         self.listener: ShareListener | None = None
         self.dicom_node = None  # the DICOM node (`start_dicom_node`), when DicomServer.Enabled
@@ -60,6 +73,16 @@ class NasApp:
             log.info("share links will start with %s; set Nas.ShareServer.PublicUrl if colleagues reach this "
                      "server under another address (a host name, a reverse proxy)", self.share_url("")[:-1])
         return True
+
+    def start_schedule(self) -> None:
+        """Start incremental runs at the times of `Schedule` (nothing without one); see `schedule`."""
+        if self.settings.Schedule and self.scheduler is None:
+            self.scheduler = Scheduler(self.settings.Schedule, self._scheduled_run,
+                                       lambda at: self.status.update(next_run_at=at)).start()
+
+    def _scheduled_run(self) -> None:
+        self.source()  # no connection: not started (logged by the scheduler)
+        self.indexer.start(trigger="schedule")
 
     def start_dicom_node(self, modalities: Callable[[], list] = list, orthanc=None) -> bool:
         """Start the DICOM query/retrieve node (see `orthanc_nas.dicom`); False (logged) if it cannot listen.
@@ -123,6 +146,8 @@ class NasApp:
             self.retention.stop()
         if self.retrievals is not None:
             self.retrievals.close()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         self.indexer.stop()
         self.indexer.wait(timeout=30)
         with self._source_lock:

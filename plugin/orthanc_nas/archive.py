@@ -30,6 +30,7 @@ from urllib.parse import quote
 from zipstream import ZipStream
 
 from .errors import FileChanged, NasNotFound, NotFound
+from .pathnames import escaped
 
 CHUNK = 512 * 1024  # a typical CT image in one read; larger files in several
 MAX_COMPONENT = 80  # characters per file or folder name: far below every file system's limit
@@ -104,7 +105,7 @@ def plan_members(series: Sequence[Mapping], files: Callable[[str], Iterable[Mapp
         folder = _unique(folder, folders, keep_ext=False)
         names: set[str] = set()
         for n, f in enumerate(files(row["series_key"]), start=1):
-            base = safe_component(f["path"].rpartition("/")[2], f"IM{n:05d}")
+            base = safe_component(escaped(f["path"].rpartition("/")[2]), f"IM{n:05d}")
             members.append(Member(f["path"], f["size"], f["mtime_ns"], f"{folder}/{_unique(base, names)}"))
     return members
 
@@ -190,7 +191,7 @@ class ShareArchive:
         try:
             fh = self.source.open(member.path)
         except NasNotFound as exc:
-            raise FileChanged(f"{member.path} is no longer on the NAS") from exc
+            raise FileChanged(f"{escaped(member.path)} is no longer on the NAS") from exc
         self._open = fh
         try:
             has_stat = _check_stat(fh, member)
@@ -200,14 +201,14 @@ class ShareArchive:
                     raise Interrupted("the server is stopping")
                 data = fh.read(min(self.chunk_size, remaining))
                 if not data:
-                    raise FileChanged(f"{member.path} is shorter than when it was indexed "
+                    raise FileChanged(f"{escaped(member.path)} is shorter than when it was indexed "
                                       f"({member.size - remaining} of {member.size} bytes)")
                 remaining -= len(data)
                 yield data
             if has_stat:
                 _check_stat(fh, member)  # grown, or changed in place, while it was read
             elif fh.read(1):
-                raise FileChanged(f"{member.path} is longer than when it was indexed ({member.size} bytes)")
+                raise FileChanged(f"{escaped(member.path)} is longer than when it was indexed ({member.size} bytes)")
         finally:
             self._open = None
             fh.close()
@@ -235,5 +236,5 @@ def _check_stat(fh: BinaryIO, member: Member) -> bool:
     except (AttributeError, OSError, io.UnsupportedOperation):
         return False
     if st.st_size != member.size or st.st_mtime_ns != member.mtime_ns:
-        raise FileChanged(f"{member.path} changed since it was indexed")
+        raise FileChanged(f"{escaped(member.path)} changed since it was indexed")
     return True

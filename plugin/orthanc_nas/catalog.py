@@ -9,15 +9,23 @@ older version opens in a newer one.
 
 Writes come from one thread (the indexer's writer); each batch is one
 transaction that updates files and their series together, so a reader (WAL
-gives readers a snapshot) never sees a half-written series.
+gives readers a snapshot) never sees a half-written series. Whatever a file
+holds, it cannot fail its batch: values are made SQLite-safe before the write
+(`sqlite_value`), and a batch SQLite still refuses is written again record by
+record, the refused record kept as a file with its error.
+
+Paths are kept as `pathnames.stored` gives them (raw bytes for a name that is not UTF-8).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import logging
+import math
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -25,6 +33,9 @@ from contextlib import contextmanager
 
 from .errors import NotFound
 from .normalize import fold, search_text
+from .pathnames import escaped, loaded, stored
+
+log = logging.getLogger("orthanc_nas")
 
 INDEX_NAME = "index.db"
 
@@ -39,7 +50,7 @@ NODE_SERIES_FIELDS = ("StudyTime", "StudyID", "ReferringPhysicianName", "Institu
 NODE_FILE_FIELDS = ("SOPClassUID", "TransferSyntaxUID")
 #: the header fields a file row holds: rows written by an older version (`files.fields_version` lower)
 #: are read again by the next incremental run, even when the file did not change
-FIELDS_VERSION = 2
+FIELDS_VERSION = 3  # 2: the DICOM node's fields; 3: values read by their VR (`dicom_values`)
 #: the order of a series' files everywhere they are listed (the zip of a share, `GET /nas/series/{key}`)
 FILE_ORDER = "InstanceNumber IS NULL, InstanceNumber, path"
 
@@ -63,6 +74,17 @@ def _add_search_columns(conn: sqlite3.Connection) -> None:
     # the answer's order (newest first): a search without words reads its first page straight off it
     conn.execute("CREATE INDEX series_by_date ON series(StudyDate DESC, sort_name, SeriesNumber, series_key)")
     conn.execute("CREATE INDEX series_by_modality ON series(Modality, StudyDate)")
+
+
+def _dates_as_dates(conn: sqlite3.Connection) -> None:
+    """Migration 5: dates stored by an older version as the file gave them (`2024.01.02`, `20240230`) are
+    stored as `YYYYMMDD` or null, so that they compare and sort as dates (see `dicom_values.date`)."""
+    from .dicom_values import date  # the reading rules of DA: the same as for new files
+
+    for column in ("StudyDate", "PatientBirthDate"):
+        rows = conn.execute(f"SELECT series_key, {column} FROM series WHERE {column} IS NOT NULL").fetchall()
+        conn.executemany(f"UPDATE series SET {column}=? WHERE series_key=?",
+                         ((date(str(value)), key) for key, value in rows if date(str(value)) != value))
 
 
 #: Schema versions, in order: an SQL script, or a function given the connection for what SQL alone
@@ -117,7 +139,24 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX series_by_patient ON series(PatientID);
     CREATE INDEX files_by_sop ON files(SOPInstanceUID);
     """,
+    # 5: dates as YYYYMMDD or null (values read from files, see `dicom_values`)
+    _dates_as_dates,
+    # 6: what each run was and did (GET /nas/runs)
+    """
+    ALTER TABLE runs ADD COLUMN trigger TEXT NOT NULL DEFAULT 'api';
+    ALTER TABLE runs ADD COLUMN path TEXT NOT NULL DEFAULT '';
+    ALTER TABLE runs ADD COLUMN files_read INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN files_skipped INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN files_removed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN errors INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN series_added INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN series_changed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN series_removed INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
+RUN_FIELDS = ("id", "started_at", "finished_at", "outcome", "trigger", "path", "files_read", "files_skipped",
+              "files_removed", "errors", "series_added", "series_changed", "series_removed")
+RUNS_KEPT = 100
 
 
 def series_key(record: dict, path: str) -> str:
@@ -132,11 +171,56 @@ def series_key(record: dict, path: str) -> str:
         basis = f"study:{record['StudyInstanceUID']}|{record.get('SeriesNumber')}"
     else:
         basis = "folder:" + path.rpartition("/")[0]
-    digest = hashlib.sha256(basis.encode("utf-8")).digest()[:15]
+    digest = hashlib.sha256(basis.encode("utf-8", "surrogateescape")).digest()[:15]
     return base64.urlsafe_b64encode(digest).decode("ascii")
 
 
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1  # SQLite's INTEGER
+
+#: what SQLite may refuse in one record's values (not the database's own trouble: locked, full, corrupt)
+RECORD_ERRORS = (OverflowError, UnicodeError, ValueError, TypeError, sqlite3.InterfaceError,
+                 sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError)
+
+
+def sqlite_value(value):
+    """A value SQLite stores as it is: None, an int within 64 bits, a finite float, or text without NULs
+    that is valid UTF-8 (undecodable bytes escaped). Anything else becomes None, or its text."""
+    kind = type(value)
+    if kind is str:  # the usual value: checked without copying it
+        if "\0" in value:
+            value = value.replace("\0", "")
+        return value if value.isascii() else escaped(value)
+    if value is None or kind is bool:
+        return value
+    if isinstance(value, int):
+        return value if INT64_MIN <= value <= INT64_MAX else None
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return sqlite_value(str(value))
+
+
+#: the index and the shares hold patient data: only Orthanc's own account may read them
+PRIVATE_MODE = 0o600
+
+
+def make_private(path: str) -> None:
+    """Create `path` if missing, and give it (and SQLite's -wal/-shm beside it) mode 0600, whatever the umask.
+
+    SQLite creates its -wal and -shm files with the mode of the database file, so they follow.
+    Files made readable by an older version are closed again.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_MODE))
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            if stat.S_IMODE(os.stat(name).st_mode) != PRIVATE_MODE:
+                os.chmod(name, PRIVATE_MODE)
+        except FileNotFoundError:
+            pass
+
+
 def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    if not readonly and path != ":memory:":
+        make_private(path)
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
     else:
@@ -196,6 +280,19 @@ def transaction(conn: sqlite3.Connection):
     conn.execute("COMMIT")
 
 
+@contextmanager
+def savepoint(conn: sqlite3.Connection):
+    """A part of the enclosing transaction that can fail alone: undone, the rest of the transaction kept."""
+    conn.execute("SAVEPOINT part")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK TO part")
+        conn.execute("RELEASE part")
+        raise
+    conn.execute("RELEASE part")
+
+
 def _chunks(items: Sequence, size: int = 500) -> Iterable[Sequence]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -250,11 +347,21 @@ class Catalog:
                 found[row["series_key"]] = row
         return found
 
-    def series_files(self, key: str) -> list[sqlite3.Row]:
-        """The readable files of one series (path, size, mtime_ns), in instance order as `GET /nas/series` lists them."""
-        return self.reader().execute(
+    def runs(self, limit: int = RUNS_KEPT) -> list[dict]:
+        """The last runs, newest first: `RUN_FIELDS`, times in epoch seconds."""
+        if not self.exists():
+            return []
+        rows = self.reader().execute(f"SELECT {', '.join(RUN_FIELDS)} FROM runs ORDER BY id DESC LIMIT ?", (limit,))
+        return [dict(zip(RUN_FIELDS, row, strict=True)) for row in rows]
+
+    def series_files(self, key: str) -> list[dict]:
+        """The readable files of one series (path, size, mtime_ns), in instance order as `GET /nas/series` lists them.
+
+        `path` opens the file (a name that is not UTF-8 as `os` gives it, see `pathnames`).
+        """
+        return [{"path": loaded(path), "size": size, "mtime_ns": mtime} for path, size, mtime in self.reader().execute(
             f"SELECT path, size, mtime_ns FROM files WHERE series_key=? AND error IS NULL ORDER BY {FILE_ORDER}",
-            (key,)).fetchall()
+            (key,))]
 
 
 class CatalogWriter:
@@ -263,14 +370,29 @@ class CatalogWriter:
     def __init__(self, catalog: Catalog):
         self.conn = catalog.open_for_writing()
         self.run_id = 0
+        # series keys this run added, changed (files added, changed or removed) and removed
+        self.added: set[str] = set()
+        self.changed: set[str] = set()
+        self.removed: set[str] = set()
 
-    def begin_run(self) -> int:
-        cur = self.conn.execute("INSERT INTO runs(started_at) VALUES (?)", (time.time(),))
-        self.run_id = cur.lastrowid
+    def begin_run(self, trigger: str = "api", path: str = "") -> int:
+        """Record a run's start (`trigger`: api, schedule or start; `path`: its folder, "" for all); keeps
+        the last `RUNS_KEPT` runs."""
+        with transaction(self.conn):
+            cur = self.conn.execute("INSERT INTO runs(started_at, trigger, path) VALUES (?,?,?)",
+                                    (time.time(), trigger, path))
+            self.run_id = cur.lastrowid
+            self.conn.execute("DELETE FROM runs WHERE id <= ?", (self.run_id - RUNS_KEPT,))
         return self.run_id
 
-    def finish_run(self, outcome: str) -> None:
-        self.conn.execute("UPDATE runs SET finished_at=?, outcome=? WHERE id=?", (time.time(), outcome, self.run_id))
+    def finish_run(self, outcome: str, counts: dict | None = None) -> None:
+        """Record the end: `counts` holds files_read, files_skipped, files_removed, errors."""
+        counts = {k: (counts or {}).get(k, 0) for k in ("files_read", "files_skipped", "files_removed", "errors")}
+        self.conn.execute(
+            "UPDATE runs SET finished_at=?, outcome=?, files_read=?, files_skipped=?, files_removed=?, errors=?, "
+            "series_added=?, series_changed=?, series_removed=? WHERE id=?",
+            (time.time(), outcome, *counts.values(), len(self.added - self.removed),
+             len(self.changed - self.added - self.removed), len(self.removed - self.added), self.run_id))
 
     def known(self, paths: Sequence[str]) -> dict[str, tuple[int, int]]:
         """(size, mtime_ns) of the given paths that are already in the index with every field.
@@ -279,66 +401,120 @@ class CatalogWriter:
         so the file is read again; a file that could not be read (its error) has nothing to add.
         """
         found: dict[str, tuple[int, int]] = {}
-        for chunk in _chunks(paths):
+        for chunk in _chunks([stored(p) for p in paths]):
             marks = ",".join("?" * len(chunk))
             for path, size, mtime in self.conn.execute(
                     f"SELECT path, size, mtime_ns FROM files WHERE path IN ({marks}) "
                     f"AND (fields_version >= {FIELDS_VERSION} OR error IS NOT NULL)", chunk):
-                found[path] = (size, mtime)
+                found[loaded(path)] = (size, mtime)
         return found
 
     def mark_seen(self, paths: Sequence[str]) -> None:
         """Record that unchanged files were seen by this run (so they are not removed as gone)."""
         with transaction(self.conn):
-            self.conn.executemany("UPDATE files SET seen_run=? WHERE path=?", ((self.run_id, p) for p in paths))
+            self.conn.executemany("UPDATE files SET seen_run=? WHERE path=?",
+                                  ((self.run_id, stored(p)) for p in paths))
 
-    def write(self, results: Sequence[tuple], unread: Sequence[str] = ()) -> None:
+    def write(self, results: Sequence[tuple], unread: Sequence[str] = ()) -> list[tuple[str, str]]:
         """Store a batch of `(FileEntry, record or None, error or None)` in one transaction.
 
         `unread`: paths the run could not read this time; rows they have are only marked seen.
+        No record can fail the batch: one SQLite refuses is stored as a file with its error, and
+        returned among `(path, error)` so that it is counted. The writer's mistakes a record notes
+        (see `headers`) go to the log at debug level.
         """
+        refused: list[tuple[str, str]] = []
         with transaction(self.conn):
             if unread:
-                self.conn.executemany("UPDATE files SET seen_run=? WHERE path=?", ((self.run_id, p) for p in unread))
-            dirty = self._old_keys([entry.path for entry, _, _ in results])
-            series_rows = {}
-            file_rows = []
-            for entry, record, error in results:
-                key = None
-                if record is not None:
-                    key = series_key(record, entry.path)
-                    series_rows[key] = (*(record.get(f) for f in (*SERIES_FIELDS, *NODE_SERIES_FIELDS)),
-                                        *search_columns(record))
-                    dirty.add(key)
-                file_rows.append((entry.path, entry.size, entry.mtime_ns, key,
-                                  record and record.get("SOPInstanceUID"), record and record.get("InstanceNumber"),
-                                  *((record or {}).get(f) for f in NODE_FILE_FIELDS), FIELDS_VERSION,
-                                  error, self.run_id))
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO files(path, size, mtime_ns, series_key, SOPInstanceUID, InstanceNumber, "
-                f"{', '.join(NODE_FILE_FIELDS)}, fields_version, error, seen_run) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                file_rows)
-            stored = (*SERIES_FIELDS, *NODE_SERIES_FIELDS, "search_text", "sort_name")
-            columns = ", ".join(stored)
-            updates = ", ".join(f"{f}=excluded.{f}" for f in stored)
-            self.conn.executemany(
-                f"INSERT INTO series(series_key, {columns}) VALUES (?{',?' * len(stored)}) "
-                f"ON CONFLICT(series_key) DO UPDATE SET {updates}",
-                ((key, *values) for key, values in series_rows.items()))
-            self._recount(dirty)
+                self.conn.executemany("UPDATE files SET seen_run=? WHERE path=?",
+                                      ((self.run_id, stored(p)) for p in unread))
+            try:
+                with savepoint(self.conn):
+                    self._note(*self._store(results))
+            except RECORD_ERRORS:
+                for one in results:  # the batch again, record by record: only the refused one is lost
+                    entry = one[0]
+                    try:
+                        with savepoint(self.conn):
+                            self._note(*self._store([one]))
+                    except RECORD_ERRORS as exc:
+                        reason = f"the index refused a value of this file ({type(exc).__name__}: {exc})"[:300]
+                        log.warning("NAS indexing: %s: %s", escaped(entry.path), reason)
+                        refused.append((entry.path, reason))
+                        try:
+                            with savepoint(self.conn):
+                                self._note(*self._store([(entry, None, reason)]))
+                        except RECORD_ERRORS:
+                            pass  # not even its path: it is read again next run
+        for entry, record, _ in results:
+            for note in (record or {}).get("notes") or ():
+                log.debug("NAS indexing: %s: %s (the writer's mistake; read anyway)", escaped(entry.path), note)
+        return refused
 
-    def remove_unseen(self) -> int:
-        """Remove files this run did not see. Call only after a complete, error-free enumeration."""
+    def _note(self, added: set[str], dirty: set[str]) -> None:
+        """Count what a stored batch did to series (for the run's `series_added`, `series_changed`)."""
+        self.added.update(added)
+        self.changed.update(dirty)
+
+    def _store(self, results: Sequence[tuple]) -> tuple[set[str], set[str]]:
+        """Store records; returns the series keys it added, and those it touched."""
+        dirty = self._old_keys([entry.path for entry, _, _ in results])
+        series_rows = {}
+        file_rows = []
+        for entry, record, error in results:
+            key = None
+            if record is not None:
+                key = series_key(record, entry.path)
+                series_rows[key] = tuple(sqlite_value(v) for v in (
+                    *(record.get(f) for f in (*SERIES_FIELDS, *NODE_SERIES_FIELDS)), *search_columns(record)))
+                dirty.add(key)
+            file_rows.append((stored(entry.path), entry.size, entry.mtime_ns, key,
+                              sqlite_value(record and record.get("SOPInstanceUID")),
+                              sqlite_value(record and record.get("InstanceNumber")),
+                              *(sqlite_value((record or {}).get(f)) for f in NODE_FILE_FIELDS), FIELDS_VERSION,
+                              sqlite_value(error), self.run_id))
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO files(path, size, mtime_ns, series_key, SOPInstanceUID, InstanceNumber, "
+            f"{', '.join(NODE_FILE_FIELDS)}, fields_version, error, seen_run) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            file_rows)
+        added = set(series_rows) - self._existing(list(series_rows))
+        stored_fields = (*SERIES_FIELDS, *NODE_SERIES_FIELDS, "search_text", "sort_name")
+        columns = ", ".join(stored_fields)
+        updates = ", ".join(f"{f}=excluded.{f}" for f in stored_fields)
+        self.conn.executemany(
+            f"INSERT INTO series(series_key, {columns}) VALUES (?{',?' * len(stored_fields)}) "
+            f"ON CONFLICT(series_key) DO UPDATE SET {updates}",
+            ((key, *values) for key, values in series_rows.items()))
+        self._recount(dirty)
+        return added, dirty
+
+    def remove_unseen(self, folder: str = "", covered: Callable[[str], bool] | None = None) -> int:
+        """Remove files this run did not see, within `folder` ("" for all) and, with `covered`, only
+        paths it accepts (those the walk would have listed). Call only after a complete, error-free
+        enumeration."""
         with transaction(self.conn):
-            dirty = {row[0] for row in self.conn.execute(
-                "SELECT DISTINCT series_key FROM files WHERE seen_run < ? AND series_key IS NOT NULL", (self.run_id,))}
-            removed = self.conn.execute("DELETE FROM files WHERE seen_run < ?", (self.run_id,)).rowcount
+            inside = "AND substr(path, 1, ?) = ?" if folder else ""
+            args = (self.run_id, len(folder) + 1, folder + "/") if folder else (self.run_id,)
+            rows = [(path, key) for path, key in self.conn.execute(
+                f"SELECT path, series_key FROM files WHERE seen_run < ? {inside}", args)
+                if covered is None or covered(loaded(path))]
+            for chunk in _chunks([path for path, _ in rows]):
+                self.conn.execute(f"DELETE FROM files WHERE path IN ({','.join('?' * len(chunk))})", chunk)
+            dirty = {key for _, key in rows if key is not None}
+            self.changed.update(dirty)
             self._recount(dirty)
-        return removed
+        return len(rows)
+
+    def _existing(self, keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(keys):
+            found.update(row[0] for row in self.conn.execute(
+                f"SELECT series_key FROM series WHERE series_key IN ({','.join('?' * len(chunk))})", chunk))
+        return found
 
     def _old_keys(self, paths: Sequence[str]) -> set[str]:
         keys: set[str] = set()
-        for chunk in _chunks(paths):
+        for chunk in _chunks([stored(p) for p in paths]):
             marks = ",".join("?" * len(chunk))
             keys.update(row[0] for row in self.conn.execute(
                 f"SELECT series_key FROM files WHERE path IN ({marks}) AND series_key IS NOT NULL", chunk))
@@ -350,6 +526,8 @@ class CatalogWriter:
             self.conn.execute(
                 f"UPDATE series SET file_count=(SELECT count(*) FROM files WHERE files.series_key=series.series_key) "
                 f"WHERE series_key IN ({marks})", chunk)
+            self.removed.update(row[0] for row in self.conn.execute(
+                f"SELECT series_key FROM series WHERE file_count=0 AND series_key IN ({marks})", chunk))
             self.conn.execute(f"DELETE FROM series WHERE file_count=0 AND series_key IN ({marks})", chunk)
 
     def series_count(self) -> int:

@@ -16,13 +16,21 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .errors import ConfigError
+from .schedule import parse_schedule
+from .throttle import Throttle, parse_throttle
 
 CONNECTION_TYPES = ("local", "smb")
 ENUMERATORS = ("auto", "scandir", "robocopy", "powershell")
 DEFAULT_WORKERS = 12
 MIN_WORKERS, MAX_WORKERS = 1, 64
 SAVED_CONFIG_NAME = "nas-config.json"
+#: NetApp, Synology, QNAP, Windows and Linux snapshot and recycle folders (SPEC "Configuration")
+DEFAULT_EXCLUDED_FOLDERS = (".snapshot", "~snapshot", "@eaDir", "#recycle", "#snapshot", "$RECYCLE.BIN",
+                            "System Volume Information", ".Trash-*")
 SMB_REQUIRED = ("Host", "Share", "Username", "Password")
+ANY = "*"
+#: the local folders settings from the web may use by default: the usual mount points (any UNC path on Windows)
+DEFAULT_ALLOWED_ROOTS = ("\\\\",) if os.name == "nt" else ("/mnt", "/media", "/srv")
 _SMB_FIELD_HELP = {
     "Host": "the NAS's name or IP address, e.g. nas.hospital.local or 10.0.0.12.",
     "Share": "the name of the shared folder on the NAS, e.g. dicom (as in \\\\nas\\dicom).",
@@ -103,7 +111,15 @@ class Settings:
     DefaultShareHours: float = 24
     MaxShareHours: float = 720
     ShareServer: ShareServer = ShareServer()
+    Schedule: str | None = None  # a cron expression: incremental runs started by the plugin
+    Throttle: Throttle | None = None
+    ExcludedFolders: tuple[str, ...] = DEFAULT_EXCLUDED_FOLDERS  # folder name globs never walked
+    SkippedExtensions: tuple[str, ...] = ()  # file name endings never read, lower case with their dot
     DicomServer: DicomServer = DicomServer()
+    #: folders (with their subfolders) a connection saved or tested from the web may use, or "*"
+    AllowedRoots: tuple[str, ...] | str = DEFAULT_ALLOWED_ROOTS
+    #: SMB hosts a connection saved or tested from the web may reach, or "*"
+    AllowedHosts: tuple[str, ...] | str = ANY
     #: None (keep) or hours after which instances the plugin imported into Orthanc are deleted from it again
     ImportRetentionHours: float | None = None
 
@@ -111,6 +127,9 @@ class Settings:
         """The settings in the shape of the orthanc.json section, without the password."""
         data = asdict(self)
         data["Connection"] = self.Connection.public()
+        data["ExcludedFolders"], data["SkippedExtensions"] = list(self.ExcludedFolders), list(self.SkippedExtensions)
+        for key in ("AllowedRoots", "AllowedHosts"):
+            data[key] = data[key] if data[key] == ANY else list(data[key])
         return data
 
     def with_connection(self, connection: Connection, workers: int | None = None) -> Settings:
@@ -137,7 +156,13 @@ _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "DefaultShareHours": (int, float),
     "MaxShareHours": (int, float),
     "ShareServer": (dict,),
+    "Schedule": (str, type(None)),
+    "Throttle": (dict, type(None)),
+    "ExcludedFolders": (list,),
+    "SkippedExtensions": (list,),
     "DicomServer": (dict,),
+    "AllowedRoots": (list, str),
+    "AllowedHosts": (list, str),
     "ImportRetentionHours": (int, float, type(None)),
 }
 
@@ -158,8 +183,31 @@ def _check_object(obj: Any, keys: dict, where: str) -> None:
                               field=f"{where}.{key}")
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object", bool: "true or false",
-               list: "a list"}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object", list: "a list",
+               bool: "true or false"}
+
+
+def normalize_extensions(extensions: tuple[str, ...]) -> tuple[str, ...]:
+    """`jpg`, `.JPG` → `.jpg`, in the order given, once each."""
+    return tuple(dict.fromkeys("." + e.lower().strip().lstrip(".") for e in extensions))
+
+
+def parse_names(value: list, where: str) -> tuple[str, ...]:
+    """A list of non-empty strings (ExcludedFolders, SkippedExtensions)."""
+    for item in value:
+        if not isinstance(item, str) or not item.strip() or "/" in item or "\\" in item:
+            raise ConfigError(f"setting {where} must list names (strings without / or \\), not {json.dumps(item)[:60]}",
+                              field=where)
+    return tuple(value)
+
+
+def parse_allowed(value: Any, where: str) -> tuple[str, ...] | str:
+    """`"*"` or a list of non-empty strings (AllowedRoots, AllowedHosts)."""
+    if value == ANY:
+        return ANY
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f'setting {where} must be "*" or a list of non-empty strings', field=where)
+    return tuple(v.strip() for v in value)
 
 
 def parse_connection(raw: Any, where: str = "Nas.Connection") -> Connection:
@@ -251,7 +299,15 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
         DefaultShareHours=default_hours,
         MaxShareHours=max_hours,
         ShareServer=server,
+        Schedule=parse_schedule(section.get("Schedule")),
+        Throttle=parse_throttle(section.get("Throttle")),
+        ExcludedFolders=parse_names(section.get("ExcludedFolders", list(DEFAULT_EXCLUDED_FOLDERS)),
+                                    "Nas.ExcludedFolders"),
+        SkippedExtensions=normalize_extensions(parse_names(section.get("SkippedExtensions", []),
+                                                           "Nas.SkippedExtensions")),
         DicomServer=dicom_server,
+        AllowedRoots=parse_allowed(section.get("AllowedRoots", list(DEFAULT_ALLOWED_ROOTS)), "Nas.AllowedRoots"),
+        AllowedHosts=parse_allowed(section.get("AllowedHosts", ANY), "Nas.AllowedHosts"),
         ImportRetentionHours=retention,
     )
 
@@ -305,25 +361,27 @@ def parse_dicom_server(raw: Any, default_host: str, where: str = "Nas.DicomServe
 
 #: what the web (PUT /nas/config) may change; the rest of the section is set in orthanc.json only
 WEB_KEYS = ("Connection", "Workers")
-_IDENTITY = ("Host", "Username", "Domain")  # who the saved password belongs to
+_IDENTITY = ("Host", "Port", "Username", "Domain")  # who the saved password belongs to
 
 
 def parse_web_connection(raw: Any, current: Connection, where: str = "Connection") -> Connection:
     """Validate a connection sent from the web (NAS panel, REST); ConfigError naming the field otherwise.
 
     `PasswordSet`, which GET /nas/config adds, is ignored. A missing or empty `Password` keeps the saved
-    one, but only for the same Host, Username and Domain: a saved password is never handed to a server
-    or an account other than the one it was saved for.
+    one, but only for the same Host, Port, Username and Domain: a saved password is never handed to a
+    server (or another service of the same server) or an account other than the one it was saved for.
     """
     if not isinstance(raw, dict):
         return parse_connection(raw, where)  # refused, naming `where`
     raw = {k: v for k, v in raw.items() if k != "PasswordSet"}
     if not raw.get("Password") and raw.get("Type") == "smb" and current.Type == "smb" and current.Password:
-        if all(str(raw.get(k, "")).strip().lower() == getattr(current, k).strip().lower() for k in _IDENTITY):
+        defaults = {"Port": Connection.Port}
+        if all(str(raw.get(k, defaults.get(k, ""))).strip().lower() == str(getattr(current, k)).strip().lower()
+               for k in _IDENTITY):
             raw["Password"] = current.Password
         else:
             raise ConfigError(f"setting {where}.Password is required: the saved password belongs to another "
-                              "host, user or domain", "Type the password of this account again.",
+                              "host, port, user or domain", "Type the password of this account again.",
                               field=f"{where}.Password")
     return parse_connection(raw, where)
 

@@ -39,6 +39,7 @@ from pydicom.uid import generate_uid
 
 from .archive import Member, ShareArchive, archive_filename, indexed_series
 from .catalog import FILE_ORDER
+from .pathnames import escaped, loaded
 
 DICOMDIR_NAME = "DICOMDIR"
 FILE_SET_ID = "ORTHANC_NAS"  # (0004,1130) CS, at most 16 characters
@@ -67,7 +68,7 @@ def series_instances(catalog, key: str) -> list[Instance]:
     rows = catalog.reader().execute(
         "SELECT path, size, mtime_ns, SOPInstanceUID, SOPClassUID, TransferSyntaxUID, InstanceNumber FROM files "
         f"WHERE series_key=? AND error IS NULL ORDER BY {FILE_ORDER}", (key,))
-    return [Instance(*row) for row in rows]
+    return [Instance(loaded(row[0]), *row[1:]) for row in rows]  # a name that is not UTF-8: as `os` takes it
 
 
 def _record(kind: str, values: Mapping[str, object]) -> Dataset:
@@ -127,13 +128,13 @@ def plan_file_set(series: Sequence[Mapping], files: dict[str, list[Instance]]) -
         values = {"Modality": row["Modality"] or "OT", "SeriesInstanceUID": series_uid,
                   "SeriesNumber": row["SeriesNumber"] if row["SeriesNumber"] is not None else len(study.children) + 1}
         if row["SeriesDescription"]:
-            values["SeriesDescription"] = row["SeriesDescription"]  # Type 3: shown by viewers that list series
+            values["SeriesDescription"] = row["SeriesDescription"]  # Type 3: escaped by viewers that list series
         node = _child(study, series_uid, "SERIES", values, known)
         folder = _file_id(("PT", root.children.index(patient)), ("ST", patient.children.index(study)),
                           ("SE", study.children.index(node)))
         for instance in files[row["series_key"]]:
             if not (instance.SOPInstanceUID and instance.SOPClassUID and instance.TransferSyntaxUID):
-                raise MissingAttributes(f"{instance.path} has no SOP class, SOP instance or transfer syntax UID "
+                raise MissingAttributes(f"{escaped(instance.path)} has no SOP class, SOP instance or transfer syntax UID "
                                         "in the index")
             file_id = [*folder, f"IM{len(node.children):06d}"]
             number = instance.InstanceNumber if instance.InstanceNumber is not None else len(node.children) + 1

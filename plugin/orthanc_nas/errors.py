@@ -6,6 +6,15 @@ One place (`api.error_response`) turns them into the spec's error object
 
 from __future__ import annotations
 
+MAX_SHOWN = 64  # characters of a client's identifier quoted back in an error message
+
+
+def shown(value: object, limit: int = MAX_SHOWN) -> str:
+    """An identifier from a request, quoted for a message: at most `limit` characters (then `…`), escaped,
+    so that an answer never echoes a client's text of any length."""
+    text = str(value)
+    return repr(text[:limit]) + ("…" if len(text) > limit else "")
+
 
 class NasError(Exception):
     """Base of every error the product reports to a person or a client."""
@@ -48,6 +57,15 @@ class BadRequest(NasError):
 class UnsupportedMediaType(BadRequest):
     status = 415
     default_hint = "Send the body as JSON with the header Content-Type: application/json."
+
+
+class CrossSiteRequest(NasError):
+    """A browser says the request comes from another web site (Fetch Metadata, Origin)."""
+
+    status = 403
+    kind = "permission"
+    default_hint = ("Changes to the NAS settings, indexing and shares are made from Orthanc's own pages "
+                    "(the NAS panel) or by a program calling the REST API, not from another web site.")
 
 
 class NotFound(NasError):

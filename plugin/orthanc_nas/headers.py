@@ -1,70 +1,93 @@
 """Reading the few DICOM attributes the index needs from the start of a file.
 
-pydicom does the parsing (`read_partial`, the function behind
-`dcmread(stop_before_pixels=True)`), with a `stop_when` that ends the parse
-once group 0020's InstanceNumber is passed, so neither the rest of the
+pydicom does the parsing (`read_dataset`, and `read_partial`, the function
+behind `dcmread(stop_before_pixels=True)`), with a `stop_when` that ends the
+parse once group 0020's InstanceNumber is passed, so neither the rest of the
 header nor the pixels are read. The caller hands over a prefix of the file;
 pydicom parses a truncated buffer silently, so `parse_head` tells whether the
 prefix reached the stop point and asks for more bytes when it did not.
+
+The fast path (the usual file: preamble, "DICM", a File Meta group in Explicit
+VR Little Endian, a transfer syntax pydicom knows) walks the meta group's
+elements itself, as pydicom does, and hands the rest to `read_dataset`: checking
+and building the meta group is a fifth of `read_partial`'s time. Whenever it
+cannot be sure (no meta group, no transfer syntax, one pydicom does not know,
+meta elements that are not Explicit VR), the file goes through `read_partial`.
+A meta group whose group length is wrong (a writer's slip, PS3.10 7.1) is read
+by its elements, as pydicom reads it, and only noted. A deflated data set
+(PS3.5 A.5) is inflated only as far as the attributes need, whatever the file's size.
+
+Values are read by their VR in `dicom_values`. The record's `notes` are the writer's
+mistakes that did not stop the reading (for a debug line of the log, never an error).
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import struct
+import zlib
 from dataclasses import dataclass
 
-from pydicom.charset import convert_encodings
+from pydicom.dataelem import convert_raw_data_element
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset, read_partial
 from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pydicom.valuerep import PersonName
-from pydicom.values import convert_PN, convert_text
+
+from .dicom_values import READERS, character_sets, from_python
 
 #: bytes read first; enough for most headers (measured: 2–10 KB), doubled while a header is longer
 HEAD_SIZE = 16 * 1024
 MAX_HEAD_SIZE = 64 * 1024 * 1024
+INFLATE_STEP = 64 * 1024  # bytes of a deflated data set inflated at first; doubled while needed
 
-# keyword -> (tag, how to decode)
-_TEXT, _NAME, _ASCII, _INT = "text", "name", "ascii", "int"
+# keyword -> (tag, VR of the data dictionary, PS3.6)
 FIELDS: dict[str, tuple[int, str]] = {
-    "SpecificCharacterSet": (0x00080005, _ASCII),
-    "SOPClassUID": (0x00080016, _ASCII),
-    "SOPInstanceUID": (0x00080018, _ASCII),
-    "StudyDate": (0x00080020, _ASCII),
-    "StudyTime": (0x00080030, _ASCII),
-    "AccessionNumber": (0x00080050, _TEXT),
-    "Modality": (0x00080060, _ASCII),
-    "InstitutionName": (0x00080080, _TEXT),
-    "ReferringPhysicianName": (0x00080090, _NAME),
-    "StudyDescription": (0x00081030, _TEXT),
-    "SeriesDescription": (0x0008103E, _TEXT),
-    "PatientName": (0x00100010, _NAME),
-    "PatientID": (0x00100020, _TEXT),
-    "PatientBirthDate": (0x00100030, _ASCII),
-    "PatientSex": (0x00100040, _ASCII),
-    "BodyPartExamined": (0x00180015, _ASCII),
-    "StudyInstanceUID": (0x0020000D, _ASCII),
-    "SeriesInstanceUID": (0x0020000E, _ASCII),
-    "StudyID": (0x00200010, _TEXT),
-    "SeriesNumber": (0x00200011, _INT),
-    "InstanceNumber": (0x00200013, _INT),
+    "SpecificCharacterSet": (0x00080005, "CS"),
+    "SOPClassUID": (0x00080016, "UI"),
+    "SOPInstanceUID": (0x00080018, "UI"),
+    "StudyDate": (0x00080020, "DA"),
+    "StudyTime": (0x00080030, "TM"),
+    "AccessionNumber": (0x00080050, "SH"),
+    "Modality": (0x00080060, "CS"),
+    "InstitutionName": (0x00080080, "LO"),
+    "ReferringPhysicianName": (0x00080090, "PN"),
+    "StudyDescription": (0x00081030, "LO"),
+    "SeriesDescription": (0x0008103E, "LO"),
+    "PatientName": (0x00100010, "PN"),
+    "PatientID": (0x00100020, "LO"),
+    "PatientBirthDate": (0x00100030, "DA"),
+    "PatientSex": (0x00100040, "CS"),
+    "BodyPartExamined": (0x00180015, "CS"),
+    "StudyInstanceUID": (0x0020000D, "UI"),
+    "SeriesInstanceUID": (0x0020000E, "UI"),
+    "StudyID": (0x00200010, "SH"),
+    "SeriesNumber": (0x00200011, "IS"),
+    "InstanceNumber": (0x00200013, "IS"),
 }
 _LAST_TAG = max(tag for tag, _ in FIELDS.values())
 _TAGS = [Tag(tag) for tag, _ in FIELDS.values()]
+_READ = [(keyword, Tag(tag), vr) for keyword, (tag, vr) in FIELDS.items() if keyword != "SpecificCharacterSet"]
+_ELEMENT = struct.Struct("<HH2sH")  # an Explicit VR Little Endian element header: group, element, VR, length
 
-_META_LENGTH = b"\x02\x00\x00\x00UL"  # (0002,0000) UL: the length of the meta group follows
-_TRANSFER_SYNTAX = b"\x02\x00\x10\x00UI"  # (0002,0010) UI
+# Explicit VR elements with a 4-byte length (PS3.5 7.1.2)
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_UNDEFINED = 0xFFFFFFFF
+_SEQUENCE_END = (b"\xfe\xff\xdd\xe0\0\0\0\0", b"\xff\xfe\xe0\xdd\0\0\0\0")  # (FFFE,E0DD), little / big endian
+# transfer syntaxes whose data set is deflated: PS3.5 A.5, and the JPIP Referenced Deflate syntaxes
+_DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"}
 
 
 @functools.lru_cache(maxsize=64)
-def _syntax(uid: bytes) -> tuple[bool, bool] | None:
-    """(implicit VR, little endian) of a transfer syntax; None for deflated or unknown ones (the long way)."""
+def _syntax(uid: bytes) -> tuple[bool, bool, bool] | None:
+    """(implicit VR, little endian, deflated) of a transfer syntax; None for one pydicom does not know."""
     try:
-        syntax = UID(uid.decode("ascii"))
-        if syntax.is_transfer_syntax and not syntax.is_deflated:
-            return syntax.is_implicit_VR, syntax.is_little_endian
+        syntax = UID(uid.decode("ascii").strip(" \0"))
+        if syntax in _DEFLATED:
+            return False, True, True
+        if syntax.is_transfer_syntax:
+            return syntax.is_implicit_VR, syntax.is_little_endian, False
     except (UnicodeDecodeError, ValueError):
         pass
     return None
@@ -73,162 +96,275 @@ def _syntax(uid: bytes) -> tuple[bool, bool] | None:
 class NotDicom(Exception):
     """The bytes are not a DICOM file the index can use; the message says why."""
 
+
 @dataclass(frozen=True, slots=True)
 class NeedMore:
     """The prefix ended before the attributes the index needs: read at least `size` bytes."""
 
     size: int
 
-def _value(raw, how: str, encodings: list[str] | None) -> str | int | None:
-    value = raw.value
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        if how == _INT:
-            text = value.decode("ascii", "replace").strip(" \0")
-            try:
-                return int(float(text.split("\\")[0])) if text else None
-            except ValueError:
-                return None
-        if how == _NAME:
-            return _first(convert_PN(value, encodings or _guess_encodings(value)))
-        if how == _TEXT:
-            return _first(convert_text(value, encodings or _guess_encodings(value)))
-        return value.decode("ascii", "replace").strip(" \0") or None
-    return str(value).strip(" \0") or None  # already converted (implicit VR oddities)
 
-def _guess_encodings(value: bytes) -> list[str]:
-    """No SpecificCharacterSet: the standard says ASCII, but many exports write UTF-8 without declaring
-    it. Bytes that are valid UTF-8 are read as such, anything else as Latin-1."""
-    try:
-        value.decode("utf-8")
-        return ["UTF8"]
-    except UnicodeDecodeError:
-        return ["iso8859"]
+@dataclass(frozen=True, slots=True)
+class _Meta:
+    end: int  # where the data set starts
+    syntax: tuple[bool, bool, bool] | None
+    uid: str | None  # TransferSyntaxUID (0002,0010)
+    notes: tuple[str, ...]
 
 
-def _first(value) -> str | None:
-    """The first of a multi-valued text, as text."""
-    if not isinstance(value, str | PersonName):
-        value = value[0] if len(value) else ""
-    return str(value).strip(" \0") or None
+def _file_meta(buf: bytes, complete: bool) -> _Meta | NeedMore | None:
+    """Walk the File Meta Information after "DICM" (PS3.10 7.1) element by element, as pydicom does.
 
-
-def _read_dataset(buf: bytes, fp: io.BytesIO, stop_when):
-    """The dataset after the File Meta Information, and whether the file has one.
-
-    The usual file (preamble, "DICM", a meta group led by its group length, a transfer
-    syntax without deflate) is read by skipping the meta group and handing the rest to
-    pydicom's `read_dataset`: parsing and checking the meta group is a fifth of
-    `read_partial`'s time and the index needs none of it. Anything else goes through
-    `read_partial`, which handles every odd case.
+    None when the fast path cannot be sure of it (then pydicom reads the file).
     """
-    if buf[128:132] == b"DICM" and buf[132:138] == _META_LENGTH:
-        start = 144 + int.from_bytes(buf[140:144], "little")
-        at = buf.find(_TRANSFER_SYNTAX, 144, start)
-        if at > 0:
-            size = int.from_bytes(buf[at + 6:at + 8], "little")
-            syntax = _syntax(buf[at + 8:at + 8 + size].rstrip(b"\0 "))
-            if syntax is not None:
-                fp.seek(start)
-                implicit, little = syntax
-                return read_dataset(fp, implicit, little, stop_when=stop_when, specific_tags=_TAGS), True
+    at, size = 132, len(buf)
+    declared = syntax_uid = None
+    while True:
+        if at + 8 > size:
+            if not complete:
+                return NeedMore(size * 2)
+            if at == size and at > 132 and declared is not None and at >= 144 + declared:
+                raise NotDicom(f"a DICOM file without a data set: it ends after its File Meta Information "
+                               f"(byte {size})")
+            raise NotDicom(f"truncated DICOM file: it ends at byte {size} within its File Meta Information")
+        group, element, vr, length = _ELEMENT.unpack_from(buf, at)
+        if group != 2:
+            break
+        if not (b"AA" <= vr <= b"ZZ"):
+            return None  # not Explicit VR (pydicom retries such a group as implicit)
+        value_at = at + 8
+        if vr in _LONG_VRS:
+            (length,) = struct.unpack_from("<I", buf, at + 8) if at + 12 <= size else (0,)
+            value_at = at + 12
+        if length == _UNDEFINED:
+            return None
+        if value_at + length > size:
+            if not complete:
+                return NeedMore(size * 2)
+            raise NotDicom(f"truncated DICOM file: it ends at byte {size} within its File Meta Information")
+        if element == 0 and vr == b"UL" and length == 4:
+            (declared,) = struct.unpack_from("<I", buf, value_at)
+        elif element == 0x10:
+            syntax_uid = buf[value_at:value_at + length]
+        at = value_at + length
+    if syntax_uid is None:
+        return None  # pydicom guesses the encoding
+    notes = ()
+    if declared is not None and declared != at - 144:
+        notes = (f"File Meta Information Group Length is {declared}, the group has {at - 144} bytes "
+                 "(read by its elements)",)
+    if buf[at:at + 2] == b"\0\0":
+        return None  # a command group (0000) before the data set: pydicom's reader knows it
+    uid = bytes(syntax_uid)
+    return _Meta(at, _syntax(uid), uid.decode("latin-1").strip(" \0") or None, notes)
+
+
+class _Parse:
+    """One parse of a data set: whether it stopped past the attributes, or ended before."""
+
+    __slots__ = ("stopped",)
+
+    def __init__(self):
+        self.stopped = False
+
+    def stop_when(self, tag, vr, length) -> bool:
+        if int.__gt__(tag, _LAST_TAG):  # int's own comparison: BaseTag's is 4x slower
+            self.stopped = True
+            return True
+        return False
+
+
+class _Tracking(_Parse):
+    """A parse that also remembers where its last element is, to tell a cut file from one that ends."""
+
+    __slots__ = ("fp", "last_at", "last_length", "last_tag")
+
+    def __init__(self, fp):
+        super().__init__()
+        self.fp = fp
+        self.last_at = self.last_length = self.last_tag = None
+
+    def stop_when(self, tag, vr, length) -> bool:
+        if int.__gt__(tag, _LAST_TAG):
+            self.stopped = True
+            return True
+        self.last_tag, self.last_length, self.last_at = tag, length, self.fp.tell()
+        return False
+
+    def cut_at(self, data: bytes) -> str | None:
+        """Why the data set is cut, when its last element does not end where the data ends."""
+        if self.stopped or self.last_at is None:
+            return None
+        end = len(data)
+        if self.last_length == _UNDEFINED:
+            if data.endswith(_SEQUENCE_END):
+                return None
+            return f"the sequence ({self.last_tag >> 16:04X},{self.last_tag & 0xFFFF:04X}) is not closed"
+        value_end = self.last_at + self.last_length
+        if value_end == end:
+            return None
+        if value_end > end:
+            return (f"the element ({self.last_tag >> 16:04X},{self.last_tag & 0xFFFF:04X}) at byte "
+                    f"{self.last_at} claims {self.last_length} bytes")
+        return f"{end - value_end} bytes of an element header"
+
+
+def _dataset(data: bytes, start: int, implicit: bool, little: bool, tracking: bool = False):
+    fp = io.BytesIO(data)
+    fp.seek(start)
+    parse = _Tracking(fp) if tracking else _Parse()
+    ds = read_dataset(fp, implicit, little, stop_when=parse.stop_when, specific_tags=_TAGS)
+    if not parse.stopped and not tracking:
+        return _dataset(data, start, implicit, little, True)  # rare: read again, knowing where it ends
+    return ds, parse
+
+
+def _inflated(buf: bytes, meta: _Meta, complete: bool):
+    """Parse a deflated data set, inflating only as much as the attributes need."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
-        ds = read_partial(fp, stop_when=stop_when, specific_tags=_TAGS)
+        data = inflater.decompress(buf[meta.end:], INFLATE_STEP)
+        while True:
+            ds, parse = _dataset(data, 0, False, True)
+            if parse.stopped or not inflater.unconsumed_tail:
+                break
+            data += inflater.decompress(inflater.unconsumed_tail, max(INFLATE_STEP, len(data)))
+    except zlib.error as exc:  # corrupt, not cut: more bytes would not help
+        raise NotDicom(f"the deflated data set cannot be inflated (zlib: {exc})") from exc
+    if not parse.stopped and not (inflater.eof or complete):
+        return NeedMore(len(buf) * 2)
+    return ds, parse, data
+
+
+def _read(buf: bytes, complete: bool):
+    """(data set, parse, the bytes it was read from, transfer syntax, has meta, notes), or NeedMore."""
+    meta = _file_meta(buf, complete) if buf[128:132] == b"DICM" else None
+    if isinstance(meta, NeedMore):
+        return meta
+    if meta is not None and meta.syntax is not None:
+        implicit, little, deflated = meta.syntax
+        if deflated:
+            result = _inflated(buf, meta, complete)
+            if isinstance(result, NeedMore):
+                return result
+            ds, parse, data = result
+        else:
+            ds, parse = _dataset(buf, meta.end, implicit, little)
+            data = buf
+        return ds, parse, data, meta.uid, True, meta.notes
+    # pydicom's own reader, for anything the fast path is not sure of
+    fp = io.BytesIO(buf)
+    parse = _Tracking(fp)
+    try:
+        ds = read_partial(fp, stop_when=parse.stop_when, specific_tags=_TAGS)
     except InvalidDicomError:
         # Files without the 128-byte preamble and "DICM" (older exports) are still read,
         # but only kept when the parse finds the identifiers of an image below.
         fp.seek(0)
-        ds = read_partial(fp, stop_when=stop_when, force=True, specific_tags=_TAGS)
-    return ds, bool(len(getattr(ds, "file_meta", None) or ()))
+        parse = _Tracking(fp)
+        ds = read_partial(fp, stop_when=parse.stop_when, force=True, specific_tags=_TAGS)
+    notes = ("read by pydicom's reader (the fast path was not sure of the File Meta Information)",) \
+        if meta is not None else ()
+    return ds, parse, buf, _transfer_syntax(ds), bool(len(getattr(ds, "file_meta", None) or ())), notes
 
 
 def parse_head(buf: bytes, complete: bool) -> dict | NeedMore:
     """Parse the attributes of FIELDS from the first bytes of a file.
 
     `complete` is True when `buf` holds the whole file. Returns a dict keyed by
-    DICOM keyword, `NeedMore` when a longer prefix is needed, or raises
-    `NotDicom` with the reason.
+    DICOM keyword (plus `notes`: the writer's mistakes read past, for the log),
+    `NeedMore` when a longer prefix is needed, or raises `NotDicom` with the reason.
     """
     if not buf:
         raise NotDicom("empty file")
-    stopped = False
-
-    def stop_when(tag, vr, length):
-        nonlocal stopped
-        if int.__gt__(tag, _LAST_TAG):  # int's own comparison: BaseTag's is 4x slower
-            stopped = True
-            return True
-        return False
-
-    fp = io.BytesIO(buf)
     try:
-        ds, has_meta = _read_dataset(buf, fp, stop_when)
+        return _parse_head(buf, complete)
+    except NotDicom:
+        raise
     except Exception as exc:  # pydicom raises many kinds on garbage or a cut header
         if not complete:
             return NeedMore(len(buf) * 2)
         raise NotDicom(f"not a readable DICOM file ({type(exc).__name__}: {exc})"[:300]) from exc
 
-    if not stopped:
-        # pydicom parses a cut buffer silently. Every image goes on past the attributes read
-        # here (at least to its pixel data), so a parse that never passed them means the
-        # header continues beyond these bytes, or, for a whole file, that the file is cut.
+
+def _parse_head(buf: bytes, complete: bool) -> dict | NeedMore:
+    result = _read(buf, complete)
+    if isinstance(result, NeedMore):
+        return result
+    ds, parse, data, syntax, has_meta, notes = result
+    cut = None
+    if not parse.stopped:
+        # pydicom parses a cut buffer silently. A parse that never passed the attributes read here
+        # means the header goes on beyond these bytes, or, for a whole file, that the file ends
+        # there: cleanly after its last element, or cut in the middle of one.
         if not complete:
             return NeedMore(len(buf) * 2)
-        if has_meta and (0x00080018 in ds or 0x0020000D in ds):
-            raise NotDicom(f"truncated DICOM file: the header ends at byte {len(buf)} before the image attributes")
+        cut = parse.cut_at(data)
 
-    charset_raw = ds.get_item(0x00080005)
-    encodings = _charsets(charset_raw)
+    record = _values(ds)
+    has_ids = record["StudyInstanceUID"] or record["SeriesInstanceUID"] or record["SOPInstanceUID"]
+    if not has_meta and not has_ids:
+        raise NotDicom("not a DICOM file (no DICOM header found)")
+    if cut is not None:
+        raise NotDicom(f"truncated DICOM file: it ends at byte {len(buf)} within its header ({cut})")
+    if not has_ids:
+        raise NotDicom("DICOM file without study, series or instance UID (not an image, e.g. a DICOMDIR)")
+    charset = ds.get_item(0x00080005)
+    if charset is not None and isinstance(charset.value, bytes) and charset.value.rstrip(b" ") != \
+            charset.value.rstrip(b" \0"):
+        notes += ("SpecificCharacterSet padded with NUL bytes",)
+    record["TransferSyntaxUID"] = syntax
+    record["notes"] = list(notes)
+    return record
+
+
+#: the transfer syntax of a file without File Meta Information, by the encoding pydicom found
+_ENCODINGS = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
+              (False, False): ExplicitVRBigEndian}
+
+
+def _transfer_syntax(ds) -> str | None:
+    """The TransferSyntaxUID (0002,0010) of a file pydicom's reader read: its meta group's, else the
+    encoding its data set has."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return str(meta.TransferSyntaxUID).strip(" \0") or None
+    return _ENCODINGS.get(tuple(ds.original_encoding))
+
+
+def _values(ds) -> dict:
+    """The stored values of FIELDS, each read by its VR; a value that cannot be read is None."""
+    raw = ds.get_item(0x00080005)
+    try:
+        encodings = character_sets(raw.value) if raw is not None and isinstance(raw.value, bytes) else None
+    except Exception:  # pydicom warns about a character set it does not know and reads Latin-1
+        encodings = None
     record: dict = {}
-    for keyword, (tag, how) in FIELDS.items():
+    for keyword, tag, vr in _READ:
         raw = ds.get_item(tag)
         if raw is None:
             record[keyword] = None
             continue
         try:
-            record[keyword] = _value(raw, how, encodings)
+            record[keyword] = _value(raw, vr, encodings)
         except Exception:  # a value pydicom cannot decode: keep the file, lose the attribute
             record[keyword] = None
-    if not (record["StudyInstanceUID"] or record["SeriesInstanceUID"] or record["SOPInstanceUID"]):
-        if not has_meta:
-            raise NotDicom("not a DICOM file (no DICOM header found)")
-        raise NotDicom("DICOM file without study, series or instance UID (not an image, e.g. a DICOMDIR)")
-    record.pop("SpecificCharacterSet")
-    record["TransferSyntaxUID"] = _transfer_syntax(buf, ds)
     return record
 
-#: the transfer syntax of a file without File Meta Information, by the encoding pydicom found (implicit VR, little endian)
-_ENCODINGS = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
-              (False, False): ExplicitVRBigEndian}
 
-def _transfer_syntax(buf: bytes, ds) -> str | None:
-    """The file's TransferSyntaxUID (0002,0010), from its meta group, else the encoding its dataset has."""
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None and meta.get("TransferSyntaxUID"):
-        return str(meta.TransferSyntaxUID).strip(" \0") or None
-    if buf[128:132] == b"DICM" and buf[132:138] == _META_LENGTH:  # read by the fast path, meta skipped
-        at = buf.find(_TRANSFER_SYNTAX, 144, 144 + int.from_bytes(buf[140:144], "little"))
-        if at > 0:
-            size = int.from_bytes(buf[at + 6:at + 8], "little")
-            return buf[at + 8:at + 8 + size].decode("ascii", "replace").strip(" \0") or None
-    return _ENCODINGS.get(tuple(ds.original_encoding))
-
-def _charsets(raw) -> list[str] | None:
-    """Python codecs for the file's SpecificCharacterSet; None when the file declares none."""
-    if raw is None or not raw.value:
-        return None
+def _value(raw, vr: str, encodings):
     value = raw.value
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    if isinstance(value, str):
-        terms = [t.strip() for t in value.split("\\")]
-    else:
-        terms = [str(t).strip() for t in value]
-    try:
-        return convert_encodings(terms or [""])
-    except Exception:
-        return ["iso8859"]
+    if value is None:
+        return None
+    written = getattr(raw, "VR", None)
+    if isinstance(value, bytes) and written in (vr, None, "UN"):
+        return READERS[vr](value, encodings)
+    # Written with another VR than the dictionary's (or already converted): pydicom reads it by the
+    # VR it has, then the stored value follows the dictionary's
+    element = convert_raw_data_element(raw, encoding=list(encodings) if encodings else None) \
+        if isinstance(value, bytes) else raw
+    return from_python(vr, element.value)
+
 
 def read_record(read_head, path: str, size: int = HEAD_SIZE, parse=parse_head) -> dict:
     """Read and parse one file through `read_head(path, n) -> bytes`, reading more while needed."""
@@ -238,5 +374,5 @@ def read_record(read_head, path: str, size: int = HEAD_SIZE, parse=parse_head) -
         if not isinstance(result, NeedMore):
             return result
         if size >= MAX_HEAD_SIZE:
-            raise NotDicom(f"DICOM header longer than {MAX_HEAD_SIZE // (1024 * 1024)} MiB")
+            raise NotDicom(f"no DICOM header ends within the first {MAX_HEAD_SIZE // (1024 * 1024)} MiB")
         size = min(max(result.size, size * 2), MAX_HEAD_SIZE)

@@ -13,9 +13,9 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from urllib.parse import unquote_plus
+from urllib.parse import unquote_plus, urlsplit
 
-from .errors import BadRequest, NasError, NotFound, UnsupportedMediaType
+from .errors import BadRequest, CrossSiteRequest, NasError, NotFound, UnsupportedMediaType, shown
 
 log = logging.getLogger("orthanc_nas")
 
@@ -32,21 +32,81 @@ class Request:
     can_stream: bool = True
 
     def json(self, *, required: bool = True) -> dict:
-        """The JSON object in the body. 415 if not JSON, 400 if malformed; {} for an empty optional body."""
+        """The JSON object in the body.
+
+        415 unless the request says `Content-Type: application/json` (also for an empty body: an HTML form
+        of another site can send any other type without the browser asking first, see `check_same_origin`);
+        400 if the body is malformed, larger than MAX_JSON_BYTES or nested deeper than MAX_JSON_DEPTH;
+        {} for an empty optional body.
+        """
+        if "content-disposition" in self.headers:
+            # Orthanc 1.10 hands each field of a multipart/form-data body to the plugin as a request of its
+            # own, with only that field's headers (Content-Disposition: form-data, and the field's type,
+            # which a page of any site can set to application/json; no Origin, no Sec-Fetch-Site)
+            raise UnsupportedMediaType("the body must be application/json, not a field of a multipart form")
+        ctype = self.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise UnsupportedMediaType(f"the body must be application/json, not {ctype or 'without a type'}")
         if not self.body.strip():
             if required:
                 raise BadRequest("the request needs a JSON body")
             return {}
-        ctype = self.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype and ctype != "application/json" and not ctype.endswith("+json"):
-            raise UnsupportedMediaType(f"the body must be application/json, not {ctype}")
+        check_json_shape(self.body)
         try:
             data = json.loads(self.body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"the body is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise BadRequest("the body must be a JSON object")
+        _check_text(data, "")
         return data
+
+
+#: a body of the /nas/ routes is a few settings or a list of series keys: far below these
+MAX_JSON_BYTES = 1024 * 1024
+MAX_JSON_DEPTH = 32
+# a string (skipped whole, escapes included) or one bracket
+_JSON_NESTING = re.compile(rb'"(?:[^"\\]++|\\.)*+"?|[\[\]{}]')
+
+
+def check_json_shape(body: bytes) -> None:
+    """BadRequest if `body` is too large or nests arrays and objects deeper than MAX_JSON_DEPTH.
+
+    Checked on the bytes before `json.loads`, whose C parser recurses once per level: on one of
+    Orthanc's HTTP threads (a small native stack) a body of a few hundred `[` overflows that stack and
+    ends the whole Orthanc process before Python's recursion limit is reached.
+    """
+    if len(body) > MAX_JSON_BYTES:
+        raise BadRequest(f"the JSON body is larger than {MAX_JSON_BYTES // 1024} KiB")
+    depth = 0
+    for match in _JSON_NESTING.finditer(body):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise BadRequest(f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels",
+                                 "The /nas/ routes take flat objects; see the README for their bodies.")
+        elif token in (b"]", b"}"):
+            depth -= 1
+
+
+def _check_text(value, where: str) -> None:
+    """BadRequest naming the field whose text is not Unicode: JSON's `\\ud800` escapes give lone surrogates,
+    which no UTF-8 file, database or answer can hold. (Depth is bounded by check_json_shape.)"""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, where or "the body")
+            _check_text(item, f"{where}.{key}" if where else key)
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item, where)
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            what = f"field {where!r}" if where else "the body"
+            raise BadRequest(f"{what} holds a lone UTF-16 surrogate (\\ud800-\\udfff), "
+                             "which is not text", "Send the text as UTF-8 or with paired \\u escapes.") from None
 
 
 @dataclass
@@ -78,6 +138,51 @@ def parse_query(raw: dict | str | None) -> dict[str, str]:
         pairs = (part.partition("=") for part in raw.split("&") if part)
         return {unquote_plus(k): unquote_plus(v) for k, _, v in pairs}
     return {unquote_plus(str(k)): unquote_plus(str(v)) for k, v in raw.items()}
+
+
+#: methods that read only; every other one changes state and must come from Orthanc's own pages or a program
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def check_same_origin(request: Request) -> None:
+    """CrossSiteRequest if a browser marks the request as sent by another web site (CSRF).
+
+    A logged-in user's browser adds Orthanc's credentials to requests that any other site makes it
+    send (an HTML form: GET or POST, any body but application/json). Browsers say where a request
+    comes from: `Sec-Fetch-Site` (Fetch Metadata, every current browser) is `same-origin` for the NAS
+    panel and `cross-site` for another site's form; `Origin` names the page's site on every POST. A
+    request without either comes from a program (curl, a script), which holds its own credentials.
+    "Own" origin: the host this request was sent to (`Host`, or `X-Forwarded-Host` set by a reverse
+    proxy), so the panel works under any name and behind a proxy.
+    """
+    site = request.headers.get("sec-fetch-site", "").strip().lower()
+    if site in ("same-origin", "none"):  # "none": typed by the user, not caused by a page
+        return
+    if site == "cross-site":
+        raise CrossSiteRequest("refused a request that the browser marks as sent by another web site")
+    origin = request.headers.get("origin", "").strip()
+    if not origin and not site:
+        return
+    own = _own_hosts(request)
+    host = urlsplit(origin.lower()).netloc if origin else ""
+    if not host or host not in own:  # "null" (a sandboxed or privacy-hidden page) is never our own
+        raise CrossSiteRequest(f"refused a request from the web page of {origin or 'another site'}: "
+                               "it is not Orthanc's own")
+
+
+def _own_hosts(request: Request) -> set[str]:
+    """`host[:port]` under which this Orthanc was reached: Host and every X-Forwarded-Host entry."""
+    names = [request.headers.get("host", "")]
+    names += request.headers.get("x-forwarded-host", "").split(",")
+    own = set()
+    for name in names:
+        name = name.strip().lower()
+        if name:
+            own.add(name)
+            for port in (":80", ":443"):  # Origin leaves out a default port that Host may carry
+                if name.endswith(port):
+                    own.add(name[:-len(port)])
+    return own
 
 
 Handler = Callable[..., Response]
@@ -116,8 +221,10 @@ class Router:
                     return json_response({"error": f"{request.method} is not allowed on {request.path}",
                                           "kind": "bad_request", "hint": f"Use {allowed}."}, 405,
                                          {"Allow": allowed})
+                if request.method not in SAFE_METHODS:
+                    check_same_origin(request)
                 return handler(app, request, *match.groups())
-            raise NotFound(f"no such route: {request.path}", "See the REST routes in the README.")
+            raise NotFound(f"no such route: {shown(request.path, 200)}", "See the REST routes in the README.")
         except NasError as exc:
             return error_response(exc)
         except Exception:

@@ -23,6 +23,7 @@ from collections import OrderedDict
 
 from waitress import create_server, wasyncore
 
+from . import client_limits
 from .archive import Interrupted, ShareArchive, content_disposition, series_archive
 from .dicomdir import MissingAttributes, file_set_archive
 from .errors import FileChanged, Gone, NasError, NotFound
@@ -74,6 +75,7 @@ OUTBUF_OVERFLOW = 64 * 1024 * 1024
 # without disconnecting cannot hold every download thread. Checked every CLEANUP_INTERVAL seconds.
 STALLED_AFTER = 120
 CLEANUP_INTERVAL = 10
+REFUSAL_WINDOW = 60  # s: refused requests of one address for one link share one audit row and log line
 NO_STORE = [("Cache-Control", "no-store"), ("Referrer-Policy", "no-referrer"),
             ("X-Content-Type-Options", "nosniff"), ("X-Robots-Tag", "noindex")]
 _TOKEN_IN_TEXT = re.compile(r"/share/[^\s/?#'\"]+")
@@ -136,6 +138,7 @@ class ShareApp:
         self.nas = nas  # NasApp: .shares, .catalog, .source()
         self.limiter = limiter or BadTokenLimiter()
         self.stop = stop or threading.Event()
+        self.client_slots = client_limits.DownloadSlots()  # downloads at once per address
         # client -> (audit row, requests refused, end of the refusal) of the current refusal of each address
         self._refusals: OrderedDict[str, tuple[int, int, float]] = OrderedDict()
         self._refusals_lock = threading.Lock()
@@ -158,20 +161,25 @@ class ShareApp:
             return reply.refuse(500, "The server could not answer", "The server could not answer.",
                                 "Try again later.")
 
-    def _audit_refusal(self, client: str, wait: int) -> None:
-        """One audit row per refusal of an address, however many requests it refuses: `at` is the first,
-        `finished_at` the latest, `detail` the count. A flood of requests cannot fill the disk with rows."""
+    def _audit_refusal(self, client: str, wait: float, outcome: str = RATE_LIMITED,
+                       share_id: str | None = None) -> bool:
+        """One audit row per refusal of an address (and share, and reason), however many requests it refuses
+        within `wait` seconds: `at` is the first, `finished_at` the latest, `detail` the count. A flood of
+        requests cannot fill the disk with rows. True for the first request of a refusal (log it then)."""
         store = self.nas.shares
         now = time.monotonic()
+        key = f"{client} {outcome} {share_id or ''}"
         with self._refusals_lock:
-            row, count, until = self._refusals.pop(client, (None, 0, 0.0))
-            if row is None or now >= until:
-                row, count = store.audit(client, None, RATE_LIMITED), 0
+            row, count, until = self._refusals.pop(key, (None, 0, 0.0))
+            first = row is None or now >= until
+            if first:
+                row, count = store.audit(client, share_id, outcome), 0
             count += 1
-            self._refusals[client] = (row, count, now + wait)
+            self._refusals[key] = (row, count, now + wait)
             while len(self._refusals) > self.limiter.max_clients:
                 self._refusals.popitem(last=False)
-            store.finish(row, RATE_LIMITED, 0, f"{count} request{'s' if count > 1 else ''} refused")
+            store.finish(row, outcome, 0, f"{count} request{'s' if count > 1 else ''} refused")
+        return first
 
     def _serve(self, token: str, client: str, environ, reply: Reply, *, download: bool):
         store = self.nas.shares
@@ -190,8 +198,11 @@ class ShareApp:
                                 "Check that it was copied whole.")
         refusal = share.refusal(store.clock(), self._completed(share))
         if refusal:
-            store.audit(client, share.id, refusal)
-            log.warning("share %s: refused a download to %s: the link is %s", share.id, client, refusal)
+            # counted like a wrong link (a dead link is no right to ask again and again), and written once
+            # a minute per address and share with the number of requests, like a 429
+            self.limiter.miss(client)
+            if self._audit_refusal(client, REFUSAL_WINDOW, refusal, share.id):
+                log.warning("share %s: refused a download to %s: the link is %s", share.id, client, refusal)
             return reply.refuse(410, *REFUSALS[refusal])
         # relative addresses of the page and of its form, from where this request is
         here = "../" + token if download else token
@@ -279,8 +290,14 @@ class ShareApp:
             store.audit(client, share.id, HEAD)
             reply.start_response(STATUS_LINES[200], headers)
             return []
+        if not self.client_slots.acquire(client):  # one address cannot hold every download thread
+            archive.close()
+            self._audit_refusal(client, REFUSAL_WINDOW, RATE_LIMITED, share.id)
+            return reply.refuse(429, "Too many downloads at once", "Too many downloads at once from your address.",
+                                "Try again when one has ended.", [("Retry-After", "30")])
         refused = self.slots.take(share, store.completed)
         if refused:
+            self.client_slots.release(client)
             archive.close()
             store.audit(client, share.id, refused)
             log.warning("share %s: refused a download to %s: the link is %s", share.id, client, refused)
@@ -290,7 +307,13 @@ class ShareApp:
         log.info("share %s: download of %d bytes started by %s", share.id, len(archive), client)
         reply.start_response(STATUS_LINES[200], headers)
         return Download(archive, store, audit_id, share.id, client, self.stop,
-                        on_end=functools.partial(self.slots.give_back, share))
+                        on_end=functools.partial(self._download_ended, share, client))
+
+    def _download_ended(self, share: Share, client: str) -> None:
+        try:
+            self.slots.give_back(share)
+        finally:
+            self.client_slots.release(client)
 
     def _archive(self, share: Share) -> tuple[ShareArchive, str]:
         """The zip in the share's layout. A DICOMDIR needs each file's UIDs from the index: files indexed by
@@ -426,10 +449,12 @@ class ShareListener:
         self._server = create_server(
             self.app, sockets=[sock], threads=self.threads, ident="orthanc-nas",
             outbuf_high_watermark=OUTBUF_HIGH_WATERMARK, outbuf_overflow=OUTBUF_OVERFLOW,
-            asyncore_use_poll=True, cleanup_interval=CLEANUP_INTERVAL, **proxy)
+            asyncore_use_poll=True, cleanup_interval=CLEANUP_INTERVAL,
+            channel_timeout=client_limits.IDLE_TIMEOUT, **proxy)
         # waitress closes idle connections in `maintenance`, run by its own thread every cleanup_interval,
         # but never one with a request in progress; the instance's method is wrapped to cut stalled ones too.
         self._server.maintenance = functools.partial(_cut_stalled, self._server, self._server.maintenance)
+        client_limits.guard(self._server, exempt=self.trusted_proxy)
         self.port = sock.getsockname()[1]
         self._thread = threading.Thread(target=self._server.run, name="nas-share-listener", daemon=True)
         self._thread.start()

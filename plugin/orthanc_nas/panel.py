@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 
-from .errors import NotFound
+from .errors import NotFound, shown
 from .http import Response
 
 PANEL_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir,
@@ -50,10 +50,10 @@ def panel_file(name: str, panel_dir: str = PANEL_DIR) -> Response:
     """One file of the panel, or NotFound."""
     ext = os.path.splitext(name)[1].lower()
     if not _NAME.match(name) or ".." in name or ext not in MIME_TYPES:
-        raise NotFound(f"no file {name[:100]!r} in the NAS panel", "Open the panel at /nas/app/.")
+        raise NotFound(f"no file {shown(name)} in the NAS panel", "Open the panel at /nas/app/.")
     try:
         with open(os.path.join(panel_dir, name), "rb") as fh:
             body = fh.read()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-        raise NotFound(f"no file {name!r} in the NAS panel", "Open the panel at /nas/app/.") from exc
+        raise NotFound(f"no file {shown(name)} in the NAS panel", "Open the panel at /nas/app/.") from exc
     return Response(200, body, MIME_TYPES[ext], dict(HEADERS))

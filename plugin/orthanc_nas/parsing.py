@@ -32,6 +32,8 @@ def parse_many(items: list[tuple[bytes, bool]]) -> list:
             results.append(parse_head(buf, complete))
         except NotDicom as exc:
             results.append(str(exc))
+        except Exception as exc:  # one file must not fail its batch, whatever it holds
+            results.append(f"the header could not be read ({type(exc).__name__}: {exc})"[:300])
     return results
 
 

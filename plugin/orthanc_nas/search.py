@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .catalog import FILE_ORDER, SERIES_FIELDS, read_snapshot
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, NotFound, shown
 from .normalize import terms as fold_terms
+from .pathnames import escaped, loaded
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -139,11 +140,13 @@ def series_detail(conn: sqlite3.Connection, key: str) -> dict:
     with read_snapshot(conn):
         found = _dicts(conn.execute(f"SELECT {_SELECT} FROM series WHERE series_key = ?", (key,)), ANSWER_FIELDS)
         if not found:
-            raise NotFound(f"no series {key!r} in the NAS index"[:200],
+            raise NotFound(f"no series {shown(key)} in the NAS index",
                            "Search again: the series may have left the NAS since the last indexing.")
         files = _dicts(conn.execute(
             f"SELECT {', '.join(FILE_FIELDS)} FROM files WHERE series_key = ? ORDER BY {FILE_ORDER}", (key,)),
             FILE_FIELDS)
+    for f in files:  # a name that is not UTF-8 is shown with its undecodable bytes escaped
+        f["path"] = escaped(loaded(f["path"]))
     return {**found[0], "files": files}
 
 

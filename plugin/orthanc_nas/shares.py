@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .catalog import connect, migrate
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, NotFound, shown
 from .passphrase import MAX_LENGTH as MAX_PASSPHRASE
 from .passphrase import MIN_LENGTH as MIN_PASSPHRASE
 from .passphrase import hash_passphrase, verify_passphrase
@@ -262,7 +262,7 @@ class ShareStore:
         """One share as `GET /nas/shares` answers it (never the token); 404 if unknown."""
         found = self._described("WHERE s.id=?", (share_id,))
         if not found:
-            raise NotFound(f"no share with id {share_id!r}", "GET /nas/shares lists the shares.")
+            raise NotFound(f"no share with id {shown(share_id)}", "GET /nas/shares lists the shares.")
         return found[0]
 
     def list(self) -> list[dict]:

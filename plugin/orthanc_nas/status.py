@@ -5,16 +5,23 @@ The indexer updates one `IndexStatus`; `GET /nas/status` answers from memory
 file is rewritten atomically (temporary file + `os.replace`) at each phase
 change and at least every `WRITE_EVERY` processed files, so a reader (or the
 next start after a crash) never sees a half-written file.
+
+During a run, one thread changes the counters: the run's own (see `indexer`), which the walk and
+the reading threads send what they found. Every change goes through a method here, under the
+lock `snapshot()` takes; the file is written after that lock is released.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import time
 from collections import deque
 from datetime import UTC, datetime
+
+from .pathnames import escaped
 
 STATUS_NAME = "index_status.json"
 WRITE_EVERY = 50
@@ -32,10 +39,22 @@ def iso(ts: float | None) -> str | None:
 
 
 def write_json_atomic(path: str, data: dict) -> None:
+    """Write `data` to `path` through a temporary file and a rename; the file is 0600 (patient names) whatever
+    the umask, and the temporary one is created so (O_EXCL), never widened later. No temporary file is
+    left on error; a file name that is not UTF-8 and slipped through unescaped is written escaped."""
     tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # left by a crash: O_EXCL must create it anew with this mode
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8",
+                       errors="backslashreplace") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            json.dump(data, fh, ensure_ascii=False, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class IndexStatus:
@@ -44,6 +63,8 @@ class IndexStatus:
     def __init__(self, data_dir: str | None):
         self.path = os.path.join(data_dir, STATUS_NAME) if data_dir else None
         self._lock = threading.RLock()
+        self._write_lock = threading.Lock()  # one writer of the file at a time, outside `_lock`
+        self.next_run_at: float | None = None  # from Schedule: kept across runs
         self._written_at_processed = 0
         self._rate: deque[tuple[float, int]] = deque()
         self._reset()
@@ -60,6 +81,7 @@ class IndexStatus:
         self.errors = 0
         self.error_samples: list[dict] = []
         self.workers = 0
+        self.throttled = False
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.updated_at: float | None = None
@@ -71,15 +93,18 @@ class IndexStatus:
     # -- lifecycle --------------------------------------------------------------
     def load(self, series_count: int = 0) -> None:
         """Read the file left by the previous process; a run it left `running` is now `interrupted`."""
-        with self._lock:
-            self._reset()
-            self.series_count = series_count
-            if not self.path or not os.path.exists(self.path):
-                return
+        saved = None
+        if self.path and os.path.exists(self.path):
             try:
                 with open(self.path, encoding="utf-8") as fh:
                     saved = json.load(fh)
             except (OSError, ValueError):
+                saved = None
+        interrupted = False
+        with self._lock:
+            self._reset()
+            self.series_count = series_count
+            if not isinstance(saved, dict):
                 return
             for key in ("enumerated_files", "files_processed", "files_skipped", "errors"):
                 if isinstance(saved.get(key), int):
@@ -91,11 +116,13 @@ class IndexStatus:
             self.finished_at = _parse_iso(saved.get("finished_at"))
             self.updated_at = _parse_iso(saved.get("updated_at"))
             if saved.get("running") or self.phase in RUNNING_PHASES:
+                interrupted = True
                 self.phase = "interrupted"
                 self.finished_at = self.updated_at
                 self.warnings.append("The previous indexing run was interrupted (Orthanc stopped during it). "
                                      "Start indexing again: files already indexed are not read again.")
-                self.write()
+        if interrupted:
+            self.write()
 
     def start(self, workers: int) -> None:
         with self._lock:
@@ -103,21 +130,31 @@ class IndexStatus:
             self.phase = "enumerating"
             self.workers = workers
             self.started_at = time.time()
-            self.write()
+        self.write()
 
     def set_phase(self, phase: str) -> None:
         with self._lock:
             self.phase = phase
             if phase not in RUNNING_PHASES:
                 self.finished_at = time.time()
-            self.write()
+                self.throttled = False
+        self.write()
 
     def fail(self, error: dict) -> None:
         with self._lock:
             self.failure = error
-            self.set_phase("failed")
+        self.set_phase("failed")
 
     # -- counters ---------------------------------------------------------------
+    def update(self, **fields) -> None:
+        """Set plain fields (`workers`, `throttled`, `series_count`, `files_removed`, `enumeration_done`,
+        `next_run_at`) under the lock."""
+        with self._lock:
+            for name, value in fields.items():
+                if not hasattr(self, name) or name.startswith("_"):
+                    raise AttributeError(name)
+                setattr(self, name, value)
+
     def add_enumerated(self, n: int) -> None:
         with self._lock:
             self.enumerated_files += n
@@ -130,14 +167,15 @@ class IndexStatus:
             self._rate.append((now, self.files_processed))
             while len(self._rate) > 2 and now - self._rate[0][0] > RATE_WINDOW:
                 self._rate.popleft()
-            if self.files_processed - self._written_at_processed >= WRITE_EVERY:
-                self.write()
+            due = self.files_processed - self._written_at_processed >= WRITE_EVERY
+        if due:
+            self.write()
 
     def add_error(self, path: str, message: str) -> None:
         with self._lock:
             self.errors += 1
             if len(self.error_samples) < MAX_ERROR_SAMPLES:
-                self.error_samples.append({"path": path, "error": message})
+                self.error_samples.append({"path": escaped(path), "error": escaped(message)})
 
     def warn(self, sentence: str) -> None:
         with self._lock:
@@ -178,6 +216,8 @@ class IndexStatus:
                 "errors": self.errors,
                 "error_samples": list(self.error_samples),
                 "workers": self.workers,
+                "throttled": self.throttled,
+                "next_run_at": iso(self.next_run_at),
                 "files_per_second": rate,
                 "eta_seconds": eta,
                 "started_at": iso(self.started_at),
@@ -190,13 +230,15 @@ class IndexStatus:
             return data
 
     def write(self) -> None:
-        """Rewrite index_status.json atomically (no-op without a data directory)."""
-        with self._lock:
-            self.updated_at = time.time()
-            self._written_at_processed = self.files_processed
+        """Rewrite index_status.json atomically (no-op without a data directory); call without holding the lock."""
+        with self._write_lock:  # writes in the order of their snapshots
+            with self._lock:
+                self.updated_at = time.time()
+                self._written_at_processed = self.files_processed
+                data = self.snapshot()
             if self.path:
                 os.makedirs(os.path.dirname(self.path), exist_ok=True)
-                write_json_atomic(self.path, self.snapshot())
+                write_json_atomic(self.path, data)
 
 
 def _parse_iso(value) -> float | None:

@@ -62,7 +62,8 @@ def error_of(answer: requests.Response, status: int) -> dict:
 def test_get_answers_the_section_without_a_password(orthanc, nas_a):
     settings = orthanc.get("/nas/config").json()
     assert set(settings) == {"Connection", "DataDirectory", "Workers", "Enumerator", "DefaultShareHours",
-                             "MaxShareHours", "ShareServer"}
+                             "MaxShareHours", "ShareServer", "AllowedRoots", "AllowedHosts", "Schedule", "Throttle",
+                             "ExcludedFolders", "SkippedExtensions", "DicomServer"}
     assert settings["Connection"]["Path"] == str(nas_a) and settings["Connection"]["PasswordSet"] is False
     assert "Password" not in settings["Connection"]
 
@@ -119,7 +120,7 @@ def test_a_folder_that_is_there_lists_its_first_100_names(orthanc, nas_b):
 
 
 def test_no_body_tests_the_connection_in_use(orthanc):
-    result = orthanc.post("/nas/config/test").json()
+    result = orthanc.post("/nas/config/test", json={}).json()
     assert result["ok"] is True and result["entries"] == ["doe/"]
 
 

@@ -61,7 +61,7 @@ def big_nas(tmp_path_factory):
 def test_busy_and_stop_while_indexing(orthanc_factory, big_nas):
     o = orthanc_factory(local(big_nas))
     assert o.post("/nas/index", json={}).status_code == 202
-    r = o.post("/nas/index")
+    r = o.post("/nas/index", json={})
     assert r.status_code == 409 and r.json()["kind"] == "busy"
     started = time.monotonic()
     s = o.get("/nas/status")
@@ -74,7 +74,7 @@ def test_busy_and_stop_while_indexing(orthanc_factory, big_nas):
 def test_kill9_restart_and_resume(orthanc_factory, big_nas, tmp_path):
     workdir = tmp_path / "resume"
     o = orthanc_factory(local(big_nas), workdir=workdir)
-    assert o.post("/nas/index").status_code == 202
+    assert o.post("/nas/index", json={}).status_code == 202
     deadline = time.monotonic() + 120
     while o.get("/nas/status").json()["files_processed"] < 600:
         assert time.monotonic() < deadline

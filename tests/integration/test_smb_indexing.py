@@ -267,20 +267,41 @@ def test_a_silent_nas_fails_within_30_seconds(orthanc_factory, nas):
     assert "mount -t cifs" in s["failure"]["hint"]
 
 
-def test_workers_go_down_on_a_slow_nas_and_up_again_with_a_warning(orthanc_factory, nas, corpus):
+def test_reads_in_flight_at_the_nas_stay_within_the_live_limit_as_it_goes_down_and_up(orthanc_factory, nas, corpus):
+    """Requests in flight are counted at the NAS's door (the delaying proxy): never more than the
+    limit the status gave from two seconds before (reads started before a cut may finish) to a
+    moment after (a raise reaches the status at the run's next tick and this test's next poll)."""
     _, summary = corpus
     with DelayProxy(nas.port) as proxy:
         o = orthanc_factory({**smb(nas, Port=proxy.port), "Workers": 8})
-        run_until_300(o)
+        start_run(o, full=True)
+        assert wait_until(o, lambda s: (s["enumeration_done"] and s["files_processed"] >= 300) or not s["running"],
+                          timeout=60)["running"]
         proxy.delay = 0.03  # 30 ms each way: every head read takes at least three round trips
-        slow = wait_until(o, lambda s: s["workers"] < 8 or not s["running"], timeout=60)
-        assert slow["running"] and slow["workers"] < 8, slow
-        lowest = slow["workers"]
-        # back to a good LAN (not to loopback speed, which would finish the run before the count can rise)
-        proxy.delay = 0.002
-        fast = wait_until(o, lambda s: s["workers"] > lowest or not s["running"], timeout=60)
-        assert fast["workers"] > lowest, fast
+        limits: list[tuple[float, int]] = []  # (time, workers in the status)
+        samples: list[tuple[float, int]] = []  # (time, requests in flight at the proxy)
+        status = {}
+        phase_ends = time.monotonic() + 60
+        lowest = 8
+        while time.monotonic() < phase_ends:
+            status = o.get("/nas/status").json()
+            limits.append((time.monotonic(), status["workers"]))
+            lowest = min(lowest, status["workers"])
+            if not status["running"]:
+                break
+            if lowest < 8 and proxy.delay > 0.002 and time.monotonic() > limits[0][0] + 8:
+                proxy.delay = 0.002  # back to a good LAN: the limit may rise again
+                phase_ends = time.monotonic() + 8
+            for _ in range(5):
+                samples.append((time.monotonic(), proxy.busy))
+                time.sleep(0.01)
         s = o.wait_index(120)
+    assert lowest < 8, limits  # the slow NAS lowered the limit
+    over = [(t, busy) for t, busy in samples
+            if busy > max(w for when, w in limits if t - 2.0 <= when <= t + 0.3)]
+    assert not over, [(busy, [(round(when - t, 2), w) for when, w in limits if t - 2 <= when <= t + 0.3])
+                      for t, busy in over[:3]]
+    assert max(busy for _, busy in samples) >= 2  # reads did run side by side (the count is real)
     assert s["phase"] == "done" and s["files_processed"] == summary["files"], s
     warning = [w for w in s["warnings"] if "slowly" in w]
     assert warning and f"mount -t cifs //127.0.0.1/dicom /mnt/nas -o ro,username=nasuser,port={proxy.port}" \

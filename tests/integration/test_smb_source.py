@@ -14,9 +14,11 @@ import pytest
 from tests.support.fixtures_smb import *  # noqa: F403 -- smbd, smb_share_dir, smb_connection, smb_source
 from tests.support.smbd import SilentListener
 
+from orthanc_nas.config import DEFAULT_EXCLUDED_FOLDERS
 from orthanc_nas.errors import NasAuthError, NasNetworkError, NasNotFound, NasPermissionError
 from orthanc_nas.sources.base import FileEntry, WalkError
 from orthanc_nas.sources.local import LocalSource
+from orthanc_nas.sources.scope import WalkScope
 from orthanc_nas.sources.smb import SmbSource
 
 pytestmark = pytest.mark.integration
@@ -246,3 +248,37 @@ def test_a_client_process_left_alone_exits_by_itself(smb_connection):
     client = idle_client(source)
     source._idle.clear()  # as if its pool were gone (Orthanc died): nothing closes it
     assert client.proc.wait(10) == 0
+
+
+@pytest.fixture
+def snapshot_copies(smb_share_dir):
+    """Copies of every file under the share's snapshot folders (Synology's, NetApp's, a recycle bin), removed after."""
+    made = [os.path.join(smb_share_dir, "@eaDir"), os.path.join(smb_share_dir, ".snapshot", "hourly.0"),
+            os.path.join(smb_share_dir, "flat", "#recycle")]
+    originals = [e.path for e in LocalSource(smb_share_dir).walk(threading.Event())]
+    for folder in made:
+        shutil.copytree(smb_share_dir, folder + ".tmp", ignore=shutil.ignore_patterns("@eaDir*", ".snapshot*", "#recycle*"))
+        os.makedirs(os.path.dirname(folder), exist_ok=True)
+        os.rename(folder + ".tmp", folder)
+    for folder, _dirs, files in os.walk(smb_share_dir):  # smbd reads as nasuser
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+    yield originals
+    for folder in made:
+        shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(os.path.join(smb_share_dir, ".snapshot"), ignore_errors=True)
+
+
+def test_snapshot_and_recycle_folders_are_never_walked_over_smb(smb_source, snapshot_copies):
+    stop = threading.Event()
+    everything = [e.path for e in smb_source.walk(stop)]
+    assert len(everything) == 4 * len(snapshot_copies)  # the copies are there to be seen
+    scope = WalkScope("", DEFAULT_EXCLUDED_FOLDERS, ())
+    chunks = list(smb_source.walk(stop, scope, chunks=True))
+    walked = [e.path for chunk in chunks for e in chunk]
+    assert sorted(walked) == sorted(snapshot_copies)
+    folder = [e.path for e in smb_source.walk(stop, WalkScope("flat", DEFAULT_EXCLUDED_FOLDERS, (".dcm",)))]
+    assert folder == [p for p in snapshot_copies if p.startswith("flat/") and not p.endswith(".dcm")]
+    folder = [e.path for e in smb_source.walk(stop, WalkScope("flat", DEFAULT_EXCLUDED_FOLDERS, ()))]
+    assert sorted(folder) == sorted(p for p in snapshot_copies if p.startswith("flat/"))

@@ -56,3 +56,15 @@ def write_series(folder: Path | str, count: int, *, names: str = "IM{:05d}.dcm",
     kw.setdefault("StudyInstanceUID", generate_uid())
     kw.setdefault("SeriesInstanceUID", generate_uid())
     return [write_dicom(Path(folder) / names.format(i + 1), InstanceNumber=i + 1, **kw) for i in range(count)]
+
+
+def write_deeply_nested(path: Path | str, depth: int, **attrs) -> Path:
+    """An instance whose header holds sequences nested `depth` levels deep (undefined lengths), before the
+    attributes the index reads: a parser that recurses per level without a bound overflows its stack."""
+    path = write_dicom(path, **attrs)
+    data = path.read_bytes()
+    start = 144 + int.from_bytes(data[140:144], "little")  # after the File Meta Information
+    opening = b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"  # (0008,1115)
+    closing = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    path.write_bytes(data[:start] + opening * depth + closing * depth + data[start:])
+    return path

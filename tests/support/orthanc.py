@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,10 +100,17 @@ class OrthancServer:
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": self.auth,
             "RegisteredUsers": {USER: PASSWORD} if self.auth else {},
-            "Nas": self.nas,
+            "Nas": self.nas_section(),
         }
         cfg.update(self.extra)
         return cfg
+
+    def nas_section(self):
+        """`nas` as given; settings from the web may use the temporary folder where tests keep their NAS
+        folders, unless the test sets AllowedRoots itself (the default allows only /mnt, /media, /srv)."""
+        if isinstance(self.nas, dict) and "AllowedRoots" not in self.nas:
+            return {**self.nas, "AllowedRoots": [tempfile.gettempdir()]}
+        return self.nas
 
     def write_config(self) -> None:
         self.config_path.write_text(json.dumps(self.config(), indent=2))

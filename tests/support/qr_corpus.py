@@ -97,6 +97,21 @@ def _jpeg2000(path: Path, attrs: dict, charset: str | None) -> str:
     return str(ds.SOPClassUID)
 
 
+def rows_of(paths: list[Path], series: str) -> list[dict]:
+    """The rows of files written otherwise (e.g. `write_series`), read back with pydicom."""
+    keywords = ["PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+                "StudyTime", "AccessionNumber", "StudyDescription", "StudyID", "ReferringPhysicianName",
+                "InstitutionName", "SeriesInstanceUID", "SeriesDescription", "Modality", "SeriesNumber",
+                "BodyPartExamined", "InstanceNumber", "SOPInstanceUID", "SOPClassUID"]
+    rows = []
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        values = {k: ds.get(k) for k in keywords}
+        rows.append({k: (None if v is None or v == "" else v if isinstance(v, int) else str(v))
+                     for k, v in values.items()} | {"path": str(path), "series": series})
+    return rows
+
+
 # -- expected answers, computed from the rows without the node ------------------------------
 LEVEL_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
               "IMAGE": "SOPInstanceUID"}

@@ -4,6 +4,8 @@
     ... connect clients to 127.0.0.1:proxy.port ...
     proxy.delay = 0.05                             # the network gets slow (for data sent from now on)
     proxy.received                                 # bytes the server sent to clients so far
+    proxy.busy                                     # connections with a request the server has not yet
+                                                   # answered (reads in flight, for a NAS), now
     proxy.close()
 
 Each direction of each connection is a reading thread and a sending thread joined by a
@@ -38,6 +40,8 @@ class DelayProxy:
         self.host, self.target, self.delay = host, target, delay
         self.received = 0  # bytes from the server to clients
         self.sent = 0  # bytes from clients to the server
+        self._waiting: set[int] = set()  # connections whose client sent data not yet answered
+        self.busy = 0  # len(_waiting): requests in flight, one per connection (SMB clients wait for each answer)
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._closed = threading.Event()
@@ -62,12 +66,13 @@ class DelayProxy:
             with self._lock:
                 self._sockets += [client, server]
             for src, dst, upstream in ((client, server, True), (server, client, False)):
-                threading.Thread(target=self._pipe, args=(src, dst, upstream), name="proxy-pipe",
+                threading.Thread(target=self._pipe, args=(src, dst, upstream, client.fileno()), name="proxy-pipe",
                                  daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, upstream: bool, conn: int) -> None:
         line: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._send, args=(line, src, dst), name="proxy-send", daemon=True).start()
+        answered = None if upstream else (lambda: self._mark(conn, False))
+        threading.Thread(target=self._send, args=(line, src, dst, answered), name="proxy-send", daemon=True).start()
         while True:
             try:
                 data = src.recv(CHUNK)
@@ -79,12 +84,19 @@ class DelayProxy:
             with self._lock:
                 if upstream:
                     self.sent += len(data)
+                    self._waiting.add(conn)
+                    self.busy = len(self._waiting)
                 else:
                     self.received += len(data)
             line.put((time.perf_counter() + self.delay, data))
 
+    def _mark(self, conn: int, waiting: bool) -> None:
+        with self._lock:
+            (self._waiting.add if waiting else self._waiting.discard)(conn)
+            self.busy = len(self._waiting)
+
     @staticmethod
-    def _send(line: queue.SimpleQueue, src: socket.socket, dst: socket.socket) -> None:
+    def _send(line: queue.SimpleQueue, src: socket.socket, dst: socket.socket, answered=None) -> None:
         while True:
             due, data = line.get()
             if not data:
@@ -96,6 +108,10 @@ class DelayProxy:
                 dst.sendall(data)
             except OSError:
                 break
+            if answered is not None:
+                answered()
+        if answered is not None:
+            answered()
         for s in (dst, src):  # one side ended: end the other too (a NAS that drops the connection)
             try:
                 s.shutdown(socket.SHUT_RDWR)

@@ -39,7 +39,10 @@ BODY_RULES = [
     ({"Connection": LOCAL, "Nope": 1, "Also": 2}, "Also", "unknown settings Also, Nope"),
     ({"Connection": LOCAL, "DataDirectory": "/elsewhere"}, "DataDirectory", "cannot be changed from the web"),
     ({"Connection": LOCAL, "MaxShareHours": 1}, "MaxShareHours", "cannot be changed from the web"),
+    ({"Connection": LOCAL, "AllowedRoots": "*"}, "AllowedRoots", "cannot be changed from the web"),
+    ({"Connection": LOCAL, "AllowedHosts": ["evil"]}, "AllowedHosts", "cannot be changed from the web"),
 ]
 
 #: a saved SMB password stays where it was saved: changing one of these needs the password again
-IDENTITY_CHANGES = [{"Host": "attacker.example"}, {"Username": "admin"}, {"Domain": "OTHER"}]
+IDENTITY_CHANGES = [{"Host": "attacker.example"}, {"Username": "admin"}, {"Domain": "OTHER"},
+                    {"Port": 8445}]  # another service of the same host (one that logs what it is sent)

@@ -62,9 +62,9 @@ def test_the_answer_of_get_can_be_sent_back_as_it_is(current):
 def test_a_missing_password_keeps_the_saved_one_for_the_same_server_and_account(current):
     without = {k: v for k, v in SMB.items() if k != "Password"}
     for password in ({}, {"Password": ""}):
-        same = {**without, "Host": "NAS.example", "Username": "Reader", "Path": "ct", "Port": 1445, **password}
+        same = {**without, "Host": "NAS.example", "Username": "Reader", "Path": "ct", "Port": 445, **password}
         new = parse_web_connection(same, current.Connection)
-        assert new.Password == "s3cret" and new.Path == "ct" and new.Port == 1445
+        assert new.Password == "s3cret" and new.Path == "ct" and new.Port == 445
     typed = parse_web_connection({**SMB, "Password": "new one"}, current.Connection)
     assert typed.Password == "new one"
 

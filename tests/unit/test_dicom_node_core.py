@@ -128,3 +128,35 @@ def test_the_pynetdicom_internals_the_node_relies_on_are_still_there():
     assert list(inspect.signature(DIMSEServiceProvider.get_msg).parameters) == ["self", "block"]
     everything = inspect.getsource(__import__("pynetdicom.association", fromlist=["x"]))
     assert everything.count("get_msg(block=False)") == 1
+
+
+def test_the_reader_keeps_its_order_and_bounds_what_it_holds(tmp_path, monkeypatch):
+    import threading as th
+
+    from orthanc_nas.dicom import retrieve
+    from orthanc_nas.dicom.retrieve import Instance, NasReader
+
+    items = [Instance(f"f{i}", size, f"1.{i}", None, None) for i, size in enumerate([10, 10, 10, 10, 10, 900, 10])]
+    reading, most = set(), [0]
+    lock = th.Lock()
+
+    class Reader(NasReader):
+        def _read(self, item):
+            with lock:
+                reading.add(item.path)
+                most[0] = max(most[0], sum(i.size for i in items if i.path in reading))
+            import time
+            time.sleep(0.01)
+            with lock:
+                reading.discard(item.path)
+            return item.path
+
+    monkeypatch.setattr(retrieve, "BYTES_IN_FLIGHT", 1000)
+    got = [outcome[0] for _, *outcome in Reader(None, items, th.Event(), in_flight=3)]
+    assert got == [i.path for i in items]
+    assert most[0] <= 1000
+
+
+def test_orthanc_without_its_dicom_server_may_call_but_receives_nothing():
+    peers = Peers(dicom_server(), lambda: [], Peer("ORTHANC", "127.0.0.1", None))
+    assert peers.allowed("ORTHANC", "127.0.0.1") and peers.destination("ORTHANC") is None

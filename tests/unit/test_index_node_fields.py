@@ -15,7 +15,7 @@ from pydicom.uid import (
 )
 from tests.support.dicom import CT_IMAGE, write_dicom, write_series
 
-from orthanc_nas.catalog import MIGRATIONS, NODE_FILE_FIELDS, NODE_SERIES_FIELDS, Catalog, migrate
+from orthanc_nas.catalog import MIGRATIONS, NODE_FILE_FIELDS, NODE_SERIES_FIELDS, RUN_FIELDS, Catalog, migrate
 from orthanc_nas.headers import HEAD_SIZE, read_record
 from orthanc_nas.indexer import Indexer
 from orthanc_nas.sources.local import LocalSource
@@ -85,6 +85,8 @@ def as_written_by_version_2(db: str) -> None:
         conn.execute(f"ALTER TABLE files DROP COLUMN {column}")
     for column in NODE_SERIES_FIELDS:
         conn.execute(f"ALTER TABLE series DROP COLUMN {column}")
+    for column in RUN_FIELDS[4:]:  # the runs' columns of migration 4
+        conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
     conn.execute("PRAGMA user_version=2")  # later migrations run again when the index opens
     conn.commit()
     conn.close()

@@ -5,6 +5,7 @@ import time
 import pytest
 from tests.support.dicom import write_dicom, write_series
 
+from orthanc_nas import governor as governor_mod
 from orthanc_nas import indexer as indexer_mod
 from orthanc_nas.catalog import Catalog
 from orthanc_nas.errors import NasNetworkError
@@ -114,7 +115,7 @@ class FlakySource(LocalSource):
 
 
 def test_a_nas_that_stops_answering_fails_the_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(indexer_mod, "BACKOFF", 0.01)
+    monkeypatch.setattr(governor_mod, "BACKOFF", 0.01)
     root = tmp_path / "nas"
     for s in range(20):
         write_series(root / f"s{s}", 10)
@@ -128,7 +129,7 @@ def test_a_nas_that_stops_answering_fails_the_run(tmp_path, monkeypatch):
 
 
 def test_transient_failures_are_retried(tmp_path, monkeypatch):
-    monkeypatch.setattr(indexer_mod, "BACKOFF", 0.01)
+    monkeypatch.setattr(governor_mod, "BACKOFF", 0.01)
     calls = []
 
     def flaky():
@@ -231,22 +232,21 @@ def reads(governor, clock, seconds, blocks=1, fast_one=None):
 
 
 def test_governor_lowers_workers_when_every_read_slows_and_raises_them_when_the_nas_recovers(tmp_path, clock):
-    status = IndexStatus(None)
-    g = indexer_mod.Governor(12, status)
+    g = indexer_mod.Governor(12)
     reads(g, clock, 0.002, blocks=3)
     assert g.limit == 12 and g.baseline == 0.002
     reads(g, clock, 0.2)  # the NAS struggles
-    assert g.limit == 9 and status.workers == 9
+    assert g.limit == 9
     reads(g, clock, 0.05)  # fewer workers made reads faster, still slow: fewer again
     assert g.limit == 6
     reads(g, clock, 0.002, blocks=indexer_mod.RAISE_AFTER)
     assert g.limit == 7
     reads(g, clock, 0.002, blocks=indexer_mod.RAISE_AFTER * 10)
-    assert g.limit == 12 and status.workers == 12
+    assert g.limit == 12
 
 
 def test_governor_ignores_reads_slowed_by_a_busy_client(clock):
-    g = indexer_mod.Governor(12, IndexStatus(None))
+    g = indexer_mod.Governor(12)
     reads(g, clock, 0.002, blocks=3)
     reads(g, clock, 0.3, blocks=10, fast_one=0.003)  # most reads waited for the CPU, not for the NAS
     assert g.limit == 12
@@ -254,7 +254,7 @@ def test_governor_ignores_reads_slowed_by_a_busy_client(clock):
 
 def test_governor_takes_a_slower_network_as_the_new_normal(clock):
     """Fewer workers do not shorten a longer network path: after one cut that did not help, the count goes back up."""
-    g = indexer_mod.Governor(12, IndexStatus(None))
+    g = indexer_mod.Governor(12)
     reads(g, clock, 0.002, blocks=3)
     reads(g, clock, 0.1)
     assert g.limit == 9
@@ -265,7 +265,7 @@ def test_governor_takes_a_slower_network_as_the_new_normal(clock):
 
 
 def test_governor_halves_on_failures_and_knows_when_the_nas_is_gone(clock):
-    g = indexer_mod.Governor(12, IndexStatus(None), gone_after=60)
+    g = indexer_mod.Governor(12, gone_after=60)
     reads(g, clock, 0.002)
     g.failure()
     assert g.limit == 6
@@ -285,17 +285,16 @@ def test_governor_halves_on_failures_and_knows_when_the_nas_is_gone(clock):
 
 
 def test_governor_warns_once_about_a_slow_remote_nas(clock):
-    status = IndexStatus(None)
-    g = indexer_mod.Governor(12, status, slow_hint="Linux: mount -t cifs //nas/dicom /mnt/nas")
+    g = indexer_mod.Governor(12, slow_hint="Linux: mount -t cifs //nas/dicom /mnt/nas")
     reads(g, clock, 0.2, blocks=5)
-    assert len(status.warnings) == 1 and "mount -t cifs //nas/dicom" in status.warnings[0]
-    local = IndexStatus(None)
-    reads(indexer_mod.Governor(12, local), clock, 0.2, blocks=5)  # a slow local disk: no mount to suggest
-    assert local.warnings == []
+    assert "mount -t cifs //nas/dicom" in g.warning
+    local = indexer_mod.Governor(12)
+    reads(local, clock, 0.2, blocks=5)  # a slow local disk: no mount to suggest
+    assert local.warning is None
 
 
 def test_retries_tell_each_failure_and_keep_to_their_time_budget(monkeypatch):
-    monkeypatch.setattr(indexer_mod, "BACKOFF", 0.01)
+    monkeypatch.setattr(governor_mod, "BACKOFF", 0.01)
     failures = []
 
     def slow_failure():
@@ -310,7 +309,7 @@ def test_retries_tell_each_failure_and_keep_to_their_time_budget(monkeypatch):
     with pytest.raises(NasNetworkError):
         indexer_mod.with_retries(slow_failure, stop=threading.Event(), backoff=0.01,
                                  on_failure=lambda: failures.append(1))
-    assert len(failures) == 1 + 1 + indexer_mod.RETRIES
+    assert len(failures) == 1 + 1 + governor_mod.RETRIES
 
 
 class UnreadableSource(LocalSource):
@@ -329,7 +328,7 @@ class UnreadableSource(LocalSource):
 def test_files_the_nas_did_not_give_keep_their_rows_and_are_read_next_time(tmp_path, nas, monkeypatch):
     from orthanc_nas.errors import NasPermissionError
 
-    monkeypatch.setattr(indexer_mod, "BACKOFF", 0.001)
+    monkeypatch.setattr(governor_mod, "BACKOFF", 0.001)
     source = UnreadableSource(str(nas), {})
     ix, catalog = make(tmp_path, nas, source=source)
     ix.run()
@@ -350,7 +349,7 @@ def test_files_the_nas_did_not_give_keep_their_rows_and_are_read_next_time(tmp_p
 
 
 def test_a_run_after_the_nas_was_gone_starts_afresh(tmp_path, monkeypatch):
-    monkeypatch.setattr(indexer_mod, "BACKOFF", 0.01)
+    monkeypatch.setattr(governor_mod, "BACKOFF", 0.01)
     root = tmp_path / "nas"
     for s in range(10):
         write_series(root / f"s{s}", 10)
@@ -366,7 +365,7 @@ def test_a_run_after_the_nas_was_gone_starts_afresh(tmp_path, monkeypatch):
 
 def test_governor_asks_the_source_when_the_nas_last_answered(clock):
     answered = {"at": clock.now}
-    g = indexer_mod.Governor(12, IndexStatus(None), gone_after=60, last_answer=lambda: answered["at"])
+    g = indexer_mod.Governor(12, gone_after=60, last_answer=lambda: answered["at"])
     g.failure()
     clock.now += 50
     answered["at"] = clock.now  # a folder listing came back

@@ -44,14 +44,18 @@ def test_symlink_loop_is_not_followed_forever(tmp_path):
     assert {i.path for i in items} == {"pat 0/stüdy/IM0.dcm", "pat 0/stüdy/IM1.dcm"}
 
 
-def test_symlinked_folder_is_followed_once(tmp_path):
+def test_links_are_not_followed_out_of_the_root_nor_twice_inside(tmp_path):
     outside = tmp_path / "outside"
     (outside / "s").mkdir(parents=True)
     (outside / "s" / "a.dcm").write_bytes(b"1")
     root = tmp_path / "root"
-    root.mkdir()
-    os.symlink(outside, root / "linked")
-    assert [i.path for i in walk_all(LocalSource(str(root)))] == ["linked/s/a.dcm"]
+    (root / "real").mkdir(parents=True)
+    (root / "real" / "b.dcm").write_bytes(b"2")
+    os.symlink(outside, root / "linked")  # a folder outside
+    os.symlink(outside / "s" / "a.dcm", root / "a.dcm")  # a file outside
+    os.symlink(root / "real", root / "again")  # a folder inside: walked once, under its own name
+    os.symlink(root / "real" / "b.dcm", root / "b-copy.dcm")  # a file inside: not a second copy
+    assert [i.path for i in walk_all(LocalSource(str(root)))] == ["real/b.dcm"]
 
 
 def test_walk_is_bounded_and_stops_early(tmp_path, monkeypatch):

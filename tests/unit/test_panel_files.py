@@ -43,7 +43,7 @@ def test_the_panel_loads_nothing_from_outside_and_calls_only_nas_routes():
             script = fh.read()
         assert not re.search(r"https?://|fetch\((?!'\.\./' \+ path)", script)  # one fetch, relative to /nas/
         routes |= set(re.findall(r"api\('(?:GET|POST|PUT|DELETE)', '([a-z/]+)", script))
-    assert routes == {"config", "config/test", "status", "index", "search", "series/", "shares", "shares/",
+    assert routes == {"config", "config/test", "status", "index", "runs", "search", "series/", "shares", "shares/",
                       "patients/", "retrieve", "jobs", "jobs/", "destinations", "destinations/"}
 
 

@@ -58,6 +58,8 @@ class Retrieval:
     sent: int = 0
     failed: int = 0
     outcome: str = "failed"
+    written: bool = False  # recorded already (before the final response, so a peer that reads the audit
+    # once its C-MOVE/C-GET ended finds the row)
     reasons: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
 
@@ -67,40 +69,41 @@ class Retrieval:
 
 
 class RetrievalAudit:
-    """`dicom.db`; one connection per thread (associations run in threads of their own)."""
+    """`dicom.db`: one connection, shared by the associations' threads under a lock (a row per retrieval:
+    writes are rare, and connections made and dropped with each association thread are not worth it)."""
 
     def __init__(self, data_dir: str):
         self.path = os.path.join(data_dir, AUDIT_NAME)
-        self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        self._connection: sqlite3.Connection | None = None
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+        """The connection, opened (and migrated) on first use; call with the lock held."""
+        if self._connection is None:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             conn = connect(self.path)
             migrate(conn, MIGRATIONS)
             conn.row_factory = sqlite3.Row
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
-        return conn
+            self._connection = conn
+        return self._connection
 
     def record(self, r: Retrieval) -> int:
         """Write one finished retrieval; returns its id."""
-        cur = self._conn().execute(
-            "INSERT INTO retrievals(started_at, finished_at, caller_aet, caller_address, operation, destination, "
-            "level, keys, files, sent, failed, outcome, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (r.started_at, time.time(), r.caller_aet, r.caller_address, r.operation, r.destination, r.level,
-             json.dumps(r.keys, ensure_ascii=False), r.files, r.sent, r.failed, r.outcome,
-             "; ".join(r.reasons) or None))
-        return cur.lastrowid
+        with self._lock:
+            cur = self._conn().execute(
+                "INSERT INTO retrievals(started_at, finished_at, caller_aet, caller_address, operation, "
+                "destination, level, keys, files, sent, failed, outcome, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (r.started_at, time.time(), r.caller_aet, r.caller_address, r.operation, r.destination, r.level,
+                 json.dumps(r.keys, ensure_ascii=False), r.files, r.sent, r.failed, r.outcome,
+                 "; ".join(r.reasons) or None))
+            return cur.lastrowid
 
     def latest(self, limit: int = 100) -> list[dict]:
         """The latest retrievals, newest first, `keys` as an object."""
+        with self._lock:
+            rows = self._conn().execute("SELECT * FROM retrievals ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         found = []
-        for row in self._conn().execute("SELECT * FROM retrievals ORDER BY id DESC LIMIT ?", (limit,)):
+        for row in rows:
             item = dict(row)
             item["keys"] = json.loads(item["keys"])
             found.append(item)
@@ -108,8 +111,8 @@ class RetrievalAudit:
 
     def close(self) -> None:
         with self._lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
+            conn, self._connection = self._connection, None
+        if conn is not None:
             try:
                 conn.close()
             except sqlite3.Error:

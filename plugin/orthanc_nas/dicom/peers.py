@@ -79,7 +79,7 @@ class Peers:
     """The callers and destinations of the node, from the settings and Orthanc's modalities.
 
     `modalities()` gives Orthanc's `DicomModalities` as it is now (the glue reads Orthanc's REST API);
-    `orthanc` is Orthanc's own AE (DicomAet, this host, DicomPort), or None when Orthanc has no DICOM server.
+    `orthanc` is Orthanc's own AE (DicomAet, this host, DicomPort; no port when its DICOM server is off).
     """
 
     def __init__(self, settings: DicomServer, modalities: Callable[[], list[Peer]] = list,
@@ -118,6 +118,6 @@ class Peers:
         target = self.settings.Destinations.get(aet)
         if target is not None:
             return Peer(aet, target[0], target[1])
-        if self.orthanc is not None and self.orthanc.aet == aet:
+        if self.orthanc is not None and self.orthanc.aet == aet and self.orthanc.port:
             return self.orthanc
         return None

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import build_context, evt
+from pynetdicom import StoragePresentationContexts, build_context, evt
 from pynetdicom.dimse_messages import C_STORE_RSP
 
 from ..errors import NasError, NasNetworkError
@@ -40,6 +40,7 @@ from .query import IMAGE, UNIQUE_KEYS, QueryError, parse, rows
 log = logging.getLogger("orthanc_nas")
 
 IN_FLIGHT = 4  # files read from the NAS while one is sent
+BYTES_IN_FLIGHT = 256 * 1024 * 1024  # ... as long as they hold less than this (a large multi-frame file: alone)
 READ_WITHIN = 30.0  # seconds one file may take, retries included
 NAS_GONE_AFTER = 3  # files in a row the NAS did not give for network reasons: the rest fail at once
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1..255
@@ -84,6 +85,8 @@ def contexts_for(files: list[Instance]) -> list:
     for sop_class, syntaxes in stored.items():
         contexts.extend(build_context(sop_class, [uid]) for uid in syntaxes)
         contexts.append(build_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+    if any(not f.sop_class for f in files):  # rows an older version indexed, not yet completed by a run
+        contexts += [cx for cx in StoragePresentationContexts if cx.abstract_syntax not in stored]
     return contexts[:MAX_CONTEXTS]
 
 
@@ -146,17 +149,18 @@ class NasReader:
         pending: collections.deque[tuple[Instance, Future]] = collections.deque()
         upcoming = iter(self.files)
         try:
-            for item in upcoming:
-                pending.append((item, pool.submit(self._read, item)))
-                if len(pending) >= self.in_flight:
-                    break
-            while pending:
+            nxt = next(upcoming, None)
+            while nxt is not None or pending:
+                # read ahead: up to `in_flight` files and `BYTES_IN_FLIGHT` bytes, at least one file
+                while nxt is not None and not self.stop.is_set() and (not pending or (
+                        len(pending) < self.in_flight
+                        and sum(i.size for i, _ in pending) + nxt.size <= BYTES_IN_FLIGHT)):
+                    pending.append((nxt, pool.submit(self._read, nxt)))
+                    nxt = next(upcoming, None)
+                if not pending:
+                    return
                 item, future = pending.popleft()
                 yield (item, *self._outcome(item, future))
-                if not self.stop.is_set():
-                    nxt = next(upcoming, None)
-                    if nxt is not None:
-                        pending.append((nxt, pool.submit(self._read, nxt)))
         finally:
             self.stop.set()  # reads not started yet are dropped; one in progress ends at its next retry
             pool.shutdown(wait=False, cancel_futures=True)
@@ -234,6 +238,7 @@ class Retriever:
                 record.fail(f"unknown move destination {destination!r}")
                 log.warning("DICOM node: C-MOVE from %s to unknown destination %r refused", record.caller_aet,
                             destination)
+                self._finish(record, None)
                 yield None, None  # A801: move destination unknown
                 return
             files = self._select(event, patient_root, record)
@@ -285,6 +290,7 @@ class Retriever:
         for item, *outcome in reader:
             if event.is_cancelled or self.stop.is_set():
                 record.outcome = "cancelled"
+                self._finish(record, stores)
                 yield CANCELLED, None
                 return
             record.attempted += 1
@@ -305,12 +311,18 @@ class Retriever:
             network_failures = network_failures + 1 if network else 0
             if network_failures >= NAS_GONE_AFTER:
                 record.fail("the NAS stopped answering: the remaining files were not sent")
+                self._finish(record, stores)
                 yield OUT_OF_RESOURCES, None
                 return
             yield PENDING, _placeholder(item)
         record.outcome = "done"
 
     def _finish(self, record: Retrieval, stores: Stores | None) -> None:
+        """Write the audit row and the log line, once: before the final response where the handler gives it,
+        else when pynetdicom is done with the handler (its `finally`)."""
+        if record.written:
+            return
+        record.written = True
         record.sent = stores.sent if stores is not None else 0
         record.failed = record.attempted - record.sent
         if record.outcome == "failed":

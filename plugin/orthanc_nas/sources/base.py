@@ -43,10 +43,12 @@ class Source(Protocol):
     def list_root(self, limit: int = 100) -> list[str]:
         """Names in the root folder (folders end with `/`), at most `limit`, sorted."""
 
-    def walk(self, stop: threading.Event) -> Iterator[FileEntry | WalkError]:
+    def walk(self, stop: threading.Event, scope=None, chunks: bool = False) -> Iterator:
         """Stream every file under the root. Memory stays bounded whatever the number of files.
 
-        Stops early (without error) when `stop` is set.
+        `scope` (a `scope.WalkScope`): only its folder, without its excluded folders and skipped
+        extensions. With `chunks`, lists of items as they are handed over, and `[]` whenever none
+        came for a moment. Stops early (without error) when `stop` is set.
         """
 
     def read_head(self, path: str, size: int) -> bytes:

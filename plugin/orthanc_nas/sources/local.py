@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 from ..errors import NasError, NasNetworkError, NasNotFound, NasPermissionError
 from .base import FileEntry, WalkError
+from .scope import WalkScope
 from .walk import CHUNK, QUEUE_CHUNKS, WALK_THREADS, Folder, parallel_walk
 
 __all__ = ["CHUNK", "QUEUE_CHUNKS", "WALK_THREADS", "LocalSource", "os_error", "safe_relpath"]
@@ -39,12 +40,48 @@ def safe_relpath(path: str, windows: bool = os.name == "nt") -> str:
     return "/".join(p for p in parts if p not in ("", "."))
 
 
+#: whether files can be opened component by component without following links (POSIX)
+CONFINED_OPEN = bool(getattr(os, "O_NOFOLLOW", 0)) and os.open in os.supports_dir_fd
+
+
+def open_beneath(root: str, rel: str) -> int:
+    """A descriptor of the regular file `rel` under `root`, opened so that what is read is that file.
+
+    Each folder of the path, then the file, is opened relative to the one before with O_NOFOLLOW: a
+    symbolic link anywhere in the path (also one swapped in after indexing, after any check on the path's
+    text) fails with ELOOP/ENOTDIR instead of leading out of the NAS root; a FIFO or device is refused
+    without blocking. The caller compares the descriptor's size and mtime (fstat) with the index.
+    """
+    parts = rel.split("/") if rel else []
+    if not parts:
+        raise IsADirectoryError(errno.EISDIR, "the NAS root is not a file", rel)
+    folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in parts[:-1]:
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+    finally:
+        os.close(folder)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", rel)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def os_error(exc: OSError, what: str) -> NasError:
     """Turn an OSError into the domain error that says what a person can do about it."""
     if isinstance(exc, FileNotFoundError) or exc.errno == errno.ENOENT:
         return NasNotFound(f"{what}: not found")
     if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM):
         return NasPermissionError(f"{what}: permission denied")
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # O_NOFOLLOW met a link: not followed, as in the walk
+        return NasNotFound(f"{what}: a symbolic link on the way, not followed")
     if exc.errno in NETWORK_ERRNOS:
         return NasNetworkError(f"{what}: {exc.strerror or exc}")
     return NasError(f"{what}: {exc.strerror or exc}", "Check the file on the NAS.")
@@ -81,11 +118,12 @@ class LocalSource:
         names = []
         with os.scandir(self.root) as it:
             for entry in it:
-                names.append(entry.name + ("/" if entry.is_dir() else ""))
+                names.append(entry.name + ("/" if entry.is_dir(follow_symlinks=False) else ""))
         return sorted(names)[:limit]
 
     # -- walk -----------------------------------------------------------------
-    def walk(self, stop: threading.Event) -> Iterator[FileEntry | WalkError]:
+    def walk(self, stop: threading.Event, scope: WalkScope | None = None, chunks: bool = False) -> Iterator:
+        """See `Source.walk`."""
         seen_dirs: set[tuple[int, int]] = set()  # every folder listed, so links never list one twice
         seen_lock = threading.Lock()
         try:
@@ -101,26 +139,27 @@ class LocalSource:
                 with os.scandir(full) as it:
                     for entry in it:
                         try:
-                            if entry.is_dir():
-                                # each folder is listed once, however many links lead to it:
-                                # a symlink loop ends at its second visit
-                                st = entry.stat()
+                            # Symbolic links are never followed (see `open_beneath`): one may lead out of
+                            # the NAS root, and what one inside the root leads to is walked anyway.
+                            if entry.is_dir(follow_symlinks=False):
+                                # each folder is listed once (a bind mount may show one twice)
+                                st = entry.stat(follow_symlinks=False)
                                 key = (st.st_dev, st.st_ino)
                                 with seen_lock:
                                     if key in seen_dirs:
                                         continue
                                     seen_dirs.add(key)
                                 yield Folder(prefix + entry.name)
-                            elif entry.is_file():
-                                st = entry.stat()
+                            elif entry.is_file(follow_symlinks=False):
+                                st = entry.stat(follow_symlinks=False)
                                 yield FileEntry(prefix + entry.name, st.st_size, st.st_mtime_ns)
-                        except OSError as exc:  # a dangling link, a file gone meanwhile
-                            if not (isinstance(exc, FileNotFoundError) and entry.is_symlink()):
-                                yield WalkError(prefix + entry.name, os_error(exc, prefix + entry.name))
+                        except OSError as exc:  # a file gone meanwhile
+                            yield WalkError(prefix + entry.name, os_error(exc, prefix + entry.name))
             except OSError as exc:
                 raise os_error(exc, f"folder {rel or '/'}") from exc
 
-        return parallel_walk(list_folder, stop, self.threads)
+        scope = scope or WalkScope()
+        return parallel_walk(scope.filter(list_folder), stop, self.threads, top=scope.folder, chunks=chunks)
 
     # -- reading --------------------------------------------------------------
     def _full(self, path: str) -> str:
@@ -128,16 +167,21 @@ class LocalSource:
 
     def read_head(self, path: str, size: int) -> bytes:
         try:
-            with open(self._full(path), "rb", buffering=0) as fh:
+            with self._open(path, buffering=0) as fh:
                 return fh.read(size)
         except OSError as exc:
             raise os_error(exc, path) from exc
 
     def open(self, path: str) -> BinaryIO:
         try:
-            return open(self._full(path), "rb")
+            return self._open(path)
         except OSError as exc:
             raise os_error(exc, path) from exc
+
+    def _open(self, path: str, buffering: int = -1) -> BinaryIO:
+        if not CONFINED_OPEN:  # Windows: no O_NOFOLLOW nor dir_fd; UNC paths are resolved by the server
+            return open(self._full(path), "rb", buffering=buffering)
+        return os.fdopen(open_beneath(self.root, safe_relpath(path)), "rb", buffering=buffering)
 
     def close(self) -> None:
         pass

@@ -51,6 +51,7 @@ from ..parsing import python_interpreter
 from . import smb_child
 from .base import FileEntry, WalkError
 from .local import safe_relpath
+from .scope import WalkScope
 from .smb_child import NETWORK_ERRNOS
 from .walk import WALK_THREADS, Folder, parallel_walk
 
@@ -348,7 +349,8 @@ class SmbSource:
     def list_root(self, limit: int = 100) -> list[str]:
         return sorted(name + ("/" if is_dir else "") for name, is_dir, _, _ in self._listdir(""))[:limit]
 
-    def walk(self, stop: threading.Event) -> Iterator[FileEntry | WalkError]:
+    def walk(self, stop: threading.Event, scope: WalkScope | None = None, chunks: bool = False) -> Iterator:
+        """See `Source.walk`."""
         def list_folder(rel: str) -> Iterator[FileEntry | WalkError | Folder]:
             prefix = f"{rel}/" if rel else ""
             for name, is_dir, size, mtime_ns in self._listdir(rel):  # the process is back in the pool by now
@@ -361,7 +363,8 @@ class SmbSource:
                 else:
                     yield FileEntry(prefix + name, size, mtime_ns)
 
-        return parallel_walk(list_folder, stop, self.threads)
+        scope = scope or WalkScope()
+        return parallel_walk(scope.filter(list_folder), stop, self.threads, top=scope.folder, chunks=chunks)
 
     def read_head(self, path: str, size: int) -> bytes:
         """One request to the client process; three round trips to the NAS: CREATE, READ, CLOSE."""

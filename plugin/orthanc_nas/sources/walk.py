@@ -45,15 +45,17 @@ _DONE = object()
 
 
 def parallel_walk(list_folder: ListFolder, stop: threading.Event, threads: int = WALK_THREADS,
-                  retries: int = RETRIES) -> Iterator[FileEntry | WalkError]:
-    """Stream every file under the root (`""`), listing folders on `threads` threads.
+                  retries: int = RETRIES, top: str = "", chunks: bool = False) -> Iterator:
+    """Stream every file under the folder `top` (`""`: the root), listing folders on `threads` threads.
 
-    Ends early, without error, when `stop` is set or the consumer stops iterating.
+    Yields `FileEntry | WalkError` items; with `chunks`, lists of them as the listing threads hand
+    them over, and an empty list whenever nothing came for a moment (so the consumer can do other
+    work meanwhile). Ends early, without error, when `stop` is set or the consumer stops iterating.
     """
     threads = max(1, threads)
     out: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
     halt = threading.Event()  # set when the consumer goes away
-    folders: list[str] = [""]
+    folders: list[str] = [top]
     cond = threading.Condition()
     state = {"pending": 1, "finished": 0}  # folders listed or waiting; workers that returned
 
@@ -136,10 +138,15 @@ def parallel_walk(list_folder: ListFolder, stop: threading.Event, threads: int =
             try:
                 item = out.get(timeout=0.2)
             except queue.Empty:
+                if chunks:
+                    yield []
                 continue
             if item is _DONE:
                 return
-            yield from item
+            if chunks:
+                yield item
+            else:
+                yield from item
     finally:
         halt.set()
         with cond:

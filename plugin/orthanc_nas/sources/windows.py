@@ -15,6 +15,7 @@ import contextlib
 import io
 import ntpath
 import os
+import queue
 import re
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from typing import BinaryIO
 from ..errors import ConfigError, NasAuthError, NasError, NasNetworkError, NasNotFound, NasPermissionError
 from .base import FileEntry, WalkError
 from .local import LocalSource, safe_relpath
+from .scope import WalkScope
 
 if sys.platform == "win32":
     import _winapi
@@ -34,6 +36,9 @@ if sys.platform == "win32":
 
 ROBOCOPY_THREADS = 16
 ROOT_ENV = "ORTHANC_NAS_ROOT"  # PowerShell reads the root from here: no quoting of paths in a command
+EXCLUDE_ENV = "ORTHANC_NAS_EXCLUDE"  # and the folder globs not entered, separated by | (never in a Windows name)
+SKIP_ENV = "ORTHANC_NAS_SKIP"  # and the file extensions not listed, likewise
+CHUNK = 512  # entries handed to the indexer at once
 EPOCH_TICKS = 621_355_968_000_000_000  # .NET ticks (100 ns since 0001-01-01) at 1970-01-01 UTC
 
 # One line per file: F <tab> length <tab> LastWriteTimeUtc ticks <tab> full path; one per folder it
@@ -46,10 +51,13 @@ POWERSHELL_SCRIPT = " ".join(line.strip() for line in """
 $ErrorActionPreference = 'Stop'; $t = [char]9;
 $out = New-Object IO.StreamWriter([Console]::OpenStandardOutput(), (New-Object Text.UTF8Encoding $false), 65536);
 $todo = New-Object Collections.Generic.Stack[string]; $todo.Push($env:ORTHANC_NAS_ROOT);
+$xd = @($env:ORTHANC_NAS_EXCLUDE -split '[|]' | Where-Object { $_ }); $xf = @($env:ORTHANC_NAS_SKIP -split '[|]' | Where-Object { $_ });
 while ($todo.Count) { $dir = $todo.Pop();
-  try { Get-ChildItem -LiteralPath $dir -Force | ForEach-Object {
-      if ($_.PSIsContainer) { if (-not ($_.Attributes -band [IO.FileAttributes]::ReparsePoint)) { $todo.Push($_.FullName) } }
-      else { $out.WriteLine(('F', $_.Length, $_.LastWriteTimeUtc.Ticks, $_.FullName) -join $t) } } }
+  try { Get-ChildItem -LiteralPath $dir -Force | ForEach-Object { $n = $_.Name;
+      if ($_.PSIsContainer) { if (-not ($_.Attributes -band [IO.FileAttributes]::ReparsePoint) -and
+          -not ($xd | Where-Object { $n -like $_ })) { $todo.Push($_.FullName) } }
+      elseif (-not ($xf | Where-Object { $n.EndsWith($_, [StringComparison]::OrdinalIgnoreCase) })) {
+        $out.WriteLine(('F', $_.Length, $_.LastWriteTimeUtc.Ticks, $_.FullName) -join $t) } } }
   catch { $out.WriteLine(('E', ('{0:X8}' -f $_.Exception.HResult), $_.CategoryInfo.Category, $dir,
       ($_.Exception.Message -replace '\\s+', ' ')) -join $t) } };
 $out.Flush()
@@ -215,8 +223,9 @@ class _LogPipe:
             os.rmdir(self._dir)
 
 
-def robocopy_command(executable: Sequence[str], root: str, log: str) -> list[str]:
-    """robocopy listing `root` into the pipe `log`, copying nothing."""
+def robocopy_command(executable: Sequence[str], root: str, log: str, scope: WalkScope | None = None) -> list[str]:
+    """robocopy listing `root` into the pipe `log`, copying nothing; `scope`'s folders and extensions left out."""
+    scope = scope or WalkScope()
     # never created: with /L robocopy writes nothing, and as it does not exist every file is listed
     nowhere = ntpath.join(tempfile.gettempdir(), f"orthanc-nas-nowhere-{uuid.uuid4().hex}")
     return [*executable, _source_arg(root), nowhere,
@@ -232,12 +241,69 @@ def robocopy_command(executable: Sequence[str], root: str, log: str) -> list[str
             # /L copies nothing, so the threads can at most help the scan (how much depends on the robocopy
             # version); lines then come in any order, which the parser does not mind (each has the full path)
             f"/MT:{ROBOCOPY_THREADS}",
-            f"/UNILOG:{log}"]
+            f"/UNILOG:{log}",
+            # folder names (wildcards allowed) never entered, files never listed
+            *(["/XD", *scope.excluded_folders] if scope.excluded_folders else []),
+            *(["/XF", *(f"*{ext}" for ext in scope.skipped_extensions)] if scope.skipped_extensions else [])]
 
 
 def powershell_command(executable: Sequence[str]) -> list[str]:
-    """PowerShell running `POWERSHELL_SCRIPT`; the root goes in the environment variable `ROOT_ENV`."""
+    """PowerShell running `POWERSHELL_SCRIPT`; the root and the scope go in its environment (`lister_env`)."""
     return [*executable, "-NoProfile", "-NonInteractive", "-Command", POWERSHELL_SCRIPT]
+
+
+def lister_env(root: str, scope: WalkScope) -> dict[str, str]:
+    """The environment variables the PowerShell script reads: root, folders not entered, extensions not listed."""
+    return {ROOT_ENV: _source_arg(root), EXCLUDE_ENV: "|".join(scope.excluded_folders),
+            SKIP_ENV: "|".join(scope.skipped_extensions)}
+
+
+def _chunks(items: Iterator, stop: threading.Event) -> Iterator[list]:
+    """The lister's items in lists, handed over from a thread of their own; [] while none came for a moment."""
+    out: queue.Queue = queue.Queue(maxsize=16)
+    halt = threading.Event()  # the consumer went away
+    done = object()
+
+    def put(item) -> bool:
+        while not halt.is_set():
+            try:
+                out.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pump() -> None:
+        chunk: list = []
+        try:
+            for item in items:
+                chunk.append(item)
+                if len(chunk) >= CHUNK:
+                    if not put(chunk):
+                        return
+                    chunk = []
+            put(chunk)
+        except BaseException as exc:  # the lister's own failure reaches the consumer
+            put(exc)
+        finally:
+            items.close()
+            put(done)
+
+    threading.Thread(target=pump, name="nas-lister", daemon=True).start()
+    try:
+        while True:
+            try:
+                item = out.get(timeout=0.2)
+            except queue.Empty:
+                yield []
+                continue
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        halt.set()
 
 
 def _end(proc: subprocess.Popen) -> None:
@@ -265,16 +331,23 @@ class WindowsListingSource(LocalSource):
         self.executable = [executable] if isinstance(executable, str) else list(executable)
         self.description = f"folder {self.root} (listed by {kind})"
 
-    def walk(self, stop: threading.Event) -> Iterator[FileEntry | WalkError]:
+    def walk(self, stop: threading.Event, scope: WalkScope | None = None, chunks: bool = False) -> Iterator:
+        """See `Source.walk`."""
+        scope = scope or WalkScope()
+        items = self._walk(stop, scope)
+        return _chunks(items, stop) if chunks else items
+
+    def _walk(self, stop: threading.Event, scope: WalkScope) -> Iterator[FileEntry | WalkError]:
         robocopy = self.kind == "robocopy"
         pipe = _LogPipe() if robocopy else None
-        argv = robocopy_command(self.executable, self.root, pipe.path) if robocopy else \
+        top = os.path.join(self.root, *scope.folder.split("/")) if scope.folder else self.root
+        argv = robocopy_command(self.executable, top, pipe.path, scope) if robocopy else \
             powershell_command(self.executable)
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT if robocopy else subprocess.PIPE,
-                env={**os.environ, ROOT_ENV: _source_arg(self.root)},
+                env={**os.environ, **lister_env(top, scope)},
                 creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
         except OSError as exc:
             if pipe:
@@ -316,6 +389,8 @@ class WindowsListingSource(LocalSource):
                     if (item := parse(line, self.root)) is None:
                         if line.strip():
                             tail.append(line.strip())
+                        continue
+                    if not scope.keeps(item):  # a lister that does not know the patterns' every form
                         continue
                     if isinstance(item, WalkError):
                         # robocopy prints a folder's ERROR line again on each retry ("Waiting 30 seconds...

@@ -1,0 +1,114 @@
+"""The node's limits on real sockets, without Orthanc: MaxAssociations, idle peers, a destination that
+never answers. The peers are pynetdicom AEs in this process."""
+
+import threading
+import time
+
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelMove, Verification
+from tests.support.dicom import write_series
+
+from orthanc_nas.catalog import Catalog
+from orthanc_nas.config import parse_dicom_server
+from orthanc_nas.dicom import DicomNode, Peers, RetrievalAudit
+from orthanc_nas.dicom import server as server_mod
+from orthanc_nas.indexer import Indexer
+from orthanc_nas.sources.local import LocalSource
+from orthanc_nas.status import IndexStatus
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def make_node(tmp_path):
+    nodes = []
+
+    def make(files=0, **raw):
+        root, data = tmp_path / "nas", str(tmp_path / "data")
+        root.mkdir(exist_ok=True)
+        if files:
+            write_series(root / "s", files, PatientID="P1")
+        source = LocalSource(str(root))
+        catalog = Catalog(data)
+        Indexer(catalog, IndexStatus(data), lambda: source, workers=2, parse_processes=0).run()
+        settings = parse_dicom_server({"Enabled": True, "Port": 0, "AllowedCallers": "*", **raw}, "127.0.0.1")
+        node = DicomNode(settings, catalog, lambda: source, Peers(settings), RetrievalAudit(data))
+        assert node.start()
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop()
+
+
+def client(*contexts) -> AE:
+    ae = AE(ae_title="WS1")
+    for cx in contexts or (Verification,):
+        ae.add_requested_context(cx)
+    return ae
+
+
+def test_associations_over_the_limit_are_rejected(make_node):
+    node = make_node(MaxAssociations=1)
+    first = client().associate("127.0.0.1", node.port, ae_title="NAS")
+    assert first.is_established
+    try:
+        second = client().associate("127.0.0.1", node.port, ae_title="NAS")
+        assert second.is_rejected  # local limit exceeded (PS3.8 9.3.4)
+    finally:
+        first.release()
+    third = client().associate("127.0.0.1", node.port, ae_title="NAS")
+    assert third.is_established
+    third.release()
+
+
+def test_an_idle_association_is_aborted(make_node, monkeypatch):
+    monkeypatch.setattr(server_mod, "IDLE_TIMEOUT", 1)
+    node = make_node()
+    aborted = threading.Event()
+    assoc = client().associate("127.0.0.1", node.port, ae_title="NAS",
+                               evt_handlers=[(evt.EVT_ABORTED, lambda e: aborted.set()),
+                                             (evt.EVT_CONN_CLOSE, lambda e: aborted.set())])
+    assert assoc.is_established
+    assert aborted.wait(60), "the node kept an idle association open"
+    deadline = time.monotonic() + 30
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not assoc.is_established
+
+
+def test_a_destination_that_never_answers_ends_the_move(make_node, monkeypatch):
+    """A peer that accepts the files' association but leaves a C-STORE unanswered: the move ends with
+    failures after the DIMSE time-out, never a hang."""
+    monkeypatch.setattr(server_mod, "DIMSE_TIMEOUT", 1)
+    release = threading.Event()
+    stuck = AE(ae_title="STUCK")
+    stuck.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    port = free_port()
+    stuck_server = stuck.start_server(("127.0.0.1", port), block=False, evt_handlers=[
+        (evt.EVT_C_STORE, lambda e: (release.wait(30), 0x0000)[1])])
+    try:
+        node = make_node(files=5, Destinations={"STUCK": ["127.0.0.1", port]})
+        assoc = client(StudyRootQueryRetrieveInformationModelMove).associate("127.0.0.1", node.port, ae_title="NAS")
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = node.catalog.reader().execute(
+            "SELECT StudyInstanceUID FROM series").fetchone()[0]
+        started = time.monotonic()
+        statuses = [status.Status for status, _ in assoc.send_c_move(identifier, "STUCK",
+                                                                    StudyRootQueryRetrieveInformationModelMove)]
+        assoc.release()
+        assert statuses[-1] != 0x0000 and time.monotonic() - started < 60
+        audit = node.audit.latest()[0]
+        assert audit["sent"] == 0 and audit["failed"] == 5 and audit["outcome"] in ("failed", "done_with_failures")
+    finally:
+        release.set()
+        stuck_server.shutdown()
