@@ -87,3 +87,25 @@ def test_the_routes_of_jobs_need_orthanc(tmp_path):
         assert answer.status == NotSupported.status
     finally:
         app.close()
+
+
+def test_opening_a_connection_keeps_the_locks_of_the_others(tmp_path):
+    """catalog.connect (make_private) must not open and close the database file itself while this process
+    has connections to it: that drops their POSIX locks, and another process closing its connection then
+    deletes the WAL this one still writes to (writes lost to every other reader)."""
+    import subprocess
+    import sys
+
+    from orthanc_nas.catalog import connect
+
+    path = str(tmp_path / "jobs.db")
+    first = connect(path)
+    first.execute("CREATE TABLE t (x)")
+    first.execute("INSERT INTO t VALUES (1)")
+    second = connect(path)  # another thread's connection, as a REST request or a store thread opens
+    count = f"import sqlite3; c = sqlite3.connect({path!r}); print(c.execute('SELECT count(*) FROM t').fetchone()[0]); c.close()"
+    assert subprocess.run([sys.executable, "-c", count], capture_output=True, text=True).stdout.strip() == "1"
+    first.execute("INSERT INTO t VALUES (2)")
+    assert subprocess.run([sys.executable, "-c", count], capture_output=True, text=True).stdout.strip() == "2"
+    first.close()
+    second.close()
