@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
-import threading
 import time
 
 import pytest
@@ -224,100 +221,3 @@ def test_retention_deletes_only_what_the_plugin_imported_unchanged(tmp_path, nas
     finally:
         server.stop()
 
-
-def blocked_series(nas, count: int = 10, blocked: int = 4):
-    """A series whose file number `blocked` is made, after indexing, a FIFO: reading it waits until a test
-    writes the file's bytes into it (a NAS file that takes as long as the test wants). Returns
-    (folder, the FIFO's path, its bytes, restore()) where restore() puts the file back."""
-    folder = nas / "SLOW"
-    paths = write_series(folder, count, PatientID="SLOW", PatientName="SLOW^READ", pixel_bytes=2048)
-    path = paths[blocked - 1]
-    data = path.read_bytes()
-
-    def make_fifo():
-        path.unlink()
-        os.mkfifo(path)
-
-    def release():
-        with open(path, "wb") as fh:  # the reader blocked in open() goes on once a writer opens
-            fh.write(data)
-
-    def restore():
-        path.unlink()
-        path.write_bytes(data)
-
-    return folder, make_fifo, release, restore
-
-
-def wait_for(server, job_id: str, condition, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = server.get(f"/nas/jobs/{job_id}").json()
-        if condition(job):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job not as expected within {timeout}s: {job}")
-
-
-def test_a_job_cancelled_stops_at_the_next_file(tmp_path, nas):
-    folder, make_fifo, release, _ = blocked_series(nas)
-    server = start(tmp_path, nas)
-    try:
-        server.index()
-        make_fifo()
-        job_id = server.post("/nas/retrieve", json={"series": [key_of(server, "SLOW", nas)]}).json()["job"]
-        wait_for(server, job_id, lambda j: j["state"] == "running" and j["files_done"] == 3)
-        assert server.delete(f"/nas/jobs/{job_id}").status_code == 200
-        threading.Thread(target=release, daemon=True).start()
-        job = wait_job(server, job_id)
-        assert job["state"] == "cancelled" and job["files_done"] == 3, job
-        assert len(server.get("/instances").json()) == 3
-    finally:
-        server.stop()
-
-
-def test_jobs_wait_their_turn_and_a_restart_marks_them_failed(tmp_path, nas):
-    folder, make_fifo, _, restore = blocked_series(nas)
-    server = start(tmp_path, nas)
-    try:
-        server.index()
-        key = key_of(server, "SLOW", nas)
-        make_fifo()
-        ids = [server.post("/nas/retrieve", json={"series": [key]}).json()["job"] for _ in range(3)]
-        for job_id in ids[:2]:
-            wait_for(server, job_id, lambda j: j["state"] == "running")
-        assert server.get(f"/nas/jobs/{ids[2]}").json()["state"] == "pending"  # two run at once at most
-        server.kill9()  # Orthanc stops abruptly mid-job
-        restore()
-        server.start()
-        for job_id in ids:
-            job = server.get(f"/nas/jobs/{job_id}").json()
-            assert job["state"] == "failed" and "Orthanc stopped" in job["failure"]["error"], job
-            assert job["finished_at"]
-        again = retrieve(server, [key])  # a new job does what the cut-off ones began
-        assert (again["state"], again["files_done"], again["files_failed"]) == ("done", 10, 0)
-    finally:
-        server.stop()
-
-
-def test_a_clean_stop_of_orthanc_mid_job_marks_it_failed(tmp_path, nas):
-    folder, make_fifo, release, restore = blocked_series(nas)
-    server = start(tmp_path, nas)
-    try:
-        server.index()
-        make_fifo()
-        job_id = server.post("/nas/retrieve", json={"series": [key_of(server, "SLOW", nas)]}).json()["job"]
-        wait_for(server, job_id, lambda j: j["state"] == "running" and j["files_done"] == 3)
-        server.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while "share listener stopped" not in server.log():  # the plugin is stopping (NasApp.close)
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        release()  # the read in progress ends, as a NAS read does, and Orthanc can stop
-        server.proc.wait(30)
-        restore()
-        server.start()
-        job = server.get(f"/nas/jobs/{job_id}").json()
-        assert job["state"] == "failed" and "Orthanc stopped" in job["failure"]["error"], job
-    finally:
-        server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 
 import pytest
@@ -79,3 +80,70 @@ def test_a_nas_that_stops_mid_job_ends_it_with_failures(nas, orthanc):
     assert job["error_samples"]
     assert len(orthanc.get("/instances").json()) == job["files_done"]
     assert orthanc.get("/nas/status").status_code == 200  # Orthanc fine
+
+
+def wait_for(server, job_id: str, condition, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while not condition(job := server.get(f"/nas/jobs/{job_id}").json()):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    return job
+
+
+def ended(job: dict) -> bool:
+    return job["state"] not in ("pending", "running")
+
+
+def test_a_job_cancelled_while_the_nas_is_stalled_stops_at_the_next_file(nas, orthanc):
+    smbd = nas["smbd"]
+    job_id = orthanc.post("/nas/retrieve", json={"series": [series_key(orthanc, "B1")]}).json()["job"]
+    wait_for(orthanc, job_id, lambda j: j["files_done"] >= 20)
+    smbd.pause()  # the NAS stops answering: the job waits on its reads
+    try:
+        assert orthanc.delete(f"/nas/jobs/{job_id}").status_code == 200
+    finally:
+        smbd.resume()
+    job = wait_for(orthanc, job_id, ended)
+    assert job["state"] == "cancelled" and 20 <= job["files_done"] < BIG, job
+    assert len(orthanc.get("/instances").json()) == job["files_done"] - job["files_skipped"]
+
+
+def test_jobs_wait_their_turn_and_a_kill_of_orthanc_marks_them_failed(nas, orthanc):
+    smbd = nas["smbd"]
+    key = series_key(orthanc, "B1")
+    smbd.pause()  # the jobs stay where they are while the test looks
+    try:
+        ids = [orthanc.post("/nas/retrieve", json={"series": [key]}).json()["job"] for _ in range(3)]
+        for job_id in ids[:2]:
+            wait_for(orthanc, job_id, lambda j: j["state"] == "running")
+        assert orthanc.get(f"/nas/jobs/{ids[2]}").json()["state"] == "pending"  # two run at once at most
+        orthanc.kill9()  # Orthanc stops abruptly mid-job
+    finally:
+        smbd.resume()
+    orthanc.start()
+    for job_id in ids:
+        job = orthanc.get(f"/nas/jobs/{job_id}").json()
+        assert job["state"] == "failed" and "Orthanc stopped" in job["failure"]["error"], job
+        assert job["finished_at"]
+    again = wait_for(orthanc, orthanc.post("/nas/retrieve", json={"series": [key]}).json()["job"], ended, 300)
+    assert (again["state"], again["files_done"], again["files_failed"]) == ("done", BIG, 0), again
+
+
+def test_a_clean_stop_of_orthanc_mid_job_marks_it_failed(nas, orthanc):
+    smbd = nas["smbd"]
+    job_id = orthanc.post("/nas/retrieve", json={"series": [series_key(orthanc, "B1")]}).json()["job"]
+    wait_for(orthanc, job_id, lambda j: j["files_done"] >= 20)
+    smbd.pause()
+    try:
+        orthanc.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while "share listener stopped" not in orthanc.log():  # the plugin is stopping (NasApp.close)
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        smbd.resume()  # the reads in progress end, and Orthanc with them
+    orthanc.proc.wait(60)
+    orthanc.start()
+    job = orthanc.get(f"/nas/jobs/{job_id}").json()
+    assert job["state"] == "failed" and "Orthanc stopped" in job["failure"]["error"], job
+    assert 20 <= job["files_done"] < BIG
