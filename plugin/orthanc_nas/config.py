@@ -123,6 +123,8 @@ class Settings:
     AllowedHosts: tuple[str, ...] | str = ANY
     #: where the index, shares and audits live: SQLite files in DataDirectory, or a PostgreSQL database
     Database: DatabaseSettings = DatabaseSettings()
+    #: None (keep) or hours after which instances the plugin imported into Orthanc are deleted from it again
+    ImportRetentionHours: float | None = None
 
     def public(self) -> dict:
         """The settings in the shape of the orthanc.json section, without the password."""
@@ -166,6 +168,7 @@ _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "AllowedRoots": (list, str),
     "AllowedHosts": (list, str),
     "Database": (dict,),
+    "ImportRetentionHours": (int, float, type(None)),
 }
 _DATABASE_KEYS: dict[str, tuple[type, ...]] = {"Type": (str,), "Url": (str,), "Password": (str,)}
 
@@ -289,6 +292,10 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
         raise ConfigError("setting Nas.ShareServer.Port must be between 0 and 65535")
 
     dicom_server = parse_dicom_server(section.get("DicomServer", {}), default_host)
+    retention = section.get("ImportRetentionHours")
+    if retention is not None and (isinstance(retention, bool) or not 0 < retention < 1e6):
+        raise ConfigError("setting Nas.ImportRetentionHours must be a positive number of hours, or null",
+                          field="ImportRetentionHours")
 
     settings = Settings(
         Connection=connection,
@@ -308,6 +315,7 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
         AllowedRoots=parse_allowed(section.get("AllowedRoots", list(DEFAULT_ALLOWED_ROOTS)), "Nas.AllowedRoots"),
         AllowedHosts=parse_allowed(section.get("AllowedHosts", ANY), "Nas.AllowedHosts"),
         Database=parse_database(section.get("Database", {})),
+        ImportRetentionHours=retention,
     )
     if settings.Database.Type == POSTGRESQL and settings.DicomServer.Enabled:
         raise ConfigError("setting Nas.DicomServer.Enabled is not available with Nas.Database.Type postgresql",
