@@ -26,11 +26,10 @@ from types import SimpleNamespace
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugin"), str(REPO / "bench")]
 
-from index_bench import corpus  # noqa: E402
-from search_bench import QUERIES, fill, percentiles, upgrade  # noqa: E402
 from tests.support.postgres import PostgresCluster  # noqa: E402
 
 from corpus import plan_corpus  # noqa: E402
+from index_bench import corpus  # noqa: E402
 from orthanc_nas import store  # noqa: E402
 from orthanc_nas.api import router  # noqa: E402
 from orthanc_nas.catalog import Catalog  # noqa: E402
@@ -39,6 +38,7 @@ from orthanc_nas.indexer import Indexer  # noqa: E402
 from orthanc_nas.moving import copy_data_directory  # noqa: E402
 from orthanc_nas.sources.local import LocalSource  # noqa: E402
 from orthanc_nas.status import IndexStatus  # noqa: E402
+from search_bench import QUERIES, fill, percentiles, upgrade  # noqa: E402
 
 
 def time_queries(catalog: Catalog, queries: list[tuple[str, dict]], runs: int) -> dict:
