@@ -208,9 +208,15 @@ class PgConnection:
         statement = pg_statement(sql)
         word = statement.split(None, 1)[0].upper() if statement else ""
         if word == "BEGIN":
-            if self._held is None:
-                self._held = self._borrow()
-            return self._run(self._held, statement, args)
+            if self._held is not None:
+                return self._run(self._held, statement, args)
+            for attempt in (1, 2):  # a connection dropped while idle: once more on a fresh one (see `_alone`)
+                self._held = conn = self._borrow()
+                try:
+                    return self._run(conn, statement, args)
+                except DatabaseUnavailable:
+                    if attempt == 2 or not conn.closed:
+                        raise
         if self._held is not None:
             conn = self._held
             if word in ("COMMIT", "ROLLBACK", "END") and not statement.upper().startswith("ROLLBACK TO"):
@@ -220,21 +226,27 @@ class PgConnection:
                 finally:
                     self.pool.putconn(conn)
             return self._run(conn, statement, args)
-        conn = self._borrow()
-        try:
-            return self._run(conn, statement, args)
-        finally:
-            self.pool.putconn(conn)
+        return self._alone(statement, args)
+
+    def _alone(self, statement: str, args, *, many: bool = False) -> Result:
+        """One statement outside a transaction. A pooled connection the server dropped while it was idle
+        (the server restarted) fails before the statement runs: it is tried once more on a fresh one."""
+        for attempt in (1, 2):
+            conn = self._borrow()
+            try:
+                return self._run(conn, statement, args, many=many)
+            except DatabaseUnavailable:
+                if attempt == 2 or not conn.closed:
+                    raise
+            finally:
+                self.pool.putconn(conn)
+        raise AssertionError("not reached")
 
     def executemany(self, sql: str, rows) -> Result:
         rows = list(rows)
         if self._held is not None:
             return self._run(self._held, pg_statement(sql), rows, many=True)
-        conn = self._borrow()
-        try:
-            return self._run(conn, pg_statement(sql), rows, many=True)
-        finally:
-            self.pool.putconn(conn)
+        return self._alone(pg_statement(sql), rows, many=True)
 
     def _borrow(self):
         try:
@@ -319,7 +331,6 @@ class PostgresEngine(Engine):
             kwargs["password"] = password
         self.url = url
         self.pool = psycopg_pool.ConnectionPool(url, kwargs=kwargs, min_size=1, max_size=max_size, open=True,
-                                                check=psycopg_pool.ConnectionPool.check_connection,
                                                 timeout=CONNECT_TIMEOUT, name="orthanc-nas")
         self._lock = threading.Lock()
 
