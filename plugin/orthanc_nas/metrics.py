@@ -58,7 +58,8 @@ class MetricsPusher:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():  # never started when Orthanc stops before it ran
+            self._thread.join(timeout=10)
 
     def push_once(self) -> None:
         try:
