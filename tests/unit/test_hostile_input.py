@@ -51,6 +51,11 @@ def test_only_application_json_is_a_body_even_an_empty_one(headers):
     assert post(b"", content_type="application/json; charset=utf-8").json(required=False) == {}
 
 
+def test_a_body_without_a_type_is_told_so():
+    with pytest.raises(UnsupportedMediaType, match="the request has no Content-Type"):
+        post(b"{}", content_type=None).json()
+
+
 def test_a_lone_surrogate_names_its_field():
     with pytest.raises(BadRequest, match="'Connection.Path' holds a lone UTF-16 surrogate"):
         post(b'{"Connection": {"Path": "/mnt/\\udc80"}}').json()
