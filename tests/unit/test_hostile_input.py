@@ -107,6 +107,15 @@ def test_is_beneath_resolves_dots_and_links(tmp_path):
     assert is_beneath("\\\\NAS\\dicom\\ct", "\\\\nas\\DICOM") and not is_beneath("\\\\nas\\dicomx", "\\\\nas\\dicom")
 
 
+def test_a_relative_path_is_taken_from_the_working_directory_as_the_source_opens_it(tmp_path, monkeypatch):
+    """orthanc.json's own relative Path (`make run`: "var/sample-nas") is allowed from the web, as it reads."""
+    (tmp_path / "var" / "sample-nas" / "ct").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert is_beneath("var/sample-nas", "var/sample-nas") and is_beneath("var/sample-nas/ct", "var/sample-nas")
+    assert is_beneath(str(tmp_path / "var" / "sample-nas"), "var/sample-nas")
+    assert not is_beneath("var/sample-nas/../..", "var/sample-nas") and not is_beneath("/", "var/sample-nas")
+
+
 def test_files_open_only_beneath_the_root_without_links(tmp_path):
     root, outside = tmp_path / "root", tmp_path / "outside"
     (root / "a").mkdir(parents=True)
