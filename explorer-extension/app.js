@@ -419,7 +419,9 @@
   // "last indexed … ago, next at …" (Schedule), and whether Throttle holds the pace now
   function renderSchedule(s) {
     var parts = [];
-    if (s.finished_at && !s.running) { parts.push('Last indexed ' + ago(s.finished_at)); }
+    if (s.finished_at && !s.running) {  // a run that failed indexed nothing: it is not "last indexed"
+      parts.push((s.phase === 'failed' ? 'Last run failed ' : 'Last indexed ') + ago(s.finished_at));
+    }
     if (s.next_run_at) { parts.push((parts.length ? 'next at ' : 'Next indexing at ') + localTime(s.next_run_at)); }
     var line = parts.length ? parts.join(', ') + '.' : '';
     if (s.throttled) { line += (line ? ' ' : '') + 'Reading at the working hours\' pace (Throttle).'; }

@@ -253,13 +253,17 @@ def register(orthanc) -> NasApp:
         orthanc.ExtendOrthancExplorer(script)
     link_panel(orthanc)
 
+    # pushed once Orthanc runs: while plugins load, Orthanc refuses SetMetricsValue with an error line
+    # per figure ("Plugin trying to call the database during its initialization")
     metrics = MetricsPusher(app, lambda name, value: orthanc.SetMetricsValue(
-        name, value, orthanc.MetricsType.DEFAULT)).start()
+        name, value, orthanc.MetricsType.DEFAULT))
     app.start_schedule()
 
     def on_change(change_type, level, resource_id):
-        if change_type == orthanc.ChangeType.ORTHANC_STARTED and register_node is not None:
-            register_node()
+        if change_type == orthanc.ChangeType.ORTHANC_STARTED:
+            metrics.start()
+            if register_node is not None:
+                register_node()
         if change_type == orthanc.ChangeType.ORTHANC_STOPPED:
             metrics.stop()
             app.close()

@@ -34,10 +34,10 @@ def start_index(app, request: Request) -> Response:
     unknown = set(body) - {"full", "path"}
     if unknown:
         raise BadRequest(f"unknown field {sorted(unknown)[0]!r} in the body",
-                         'The body may hold {"full": true, "path": "2024/11"}.')
+                         'The body may hold {"full": true, "path": "2024/11"}.', field=sorted(unknown)[0])
     full = body.get("full", False)
     if not isinstance(full, bool):
-        raise BadRequest("field 'full' must be true or false")
+        raise BadRequest("field 'full' must be true or false", field="full")
     folder = parse_folder(body.get("path", ""))
     app.source()  # a missing connection is a 400 now, not a failed run later
     app.indexer.start(full=full, folder=folder)
