@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from tests.support.dicom import write_dicom, write_series
 from tests.support.orthanc import TARGET, TREE, OrthancServer, installed_versions
+from tests.support.smbd import SambaServer
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,8 @@ def orthanc_log_excerpt(server: OrthancServer) -> str:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
-    """A failure's report ends with the warnings and errors of each Orthanc the test started.
+    """A failure's report ends with the warnings and errors of each Orthanc the test started, and the
+    logs of the test's smbd.
 
     They go into the report's traceback (not a captured section) so that a failure that passes on its
     rerun still explains itself: `--rerun-show-tracebacks` prints that traceback (see the Makefile).
@@ -45,6 +47,9 @@ def pytest_runtest_makereport(item, call):
     if report.failed and hasattr(report.longrepr, "addsection"):
         for i, server in enumerate(item.stash.get(STARTED, [])):
             report.longrepr.addsection(f"Orthanc {i} log, warnings and errors", orthanc_log_excerpt(server))
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, SambaServer):  # the test NAS: smbd's own account of its connections
+                report.longrepr.addsection(f"smbd ({name}) logs, last lines", value.log_tail())
     return report
 
 
