@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SAMPLE_NAS := var/sample-nas
 APT_RUN := orthanc orthanc-python python3-venv libsmbclient
-APT_TEST := $(APT_RUN) dcmtk samba smbclient chromium debootstrap python3-yaml
+APT_TEST := $(APT_RUN) dcmtk samba smbclient chromium debootstrap python3-yaml orthanc-webviewer
 PYTEST_ARGS ?=
 
 # Newer Orthancs run from trees of newer Debians made once with debootstrap (tools/debian-tree.sh):

@@ -187,7 +187,7 @@
   function hide(box) { box.hidden = true; clear(box); }
 
   // -- tabs ----------------------------------------------------------------------------------------------
-  var TABS = ['search', 'shares', 'indexing', 'connection'];
+  var TABS = ['search', 'shares', 'jobs', 'indexing', 'connection'];
 
   function showTab(name) {
     if (TABS.indexOf(name) < 0) { name = 'search'; }
@@ -196,10 +196,35 @@
       document.querySelector('.tabs a[data-tab="' + tab + '"]').classList.toggle('active', tab === name);
     });
     if (name === 'shares') { loadShares(); }
+    if (name === 'jobs' && window.nasRetrieve) { window.nasRetrieve.loadJobs(); }
     if (name === 'search') { $('q').focus(); }
   }
 
-  window.addEventListener('hashchange', function () { showTab(location.hash.slice(1)); });
+  /** `#patient=<PatientID>` (the NAS series of one patient, e.g. from "Priors on the NAS") or `#q=<words>`. */
+  function linkedSearch(hash) {
+    var m = /^(patient|q)=(.*)$/.exec(hash);
+    if (!m) { return false; }
+    var value = decodeURIComponent(m[2]);
+    showTab('search');
+    if (m[1] === 'q') {
+      $('q').value = value;
+      runSearch(searchParams(0));
+      return true;
+    }
+    api('GET', 'patients/' + encodeURIComponent(value) + '/series').then(function (answer) {
+      state.search = { q: '', offset: 0, patient: value };
+      state.rows = answer.data;
+      state.total = answer.data.length;
+      renderResults();
+      setText('result-count', plural(state.total, 'series') + ' of patient ' + value + ' on the NAS.');
+    }, function (err) { showError($('search-message'), err); });
+    return true;
+  }
+
+  window.addEventListener('hashchange', function () {
+    var hash = location.hash.slice(1);
+    if (!linkedSearch(hash)) { showTab(hash); }
+  });
 
   // -- connection ----------------------------------------------------------------------------------------
   var form = $('connection-form');
@@ -394,7 +419,9 @@
   // "last indexed … ago, next at …" (Schedule), and whether Throttle holds the pace now
   function renderSchedule(s) {
     var parts = [];
-    if (s.finished_at && !s.running) { parts.push('Last indexed ' + ago(s.finished_at)); }
+    if (s.finished_at && !s.running) {  // a run that failed indexed nothing: it is not "last indexed"
+      parts.push((s.phase === 'failed' ? 'Last run failed ' : 'Last indexed ') + ago(s.finished_at));
+    }
     if (s.next_run_at) { parts.push((parts.length ? 'next at ' : 'Next indexing at ') + localTime(s.next_run_at)); }
     var line = parts.length ? parts.join(', ') + '.' : '';
     if (s.throttled) { line += (line ? ' ' : '') + 'Reading at the working hours\' pace (Throttle).'; }
@@ -507,6 +534,12 @@
         el('td', { className: 'actions' },
           el('button', { type: 'button', className: 'btn btn-small', text: 'Files',
                          onclick: function () { openSeries(series); } }),
+          el('button', { type: 'button', className: 'btn btn-small btn-yellow', text: 'Open',
+                         title: 'Copy this series into Orthanc and show it in a viewer',
+                         onclick: function () { window.nasRetrieve.open([series]); } }),
+          el('button', { type: 'button', className: 'btn btn-small', text: 'Send to…',
+                         title: 'Send this series to a DICOM modality (a workstation)',
+                         onclick: function () { window.nasRetrieve.send([series]); } }),
           el('button', { type: 'button', className: 'btn btn-small btn-blue', text: 'Share',
                          onclick: function () { openShare([series]); } })));
       row.classList.toggle('selected', box.checked);
@@ -534,6 +567,8 @@
   function renderSelection() {
     var count = Object.keys(state.selected).length;
     $('share-selected').disabled = !count;
+    $('open-selected').disabled = !count;
+    $('send-selected').disabled = !count;
     $('share-selected').textContent = count ? 'Share ' + number(count) + ' selected series' : 'Share selected';
     $('clear-selection').hidden = !count;
     var onPage = state.rows.filter(function (s) { return state.selected[s.series_key]; }).length;
@@ -560,6 +595,9 @@
     renderResults();
   });
   $('clear-selection').addEventListener('click', function () { state.selected = {}; renderResults(); });
+  function selectedRows() { return Object.keys(state.selected).map(function (key) { return state.selected[key]; }); }
+  $('open-selected').addEventListener('click', function () { window.nasRetrieve.open(selectedRows()); });
+  $('send-selected').addEventListener('click', function () { window.nasRetrieve.send(selectedRows()); });
   $('share-selected').addEventListener('click', function () {
     openShare(Object.keys(state.selected).map(function (key) { return state.selected[key]; }));
   });
@@ -763,6 +801,11 @@
 
   $('refresh-shares').addEventListener('click', loadShares);
 
+  // what retrieve.js (Open, Send to…, the jobs) uses of this file
+  window.nasPanel = { api: api, ApiError: ApiError, el: el, clear: clear, showError: showError, hide: hide, number: number,
+                      plural: plural, bytes: bytes, localTime: localTime, seriesLine: seriesLine,
+                      showTab: showTab };
+
   // -- start -----------------------------------------------------------------------------------------------
   var back = $('back');
   if (Object.keys(authHeaders).length) { back.href += '?' + new URLSearchParams(authHeaders).toString(); }
@@ -774,6 +817,7 @@
     renderStatus(state.status);
     loadRuns();
     var start = location.hash.slice(1);
+    if (linkedSearch(start)) { return; }
     // ?q=... in the address (a custom button of Orthanc Explorer 2, a bookmark): search it at once
     var wanted = new URLSearchParams(location.search).get('q');
     if (wanted !== null && configured(state.settings)) { start = 'search'; }

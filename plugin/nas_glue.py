@@ -147,6 +147,59 @@ def orthanc_modalities(orthanc) -> list:
     return [Peer(m["AET"], m.get("Host"), m.get("Port")) for m in found.values() if isinstance(m, dict)]
 
 
+class OrthancRest:
+    """The core's `OrthancHost`: this Orthanc's REST API, called in-process (no HTTP, no credentials)."""
+
+    def __init__(self, orthanc):
+        self.orthanc = orthanc
+
+    def _get(self, uri: str):
+        return json.loads(self.orthanc.RestApiGet(uri))
+
+    def lookup(self, uid: str, level: str) -> str | None:
+        found = json.loads(self.orthanc.RestApiPost("/tools/lookup", uid))
+        return next((f["ID"] for f in found if f.get("Type") == level), None)
+
+    def store(self, data: bytes) -> dict:
+        return json.loads(self.orthanc.RestApiPost("/instances", data))
+
+    def instance_md5(self, instance_id: str) -> str | None:
+        try:
+            md5 = self.orthanc.RestApiGet(f"/instances/{instance_id}/attachments/dicom/md5")
+        except Exception:  # the instance is gone (Orthanc answers 404 as an exception)
+            return None
+        return (md5.decode("ascii") if isinstance(md5, bytes) else str(md5)).strip() or None
+
+    def delete_instance(self, instance_id: str) -> None:
+        self.orthanc.RestApiDelete(f"/instances/{instance_id}")
+
+    def series(self, series_id: str) -> dict:
+        return self._get(f"/series/{series_id}")
+
+    def instances(self, series_id: str) -> dict:
+        found = self._get(f"/series/{series_id}/instances")
+        return {i["MainDicomTags"].get("SOPInstanceUID"): i["ID"] for i in found}
+
+    def plugins(self) -> list[str]:
+        return self._get("/plugins")
+
+    def has_labels(self) -> bool:
+        """Whether this Orthanc has labels (1.12+): its /system says so, the version is not looked at."""
+        return bool(self._get("/system").get("HasLabels"))
+
+    def add_label(self, series_id: str, label: str) -> None:
+        self.orthanc.RestApiPut(f"/series/{series_id}/labels/{label}", b"")
+
+    def modalities(self) -> dict:
+        from orthanc_nas.retrieval import Peer
+
+        found = self._get("/modalities?expand")
+        if isinstance(found, list):  # an Orthanc without ?expand: one request per modality
+            found = {name: self._get(f"/modalities/{name}/configuration") for name in found}
+        return {name: Peer(name, m["AET"], m.get("Host", ""), m.get("Port", 104))
+                for name, m in found.items() if isinstance(m, dict)}
+
+
 def start_dicom_node(orthanc, app: NasApp, config: dict):
     """Start the DICOM node. With RegisterInOrthanc, returns what adds it to Orthanc's modalities (id `nas`),
     to be called once Orthanc runs (its REST API is not ready while plugins load); else None."""
@@ -192,6 +245,7 @@ def register(orthanc) -> NasApp:
     # while stopping (seen on 1.12). The module keeps one, released while Python is still alive.
     _KEEP.append(callback)
     orthanc.RegisterRestCallback("/nas/(.*)", callback)
+    app.start_retrievals(OrthancRest(orthanc))
     app.start_share_listener()  # a port in use is logged; the rest of the plugin works without it
     register_node = start_dicom_node(orthanc, app, config) if app.settings.DicomServer.Enabled else None  # likewise
     script = explorer_script()
@@ -199,13 +253,17 @@ def register(orthanc) -> NasApp:
         orthanc.ExtendOrthancExplorer(script)
     link_panel(orthanc)
 
+    # pushed once Orthanc runs: while plugins load, Orthanc refuses SetMetricsValue with an error line
+    # per figure ("Plugin trying to call the database during its initialization")
     metrics = MetricsPusher(app, lambda name, value: orthanc.SetMetricsValue(
-        name, value, orthanc.MetricsType.DEFAULT)).start()
+        name, value, orthanc.MetricsType.DEFAULT))
     app.start_schedule()
 
     def on_change(change_type, level, resource_id):
-        if change_type == orthanc.ChangeType.ORTHANC_STARTED and register_node is not None:
-            register_node()
+        if change_type == orthanc.ChangeType.ORTHANC_STARTED:
+            metrics.start()
+            if register_node is not None:
+                register_node()
         if change_type == orthanc.ChangeType.ORTHANC_STOPPED:
             metrics.stop()
             app.close()

@@ -51,15 +51,16 @@ def check_web_connection(connection: Connection, settings: Settings, base: Conne
 
 
 def is_beneath(path: str, root: str) -> bool:
-    """Whether `path` is `root` or inside it, after `..` and symbolic links are resolved on both.
+    """Whether `path` is `root` or inside it, after `..` and symbolic links are resolved on both (a relative
+    path from the working directory).
 
     UNC paths (`\\\\nas\\share\\...`) compare case-insensitively by their text, as Windows does.
     """
     if path.startswith("\\\\") or root.startswith("\\\\"):
         p, r = (ntpath.normcase(ntpath.normpath(x)) for x in (path, root))
         return p == r or p.startswith(r.rstrip("\\") + "\\")
-    if not (os.path.isabs(path) and os.path.isabs(root)):
-        return False
-    # realpath reads links (lstat, readlink) but lists nothing: /mnt/link -> / is not inside /mnt
+    # a relative path is taken from the working directory, as the local source opens it (orthanc.json's
+    # own "var/sample-nas" is then allowed); realpath reads links (lstat, readlink) but lists nothing:
+    # /mnt/link -> / is not inside /mnt
     p, r = os.path.realpath(path), os.path.realpath(root)
     return p == r or p.startswith(r.rstrip(os.sep) + os.sep)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import unquote
 
 from .allowed import check_web_connection
 from .archive import content_disposition, series_archive
 from .config import parse_web_connection, parse_web_settings
-from .errors import BadRequest, ConfigError, NotFound, NotSupported, shown
+from .errors import BadRequest, ConfigError, NasError, NotFound, NotSupported, shown
 from .http import Request, Response, Router, json_response
+from .jobs import ORTHANC, parse_retrieve_request
 from .panel import panel_file
-from .search import SearchParams, search, series_detail
+from .retrieval import echo
+from .search import SearchParams, patient_series, search, series_detail
 from .shares import parse_share_request
 from .sources.scope import parse_folder
 from .status import iso
@@ -31,10 +34,10 @@ def start_index(app, request: Request) -> Response:
     unknown = set(body) - {"full", "path"}
     if unknown:
         raise BadRequest(f"unknown field {sorted(unknown)[0]!r} in the body",
-                         'The body may hold {"full": true, "path": "2024/11"}.')
+                         'The body may hold {"full": true, "path": "2024/11"}.', field=sorted(unknown)[0])
     full = body.get("full", False)
     if not isinstance(full, bool):
-        raise BadRequest("field 'full' must be true or false")
+        raise BadRequest("field 'full' must be true or false", field="full")
     folder = parse_folder(body.get("path", ""))
     app.source()  # a missing connection is a 400 now, not a failed run later
     app.indexer.start(full=full, folder=folder)
@@ -135,6 +138,60 @@ def test_config(app, request: Request) -> Response:
         check_web_connection(connection, app.settings, app.base_settings.Connection)
     result = app.test_connection(connection)
     return json_response(result, 200 if result["ok"] else 502)
+
+
+@router.route("POST", "/nas/retrieve")
+def start_retrieval(app, request: Request) -> Response:
+    series, to = parse_retrieve_request(request.json())
+    app.source()  # a missing NAS connection is a 400 now, not a failed job later
+    return json_response({"job": _retrievals(app).submit(series, to)}, 202)
+
+
+@router.route("GET", "/nas/jobs")
+def list_jobs(app, request: Request) -> Response:
+    return json_response(_retrievals(app).list())
+
+
+@router.route("GET", "/nas/jobs/([^/]+)")
+def get_job(app, request: Request, job_id: str) -> Response:
+    return json_response(_retrievals(app).describe(job_id))
+
+
+@router.route("DELETE", "/nas/jobs/([^/]+)")
+def cancel_job(app, request: Request, job_id: str) -> Response:
+    return json_response(_retrievals(app).cancel(job_id))
+
+
+@router.route("GET", "/nas/destinations")
+def list_destinations(app, request: Request) -> Response:
+    peers = _retrievals(app).host.modalities()
+    return json_response([{"id": ORTHANC}] + [{"id": p.id, "AET": p.AET, "Host": p.Host, "Port": p.Port}
+                                              for p in sorted(peers.values(), key=lambda p: p.id)])
+
+
+@router.route("POST", "/nas/destinations/([^/]+)/echo")
+def echo_destination(app, request: Request, destination: str) -> Response:
+    request.json(required=False)  # a body, if any, is JSON (state-changing routes take JSON only)
+    retrievals = _retrievals(app)
+    peer = retrievals.destination(unquote(destination))
+    if peer is None:
+        return json_response({"ok": True, "elapsed_ms": 0.0})  # Orthanc itself: this plugin runs in it
+    try:
+        return json_response(echo(peer, app.settings.DicomServer.AET))
+    except NasError as exc:
+        return json_response({"ok": False, **exc.to_json()}, exc.status)
+
+
+@router.route("GET", "/nas/patients/([^/]+)/series")
+def get_patient_series(app, request: Request, patient_id: str) -> Response:
+    """The NAS series of one PatientID, newest first: the priors of a study already in Orthanc."""
+    return json_response(patient_series(app.catalog.reader(), unquote(patient_id)))
+
+
+def _retrievals(app):
+    if app.retrievals is None:
+        raise NotSupported("jobs of retrieval run only inside Orthanc", "Use the REST routes of the plugin in Orthanc.")
+    return app.retrievals
 
 
 # Orthanc hands `/nas/app/` over as `/nas/app`, so the two cannot be told apart: both are sent on to

@@ -12,8 +12,11 @@ from .catalog import Catalog
 from .config import SAVED_CONFIG_NAME, Connection, Settings, load_saved_connection, save_connection
 from .errors import ConfigError
 from .indexer import Indexer
+from .jobs import JobStore
 from .listener import ShareApp, ShareListener
 from .probe import try_source
+from .retention import RetentionSweeper
+from .retrieval import OrthancHost, Retrievals
 from .schedule import Scheduler
 from .shares import ShareStore
 from .sources import Source, open_source
@@ -48,6 +51,16 @@ class NasApp:
         self.shares = ShareStore(self.settings.DataDirectory)
         self.listener: ShareListener | None = None
         self.dicom_node = None  # the DICOM node (`start_dicom_node`), when DicomServer.Enabled
+        self.jobs = JobStore(self.settings.DataDirectory)
+        self.retrievals: Retrievals | None = None  # jobs of retrieval (`start_retrievals`), inside Orthanc
+        self.retention: RetentionSweeper | None = None
+
+    def start_retrievals(self, host: OrthancHost) -> None:
+        """Run jobs of retrieval into the Orthanc `host` stands for, and its ImportRetentionHours sweeps."""
+        self.retrievals = Retrievals(self.jobs, self.catalog, self.source, host,
+                                     lambda: self.settings.DicomServer.AET)
+        self.retention = RetentionSweeper(self.jobs, host, lambda: self.settings.ImportRetentionHours)
+        self.retention.start()
 
     def start_share_listener(self) -> bool:
         """Serve share links on `ShareServer.Host:Port`; False (and a clear log line) if the port is taken."""
@@ -129,6 +142,10 @@ class NasApp:
             self.dicom_node.audit.close()
         if self.listener is not None:
             self.listener.stop()
+        if self.retention is not None:
+            self.retention.stop()
+        if self.retrievals is not None:
+            self.retrievals.close()
         if self.scheduler is not None:
             self.scheduler.stop()
         self.indexer.stop()
@@ -138,3 +155,4 @@ class NasApp:
                 self._source.close()
                 self._source = None
         self.shares.close()
+        self.jobs.close()

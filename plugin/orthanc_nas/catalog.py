@@ -209,7 +209,13 @@ def make_private(path: str) -> None:
     SQLite creates its -wal and -shm files with the mode of the database file, so they follow.
     Files made readable by an older version are closed again.
     """
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_MODE))
+    # Only a file that does not exist yet is opened here: closing any descriptor of a database file drops
+    # every POSIX lock this process holds on it (fcntl), those of SQLite's open connections too, so another
+    # process's SQLite would take itself for the last user and delete the WAL that this one writes to.
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, PRIVATE_MODE))
+    except FileExistsError:
+        pass
     for name in (path, f"{path}-wal", f"{path}-shm"):
         try:
             if stat.S_IMODE(os.stat(name).st_mode) != PRIVATE_MODE:

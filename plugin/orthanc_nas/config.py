@@ -120,6 +120,8 @@ class Settings:
     AllowedRoots: tuple[str, ...] | str = DEFAULT_ALLOWED_ROOTS
     #: SMB hosts a connection saved or tested from the web may reach, or "*"
     AllowedHosts: tuple[str, ...] | str = ANY
+    #: None (keep) or hours after which instances the plugin imported into Orthanc are deleted from it again
+    ImportRetentionHours: float | None = None
 
     def public(self) -> dict:
         """The settings in the shape of the orthanc.json section, without the password."""
@@ -161,6 +163,7 @@ _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "DicomServer": (dict,),
     "AllowedRoots": (list, str),
     "AllowedHosts": (list, str),
+    "ImportRetentionHours": (int, float, type(None)),
 }
 
 
@@ -283,6 +286,10 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
         raise ConfigError("setting Nas.ShareServer.Port must be between 0 and 65535")
 
     dicom_server = parse_dicom_server(section.get("DicomServer", {}), default_host)
+    retention = section.get("ImportRetentionHours")
+    if retention is not None and (isinstance(retention, bool) or not 0 < retention < 1e6):
+        raise ConfigError("setting Nas.ImportRetentionHours must be a positive number of hours, or null",
+                          field="ImportRetentionHours")
 
     return Settings(
         Connection=connection,
@@ -301,6 +308,7 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
         DicomServer=dicom_server,
         AllowedRoots=parse_allowed(section.get("AllowedRoots", list(DEFAULT_ALLOWED_ROOTS)), "Nas.AllowedRoots"),
         AllowedHosts=parse_allowed(section.get("AllowedHosts", ANY), "Nas.AllowedHosts"),
+        ImportRetentionHours=retention,
     )
 
 

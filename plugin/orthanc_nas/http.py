@@ -46,7 +46,8 @@ class Request:
             raise UnsupportedMediaType("the body must be application/json, not a field of a multipart form")
         ctype = self.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
-            raise UnsupportedMediaType(f"the body must be application/json, not {ctype or 'without a type'}")
+            raise UnsupportedMediaType(f"the body must be application/json, not {ctype}" if ctype else
+                                       "the body must be application/json; the request has no Content-Type")
         if not self.body.strip():
             if required:
                 raise BadRequest("the request needs a JSON body")

@@ -177,8 +177,8 @@ class _Run:
         writer = CatalogWriter(self.ix.catalog)
         writer.begin_run(self.trigger, self.scope.folder)
         try:
+            status.update(series_count=writer.series_count())  # also when the NAS cannot be reached
             with_retries(source.check_root, stop=self.cancel, within=CHECK_WITHIN)
-            status.update(series_count=writer.series_count())
             outcome = self._pipeline(source, writer)
             status.update(series_count=writer.series_count())
             writer.finish_run(outcome, self._counts())

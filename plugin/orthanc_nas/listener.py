@@ -86,7 +86,8 @@ STATUS_LINES = {200: "200 OK", 404: "404 Not Found", 410: "410 Gone", 429: "429 
 BASIC_CHALLENGE = ("WWW-Authenticate", 'Basic realm="share link", charset="UTF-8"')
 #: (title, text, hint) of the answers refusing a link that exists
 REFUSALS = {
-    EXPIRED: ("This link has expired", "This link has expired.", "Ask the sender for a new link."),
+    EXPIRED: ("This link has expired", "This link has expired: the time its sender allowed has passed.",
+              "Ask the sender for a new link."),
     REVOKED: ("This link was revoked", "This link was revoked by its sender.", "Ask the sender for a new link."),
     USED_UP: ("This link is used up", "This link was downloaded as many times as its sender allowed.",
               "Ask the sender for a new link."),
@@ -194,7 +195,7 @@ class ShareApp:
             if self.limiter.miss(client):
                 log.warning("share listener: refusing %s for a while after %d wrong links",
                             client, self.limiter.limit)
-            return reply.refuse(404, "This link is not valid", "This link is not valid.",
+            return reply.refuse(404, "This link is not valid", "This link is not valid: no share link has this address.",
                                 "Check that it was copied whole.")
         refusal = share.refusal(store.clock(), self._completed(share))
         if refusal:

@@ -12,7 +12,6 @@ import threading
 from collections.abc import Callable
 
 from .shares import COMPLETE
-from .status import _parse_iso
 
 log = logging.getLogger("orthanc_nas")
 
@@ -21,7 +20,8 @@ PUSH_EVERY = 2.0  # seconds between two pushes of the figures to Orthanc
 
 def figures(app) -> dict[str, float]:
     s = app.status.snapshot()
-    started, finished = _parse_iso(s["started_at"]), _parse_iso(s["finished_at"])
+    # the status's own times, not the snapshot's whole seconds: a run of less than a second is not 0 s
+    started, finished = app.status.started_at, app.status.finished_at
     values = {
         "orthanc_nas_indexing_running": float(s["running"]),
         "orthanc_nas_files_indexed": float(app.catalog.counts()["files"]),
@@ -34,7 +34,7 @@ def figures(app) -> dict[str, float]:
         "orthanc_nas_share_downloads": float(app.shares._conn().execute(
             "SELECT count(*) FROM audit WHERE outcome=?", (COMPLETE,)).fetchone()[0]),
     }
-    if started and finished and not s["running"]:
+    if started and finished and finished >= started and not s["running"]:
         values["orthanc_nas_last_run_seconds"] = finished - started
         values["orthanc_nas_last_run_finished"] = finished
     return values
@@ -58,7 +58,8 @@ class MetricsPusher:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():  # never started when Orthanc stops before it ran
+            self._thread.join(timeout=10)
 
     def push_once(self) -> None:
         try:

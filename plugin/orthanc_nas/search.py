@@ -148,3 +148,10 @@ def series_detail(conn: sqlite3.Connection, key: str) -> dict:
     for f in files:  # a name that is not UTF-8 is shown with its undecodable bytes escaped
         f["path"] = escaped(loaded(f["path"]))
     return {**found[0], "files": files}
+
+
+def patient_series(conn: sqlite3.Connection, patient_id: str, limit: int = MAX_LIMIT) -> list[dict]:
+    """The series of one PatientID (exact match), in the search's order: StudyDate newest first."""
+    with read_snapshot(conn):
+        return _dicts(conn.execute(f"SELECT {_SELECT} FROM series WHERE PatientID = ? ORDER BY {_ORDER} LIMIT ?",
+                                   (patient_id, limit)), ANSWER_FIELDS)

@@ -139,22 +139,22 @@ def parse_share_request(body: dict, default_hours: float, max_hours: float) -> S
     if unknown:
         raise BadRequest(f"unknown field {sorted(unknown)[0]!r} in the body",
                          'The body holds "series", and optionally "expires_in_hours", "label", "passphrase", '
-                         '"max_downloads" and "layout".')
+                         '"max_downloads" and "layout".', field=sorted(unknown)[0])
     series = body.get("series")
     if not isinstance(series, list) or not series or not all(isinstance(k, str) and k for k in series):
         raise BadRequest("field 'series' must be a non-empty list of series keys",
-                         'Give the series_key values found by GET /nas/search, e.g. {"series": ["..."]}.')
+                         'Give the series_key values found by GET /nas/search, e.g. {"series": ["..."]}.', field="series")
     if len(series) > MAX_SERIES:
-        raise BadRequest(f"field 'series' holds more than {MAX_SERIES} series", "Share fewer series per link.")
+        raise BadRequest(f"field 'series' holds more than {MAX_SERIES} series", "Share fewer series per link.", field="series")
     hours = body.get("expires_in_hours", default_hours)
     # bool is an int in Python; JSON's true is not a number of hours. Python's json also reads NaN/Infinity.
     if isinstance(hours, bool) or not isinstance(hours, int | float) or not math.isfinite(hours) \
             or not 0 < hours <= max_hours:
         raise BadRequest(f"field 'expires_in_hours' must be a positive number of hours, at most {max_hours:g}",
-                         f"Nas.MaxShareHours allows links of at most {max_hours:g} hours.")
+                         f"Nas.MaxShareHours allows links of at most {max_hours:g} hours.", field="expires_in_hours")
     label = body.get("label")
     if label is not None and (not isinstance(label, str) or len(label) > MAX_LABEL):
-        raise BadRequest(f"field 'label' must be a string of at most {MAX_LABEL} characters")
+        raise BadRequest(f"field 'label' must be a string of at most {MAX_LABEL} characters", field="label")
     passphrase = body.get("passphrase")
     if passphrase == "":
         passphrase = None  # an empty field of a form: no passphrase
@@ -162,17 +162,17 @@ def parse_share_request(body: dict, default_hours: float, max_hours: float) -> S
                                    or not MIN_PASSPHRASE <= len(passphrase) <= MAX_PASSPHRASE):
         raise BadRequest(f"field 'passphrase' must be a string of {MIN_PASSPHRASE} to {MAX_PASSPHRASE} characters",
                          "Choose a passphrase of a few words, and tell it to the colleague another way "
-                         "than the link (by phone).")
+                         "than the link (by phone).", field="passphrase")
     max_downloads = body.get("max_downloads")
     if max_downloads is not None and (isinstance(max_downloads, bool) or not isinstance(max_downloads, int)
                                       or not 1 <= max_downloads <= MAX_DOWNLOADS):
         raise BadRequest(f"field 'max_downloads' must be a whole number from 1 to {MAX_DOWNLOADS}, or null",
-                         "Leave it out (or null) for no limit.")
+                         "Leave it out (or null) for no limit.", field="max_downloads")
     layout = body.get("layout", DICOMDIR)
     if layout not in LAYOUTS:
         raise BadRequest(f"field 'layout' must be one of {', '.join(LAYOUTS)}",
                          '"dicomdir" (default): a DICOMDIR that viewers open as a disc; "folders": readable '
-                         "folder and file names.")
+                         "folder and file names.", field="layout")
     return ShareOptions(list(dict.fromkeys(series)), float(hours), label, passphrase, max_downloads, layout)
 
 

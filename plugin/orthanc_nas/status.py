@@ -106,9 +106,12 @@ class IndexStatus:
             self.series_count = series_count
             if not isinstance(saved, dict):
                 return
-            for key in ("enumerated_files", "files_processed", "files_skipped", "errors"):
+            for key in ("enumerated_files", "files_processed", "files_skipped", "files_removed", "errors"):
                 if isinstance(saved.get(key), int):
                     setattr(self, key, saved[key])
+            self.enumeration_done = saved.get("enumeration_done") is True
+            if isinstance(saved.get("failure"), dict):  # why the last run failed, also after a restart
+                self.failure = saved["failure"]
             self.error_samples = list(saved.get("error_samples") or [])[:MAX_ERROR_SAMPLES]
             self.warnings = list(saved.get("warnings") or [])
             self.phase = saved.get("phase") if saved.get("phase") in PHASES else "idle"

@@ -96,6 +96,19 @@ def test_status_left_running_by_a_crash_is_interrupted(tmp_path):
     assert json.loads((tmp_path / "index_status.json").read_text())["phase"] == "interrupted"
 
 
+def test_a_finished_run_reads_back_whole_after_a_restart(tmp_path):
+    st = IndexStatus(str(tmp_path))
+    st.start(workers=4)
+    st.add_enumerated(5)
+    st.update(enumeration_done=True, files_removed=2)
+    st.fail({"error": "cannot reach the NAS", "kind": "network", "hint": "Check the NAS."})
+    fresh = IndexStatus(str(tmp_path))
+    fresh.load(series_count=3)
+    snap = fresh.snapshot()
+    assert snap["phase"] == "failed" and snap["failure"]["kind"] == "network"  # still says why
+    assert snap["enumeration_done"] is True and snap["files_removed"] == 2 and snap["enumerated_files"] == 5
+
+
 def test_snapshot_has_the_fields_of_the_spec(tmp_path):
     snap = IndexStatus(str(tmp_path)).snapshot()
     for key in ("running", "phase", "enumerated_files", "files_processed", "files_skipped", "series_count",

@@ -51,6 +51,11 @@ def test_only_application_json_is_a_body_even_an_empty_one(headers):
     assert post(b"", content_type="application/json; charset=utf-8").json(required=False) == {}
 
 
+def test_a_body_without_a_type_is_told_so():
+    with pytest.raises(UnsupportedMediaType, match="the request has no Content-Type"):
+        post(b"{}", content_type=None).json()
+
+
 def test_a_lone_surrogate_names_its_field():
     with pytest.raises(BadRequest, match="'Connection.Path' holds a lone UTF-16 surrogate"):
         post(b'{"Connection": {"Path": "/mnt/\\udc80"}}').json()
@@ -100,6 +105,15 @@ def test_is_beneath_resolves_dots_and_links(tmp_path):
     for path in (f"{mnt}/escape", f"{mnt}/escape/etc", f"{mnt}/../", f"{mnt}x", "mnt/nas", "/"):
         assert not is_beneath(path, mnt), path
     assert is_beneath("\\\\NAS\\dicom\\ct", "\\\\nas\\DICOM") and not is_beneath("\\\\nas\\dicomx", "\\\\nas\\dicom")
+
+
+def test_a_relative_path_is_taken_from_the_working_directory_as_the_source_opens_it(tmp_path, monkeypatch):
+    """orthanc.json's own relative Path (`make run`: "var/sample-nas") is allowed from the web, as it reads."""
+    (tmp_path / "var" / "sample-nas" / "ct").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert is_beneath("var/sample-nas", "var/sample-nas") and is_beneath("var/sample-nas/ct", "var/sample-nas")
+    assert is_beneath(str(tmp_path / "var" / "sample-nas"), "var/sample-nas")
+    assert not is_beneath("var/sample-nas/../..", "var/sample-nas") and not is_beneath("/", "var/sample-nas")
 
 
 def test_files_open_only_beneath_the_root_without_links(tmp_path):

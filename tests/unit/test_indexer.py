@@ -95,6 +95,7 @@ def test_missing_root_fails_and_keeps_the_index(tmp_path, nas):
     s = ix.run()
     assert s["phase"] == "failed" and s["failure"]["kind"] == "not_found"
     assert series_counts(catalog) == [2, 3, 5]
+    assert s["series_count"] == 3  # the status says what the index still holds, not 0
 
 
 class FlakySource(LocalSource):

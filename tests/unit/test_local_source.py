@@ -138,3 +138,14 @@ def test_unreadable_folder_is_an_error_not_fatal(tmp_path_factory):
     assert out.returncode == 0, out.stderr
     assert sorted(out.stdout.split("\n")) == ["", "file ok/a.dcm", "permission secret"]
     assert WalkError and NasPermissionError.kind == "permission"
+
+
+def test_a_walk_over_a_file_says_it_is_not_a_folder(tmp_path):
+    """A run given a file as its folder (`{"path": "a/IM1.dcm"}`) is told so, not that it met a link."""
+    from orthanc_nas.sources.scope import WalkScope
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "IM1.dcm").write_bytes(b"1")
+    items = list(LocalSource(str(tmp_path)).walk(threading.Event(), WalkScope("a/IM1.dcm")))
+    assert [(type(i), i.path) for i in items] == [(WalkError, "a/IM1.dcm")]
+    assert "not a folder" in items[0].error.message

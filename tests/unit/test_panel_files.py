@@ -37,11 +37,14 @@ def test_the_panel_loads_nothing_from_outside_and_calls_only_nas_routes():
         page = fh.read()
     assert not re.search(r"""(src|href)=["'](https?:)?//""", page)
     assert not re.search(r"<script>|<style>| style=", page)  # the policy allows no inline code or style
-    with open(f"{PANEL_DIR}/app.js", encoding="utf-8") as fh:
-        script = fh.read()
-    assert not re.search(r"https?://|fetch\((?!'\.\./' \+ path)", script)  # one fetch, relative to /nas/
-    routes = set(re.findall(r"api\('(?:GET|POST|PUT|DELETE)', '([a-z/]+)", script))
-    assert routes == {"config", "config/test", "status", "index", "runs", "search", "series/", "shares", "shares/"}
+    routes = set()
+    for name in ("app.js", "retrieve.js"):
+        with open(f"{PANEL_DIR}/{name}", encoding="utf-8") as fh:
+            script = fh.read()
+        assert not re.search(r"https?://|fetch\((?!'\.\./' \+ path)", script)  # one fetch, relative to /nas/
+        routes |= set(re.findall(r"api\('(?:GET|POST|PUT|DELETE)', '([a-z/]+)", script))
+    assert routes == {"config", "config/test", "status", "index", "runs", "search", "series/", "shares", "shares/",
+                      "patients/", "retrieve", "jobs", "jobs/", "destinations", "destinations/"}
 
 
 def test_app_without_a_file_name_is_sent_on_to_index_html():

@@ -143,8 +143,9 @@ def test_series_are_deduplicated_in_order():
     {"series": ["a"], "layout": "flat"}, {"series": ["a"], "layout": None},
 ])
 def test_invalid_bodies(body):
-    with pytest.raises(BadRequest):
+    with pytest.raises(BadRequest) as refused:
         parse_share_request(body, 24, 720)
+    assert refused.value.field == ([k for k in body if k != "series"] or ["series"])[0]  # the field at fault
 
 
 # -- the limiter ------------------------------------------------------------------------------

@@ -80,8 +80,10 @@ def os_error(exc: OSError, what: str) -> NasError:
         return NasNotFound(f"{what}: not found")
     if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM):
         return NasPermissionError(f"{what}: permission denied")
-    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # O_NOFOLLOW met a link: not followed, as in the walk
+    if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link: not followed, as in the walk
         return NasNotFound(f"{what}: a symbolic link on the way, not followed")
+    if exc.errno == errno.ENOTDIR:  # a file where a folder was expected, or (O_DIRECTORY|O_NOFOLLOW) a link
+        return NasNotFound(f"{what}: not a folder, or a symbolic link on the way (not followed)")
     if exc.errno in NETWORK_ERRNOS:
         return NasNetworkError(f"{what}: {exc.strerror or exc}")
     return NasError(f"{what}: {exc.strerror or exc}", "Check the file on the NAS.")
