@@ -63,7 +63,7 @@ def test_get_answers_the_section_without_a_password(orthanc, nas_a):
     settings = orthanc.get("/nas/config").json()
     assert set(settings) == {"Connection", "DataDirectory", "Workers", "Enumerator", "DefaultShareHours",
                              "MaxShareHours", "ShareServer", "AllowedRoots", "AllowedHosts", "Schedule", "Throttle",
-                             "ExcludedFolders", "SkippedExtensions", "DicomServer", "Database"}
+                             "ExcludedFolders", "SkippedExtensions", "DicomServer", "ImportRetentionHours", "Database"}
     assert settings["Database"] == {"Type": "sqlite", "Url": "", "PasswordSet": False}
     assert settings["Connection"]["Path"] == str(nas_a) and settings["Connection"]["PasswordSet"] is False
     assert "Password" not in settings["Connection"]
