@@ -17,6 +17,11 @@ A meta group whose group length is wrong (a writer's slip, PS3.10 7.1) is read
 by its elements, as pydicom reads it, and only noted. A deflated data set
 (PS3.5 A.5) is inflated only as far as the attributes need, whatever the file's size.
 
+A file is "truncated" when the bytes in hand are the whole file and its data set ends inside an
+element, header or value: before the attributes, or after them, up to the end of Pixel Data's value
+(what pydicom's `dcmread(stop_before_pixels=True)` fails on, and the Pixel Data it stops before). A
+file longer than the bytes read is not walked past its attributes: the fast path stays a head read.
+
 Values are read by their VR in `dicom_values`. The record's `notes` are the writer's
 mistakes that did not stop the reading (for a debug line of the log, never an error).
 """
@@ -75,6 +80,7 @@ _ELEMENT = struct.Struct("<HH2sH")  # an Explicit VR Little Endian element heade
 # Explicit VR elements with a 4-byte length (PS3.5 7.1.2)
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _UNDEFINED = 0xFFFFFFFF
+_PIXEL_DATA = 0x7FE00010
 _SEQUENCE_END = (b"\xfe\xff\xdd\xe0\0\0\0\0", b"\xff\xfe\xe0\xdd\0\0\0\0")  # (FFFE,E0DD), little / big endian
 # transfer syntaxes whose data set is deflated: PS3.5 A.5, and the JPIP Referenced Deflate syntaxes
 _DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"}
@@ -216,13 +222,23 @@ class _Tracking(_Parse):
 
 
 class _Rest(_Tracking):
-    """A walk over the elements after the attributes, to the end of the data, never stopping."""
+    """A walk over the elements after the attributes, to the end of Pixel Data's value (what follows it,
+    such as trailing padding, is not looked at, as pydicom's reader does not)."""
 
     __slots__ = ()
 
     def stop_when(self, tag, vr, length) -> bool:
+        if self.last_tag == _PIXEL_DATA:  # the value of Pixel Data was passed whole
+            self.stopped = True
+            return True
         self.last_tag, self.last_length, self.last_at = tag, length, self.fp.tell()
         return False
+
+    def cut_at(self, data: bytes) -> str | None:
+        if (self.last_tag == _PIXEL_DATA and self.last_length != _UNDEFINED
+                and self.last_at + self.last_length <= len(data)):
+            return None
+        return super().cut_at(data)
 
 
 def _read_elements(fp, data: bytes, implicit: bool, little: bool, stop_when, tags):

@@ -193,7 +193,8 @@ def headers(draw):
     data = buffer.getvalue()
     cut, whole = False, None
     if syntax == ExplicitVRLittleEndian:  # byte-level mutations of the usual file
-        mutation = draw(st.sampled_from(["none", "meta length", "charset", "element length", "truncate"]))
+        mutation = draw(st.sampled_from(["none", "meta length", "charset", "element length", "truncate",
+                                         "padding"]))
         if mutation == "meta length":
             declared = struct.unpack_from("<I", data, 140)[0] + draw(st.sampled_from([-2, -1, 1, 2, 7]))
             data = data[:140] + struct.pack("<I", declared) + data[144:]
@@ -208,6 +209,8 @@ def headers(draw):
                 new = max(0, length + draw(st.integers(-4, 4000)))
                 data = data[:at + 6] + struct.pack("<H", new) + data[at + 8:]
                 cut = True  # it may now claim bytes past the end of the file
+        elif mutation == "padding":  # bytes after Pixel Data, as some writers leave: the file is whole
+            data += b"\0" * draw(st.integers(1, 12))
         elif mutation == "truncate":
             data, whole = data[:draw(st.integers(0, len(data) - 1))], data
             cut = True

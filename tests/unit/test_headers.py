@@ -105,6 +105,13 @@ def test_a_whole_file_cut_after_the_attributes_is_truncated(tmp_path, where, rea
     assert record_of(p)["SOPInstanceUID"]  # whole, it is read
 
 
+@pytest.mark.parametrize("padding", [1, 2, 7, 12])
+def test_bytes_after_pixel_data_are_not_a_cut(tmp_path, padding):
+    p = write_dicom(tmp_path / "a.dcm")
+    p.write_bytes(p.read_bytes() + b"\0" * padding)  # a writer's padding: pydicom reads the file too
+    assert record_of(p)["SOPInstanceUID"]
+
+
 def test_every_bundled_pydicom_file_is_read_or_refused_with_a_reason():
     outcomes = {"ok": 0, "refused": 0}
     for path in get_testdata_files():
