@@ -13,8 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from pydicom import dcmread
 from tests.support.dcmtk import StoreSCP, run
 from tests.support.dicom import write_series
+from tests.support.orthanc import free_port
 
 from orthanc_nas.catalog import Catalog
 from orthanc_nas.config import parse_dicom_server
@@ -36,24 +38,23 @@ def main() -> None:
     try:
         paths = write_series(work / "nas" / "S", args.files, PatientID="BENCH", pixel_bytes=args.kb * 1024)
         size = sum(p.stat().st_size for p in paths) / 1e6
-        from pydicom import dcmread
         series = dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID
         source = LocalSource(str(work / "nas"))
         data = str(work / "data")
         catalog = Catalog(data)
         Indexer(catalog, IndexStatus(data), lambda: source, workers=2, parse_processes=0).run()
-        from tests.support.orthanc import free_port
         scp_port = free_port()
         settings = parse_dicom_server({"Enabled": True, "Port": 0, "AllowedCallers": "*",
                                        "Destinations": {"WS1": ["127.0.0.1", scp_port]}}, "127.0.0.1")
         node = DicomNode(settings, catalog, lambda: source, Peers(settings), RetrievalAudit(data))
         assert node.start()
         print(f"{args.files} files, {size:.0f} MB")
-        from orthanc_nas.dicom import retrieve, stored
-        results: dict[str, list[float]] = {"stored bytes": [], "decoded": []}
+        from orthanc_nas.dicom import pynetdicom_internals
+        prompt_delay = pynetdicom_internals.PROMPT_DELAY
+        results: dict[str, list[float]] = {"prompt": [], "1 ms": []}
         for i in range(args.runs * 2):
-            mode = ("stored bytes", "decoded")[i % 2]
-            retrieve.read_stored = stored.read_stored if i % 2 == 0 else stored.decoded
+            mode = ("prompt", "1 ms")[i % 2]
+            pynetdicom_internals.PROMPT_DELAY = prompt_delay if i % 2 == 0 else 0.001
             with StoreSCP(work / f"ws{i}", port=scp_port) as scp:
                 cpu = time.process_time()
                 started = time.perf_counter()
@@ -64,11 +65,11 @@ def main() -> None:
                 assert result.returncode == 0, result.stderr
                 received = len(scp.files())
             results[mode].append(received / elapsed)
-            print(f"  {mode:12s} run {i // 2 + 1}: C-MOVE {received} files in {elapsed:.2f} s: {received / elapsed:.0f} files/s, "
+            print(f"  {mode:6s} run {i // 2 + 1}: C-MOVE {received} files in {elapsed:.2f} s: {received / elapsed:.0f} files/s, "
                   f"{size / elapsed:.0f} MB/s; node CPU {cpu * 1000 / max(received, 1):.2f} ms/file")
             shutil.rmtree(work / f"ws{i}", ignore_errors=True)
         for mode, rates in results.items():
-            print(f"  {mode:12s} best {max(rates):.0f} files/s, median {sorted(rates)[len(rates) // 2]:.0f} files/s")
+            print(f"  {mode:6s} best {max(rates):.0f} files/s, median {sorted(rates)[len(rates) // 2]:.0f} files/s")
     finally:
         if node is not None:
             node.stop()

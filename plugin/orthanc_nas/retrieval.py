@@ -335,9 +335,8 @@ class Retrievals:
         from pynetdicom import evt
         from pynetdicom.status import code_to_category
 
-        from .dicom.pynetdicom_internals import send_as_stored, sender_only
+        from .dicom.pynetdicom_internals import prompt, sender_only
         from .dicom.retrieve import contexts_for, no_delay, unsendable
-        from .dicom.stored import as_accepted
 
         ae = new_ae(self.calling_aet())
         for key in job.series:
@@ -348,7 +347,7 @@ class Retrievals:
             assoc = ae.associate(peer.Host, peer.Port, ae_title=peer.AET, evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)])
             if assoc.is_established:
                 sender_only(assoc)  # the DICOM node's fix of pynetdicom's reactor race (see there)
-                send_as_stored(assoc)  # files in a syntax the peer accepted go undecoded
+                prompt(assoc)  # responses read at once, not after pynetdicom's idle 1 ms
             else:
                 job.fail(key, f"{peer.AET} at {peer.Host}:{peer.Port} refused or did not answer the association "
                               f"for series {key}", len(files))
@@ -358,11 +357,6 @@ class Retrievals:
                     reason = unsendable(assoc.accepted_contexts, ds)
                     if reason is None and not assoc.is_established:
                         reason = f"{peer.AET} ended the association"
-                    if reason is None:
-                        try:
-                            ds = as_accepted(assoc.accepted_contexts, ds)
-                        except Exception as exc:  # to be converted, and pydicom cannot read it
-                            reason = f"{type(exc).__name__}: {exc}"[:300]
                     if reason is None:
                         status = assoc.send_c_store(ds)
                         code = getattr(status, "Status", None)

@@ -1,7 +1,5 @@
 """The one place that reaches into pynetdicom's internals (tests/unit/test_dicom_node_core.py checks them).
 
-`send_as_stored(assoc)`: see there.
-
 `sender_only(assoc)`: in pynetdicom 3.0, an association we request runs a reactor thread that polls its
 DIMSE queue (`dimse.get_msg(block=False)`) between pauses that `send_c_store` asks for. The pause is
 not atomic (`_is_paused` is set before the reactor blocks on `_reactor_checkpoint`), so under load the
@@ -10,11 +8,14 @@ service message"), and that sub-operation, then every later one, fails after the
 here on about one C-MOVE of 1,000 files in three with a fast peer. The associations the node opens to
 C-MOVE destinations only send; their reactor never needs a message, so its non-blocking reads are
 answered "nothing" and every response goes to the `send_c_store` that waits for it.
+
+`prompt(assoc)`: pynetdicom's DUL reactor sleeps `_run_loop_delay` (1 ms) whenever it finds nothing to do,
+so each C-STORE response waits up to 1 ms before it is read, and each C-MOVE pending response up to 1 ms
+before it is sent. While the node sends, its associations poll every `PROMPT_DELAY` instead (measured:
+C-STOREs of 132 KB files to storescp 204-255 -> 270-320 files/s, with less CPU per file, not more).
 """
 
 from __future__ import annotations
-
-from pynetdicom import _config
 
 
 def sender_only(assoc) -> None:
@@ -28,26 +29,13 @@ def sender_only(assoc) -> None:
     dimse.get_msg = blocking_only
 
 
-def send_as_stored(assoc) -> None:
-    """Have `assoc.send_c_store` send a `StoredFile` as its stored bytes. pynetdicom sends a file given by
-    path without decoding it (`_config.STORE_SEND_CHUNKED_DATASET`: it reads the meta group for the SOP
-    class, instance and transfer syntax, then sends the rest of the file as the data set, in the
-    presentation context of exactly that syntax), here the file the reader spooled; it is deleted once
-    sent. Its
-    C-MOVE and C-GET services call `send_c_store` with the datasets the handler yields; so does a job."""
-    if getattr(assoc, "_nas_send_as_stored", False):
-        return
-    send_c_store = assoc.send_c_store
+PROMPT_DELAY = 0.0002  # seconds the DUL reactor sleeps when idle, while the node sends
 
-    def sending(dataset, *args, **kwargs):
-        spooled = getattr(dataset, "spooled", None)
-        if spooled is None:
-            return send_c_store(dataset, *args, **kwargs)
-        _config.STORE_SEND_CHUNKED_DATASET = True  # only files given by path: the node's, never others
-        try:
-            return send_c_store(spooled.name, *args, **kwargs)
-        finally:
-            spooled.close()
 
-    assoc.send_c_store = sending
-    assoc._nas_send_as_stored = True
+def prompt(assoc, delay: float | None = None) -> float:
+    """Set the idle sleep of the DUL reactor of `assoc` (seconds; default `PROMPT_DELAY`); the previous
+    value, to restore it."""
+    dul = assoc.dul
+    before = dul._run_loop_delay
+    dul._run_loop_delay = PROMPT_DELAY if delay is None else delay
+    return before

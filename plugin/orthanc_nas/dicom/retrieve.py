@@ -4,8 +4,7 @@ A handler first selects the files (`select`: the identifier's keys at its level,
 yields what pynetdicom asks for (C-MOVE: the destination, with presentation contexts for the SOP classes
 and stored transfer syntaxes of the files, PS3.4 C.4.2.3.1; then the count; then one dataset per
 sub-operation). Files are read `IN_FLIGHT` ahead of the one being sent, with the indexer's retries, each
-within `READ_WITHIN` seconds. A file is sent as stored when the peer accepted its transfer syntax, its
-bytes undecoded (`stored.StoredFile`);
+within `READ_WITHIN` seconds. A file is sent as stored when the peer accepted its transfer syntax;
 pynetdicom converts between uncompressed ones (implicit/explicit VR, byte order), which is lossless;
 otherwise the sub-operation fails and its reason goes to the log and the audit. A file the NAS does not
 give is a failed sub-operation; `NAS_GONE_AFTER` such network failures in a row end the retrieval at once
@@ -17,6 +16,7 @@ was handed to pynetdicom.
 from __future__ import annotations
 
 import collections
+import io
 import logging
 import socket
 import threading
@@ -25,7 +25,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 
-from pydicom.dataset import Dataset
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import StoragePresentationContexts, build_context, evt
 from pynetdicom.dimse_messages import C_STORE_RSP
@@ -33,9 +34,8 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from ..errors import NasError, NasNetworkError
 from ..indexer import with_retries
 from .audit import Retrieval, RetrievalAudit
-from .pynetdicom_internals import send_as_stored, sender_only
+from .pynetdicom_internals import prompt, sender_only
 from .query import IMAGE, UNIQUE_KEYS, QueryError, parse, rows
-from .stored import as_accepted, read_stored
 
 log = logging.getLogger("orthanc_nas")
 
@@ -135,7 +135,14 @@ class NasReader:
                 fh.close()
 
         data = with_retries(whole_file, stop=self.stop, within=self.within)
-        return read_stored(data, item.sop_instance, item.transfer_syntax)
+        ds = dcmread(io.BytesIO(data), force=True)
+        if str(ds.get("SOPInstanceUID", "")) != item.sop_instance:
+            raise ValueError("the file changed on the NAS since it was indexed (another SOP Instance UID)")
+        meta = getattr(ds, "file_meta", None)
+        if meta is None or "TransferSyntaxUID" not in meta:  # a file without meta group: the syntax it has
+            ds.file_meta = meta = meta or FileMetaDataset()
+            meta.TransferSyntaxUID = UID(item.transfer_syntax or ImplicitVRLittleEndian)
+        return ds
 
     def __iter__(self) -> Iterator[tuple]:
         pool = ThreadPoolExecutor(self.in_flight, thread_name_prefix="nas-dicom-read")
@@ -191,7 +198,7 @@ class Stores:
 
     def on_accepted(self, event) -> None:
         sender_only(event.assoc)
-        send_as_stored(event.assoc)
+        prompt(event.assoc)  # only sends, and ends with the retrieval
         self.assoc = event.assoc
 
     def on_recv(self, event) -> None:
@@ -225,6 +232,7 @@ class Retriever:
                        else str(destination)).strip()
         record = self._record(event, "C-MOVE", destination)
         stores = None
+        idle = prompt(event.assoc)  # its pending responses go out at once; back to pynetdicom's pace after
         try:
             peer = self.peers.destination(destination)
             if peer is None:
@@ -243,6 +251,7 @@ class Retriever:
             yield len(files)
             yield from self._send(event, files, record, stores, lambda: stores.assoc)
         finally:
+            prompt(event.assoc, idle)
             self._finish(record, stores)
 
     def on_get(self, event, patient_root: bool):
@@ -250,13 +259,14 @@ class Retriever:
         record = self._record(event, "C-GET", None)
         stores = Stores()
         self._gets[id(event.assoc)] = stores
-        send_as_stored(event.assoc)
+        idle = prompt(event.assoc)  # C-STORE responses read at once; back to pynetdicom's pace after
         try:
             record.destination = record.caller_aet
             files = self._select(event, patient_root, record)
             yield len(files)
             yield from self._send(event, files, record, stores, lambda: event.assoc)
         finally:
+            prompt(event.assoc, idle)
             self._gets.pop(id(event.assoc), None)
             self._finish(record, stores)
 
@@ -298,14 +308,6 @@ class Retriever:
                     record.fail(reason)
                     log.warning("DICOM node: %s of %s to %s: %s", record.operation, item.path,
                                 record.destination, reason)
-                elif assoc is not None:
-                    try:
-                        ds = as_accepted(assoc.accepted_contexts, ds)
-                    except Exception as exc:  # it is to be converted, and pydicom cannot read it
-                        reason = f"{item.path}: {type(exc).__name__}: {exc}"[:300]
-                        record.fail(reason)
-                        log.warning("DICOM node: %s could not read %s", record.operation, reason)
-                        ds = _placeholder(item)
                 yield PENDING, ds
                 continue
             reason, network = outcome
