@@ -90,10 +90,12 @@ run-1.12 run-1.13: run-%: orthanc-% sample
 # The integration tier once for each Orthanc of ORTHANC_TARGETS, setting `status=1` if a run fails.
 # A failed integration test is run once more (and reported as rerun, "R"): the Samba 4.17 that serves
 # as the test NAS panics now and then under load, dropping a connection in the middle of a test.
+# The first attempt's failure, with the warnings and errors of the test's Orthanc, stays in the run's
+# log (--rerun-show-tracebacks; see tests/integration/conftest.py): a rerun explains itself.
 INTEGRATION_RUNS = for target in $(ORTHANC_TARGETS); do \
 	  echo "== integration tests on Orthanc $$target"; \
 	  ORTHANC_TARGET=$$target ORTHANC_DEBIAN13=$(abspath $(DEBIAN13)) ORTHANC_DEBIAN_SID=$(abspath $(DEBIAN_SID)) \
-	    $(PY) -m pytest tests/integration --reruns 1 --reruns-delay 2 -raR $(PYTEST_ARGS) || status=1; \
+	    $(PY) -m pytest tests/integration --reruns 1 --reruns-delay 2 -raR --rerun-show-tracebacks $(PYTEST_ARGS) || status=1; \
 	done
 ORTHANC_TREES_WANTED := $(addprefix orthanc-,$(filter 1.12 1.13,$(ORTHANC_TARGETS)))
 

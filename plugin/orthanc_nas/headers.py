@@ -17,6 +17,11 @@ A meta group whose group length is wrong (a writer's slip, PS3.10 7.1) is read
 by its elements, as pydicom reads it, and only noted. A deflated data set
 (PS3.5 A.5) is inflated only as far as the attributes need, whatever the file's size.
 
+A file is "truncated" when the bytes in hand are the whole file and its data set ends inside an
+element, header or value: before the attributes, or after them, up to the end of Pixel Data's value
+(what pydicom's `dcmread(stop_before_pixels=True)` fails on, and the Pixel Data it stops before). A
+file longer than the bytes read is not walked past its attributes: the fast path stays a head read.
+
 Values are read by their VR in `dicom_values`. The record's `notes` are the writer's
 mistakes that did not stop the reading (for a debug line of the log, never an error).
 """
@@ -68,12 +73,14 @@ FIELDS: dict[str, tuple[int, str]] = {
 }
 _LAST_TAG = max(tag for tag, _ in FIELDS.values())
 _TAGS = [Tag(tag) for tag, _ in FIELDS.values()]
+_NO_TAGS = [Tag(0xFFFFFFFF)]  # a tag no data set holds: every value is skipped, not read
 _READ = [(keyword, Tag(tag), vr) for keyword, (tag, vr) in FIELDS.items() if keyword != "SpecificCharacterSet"]
 _ELEMENT = struct.Struct("<HH2sH")  # an Explicit VR Little Endian element header: group, element, VR, length
 
 # Explicit VR elements with a 4-byte length (PS3.5 7.1.2)
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _UNDEFINED = 0xFFFFFFFF
+_PIXEL_DATA = 0x7FE00010
 _SEQUENCE_END = (b"\xfe\xff\xdd\xe0\0\0\0\0", b"\xff\xfe\xe0\xdd\0\0\0\0")  # (FFFE,E0DD), little / big endian
 # transfer syntaxes whose data set is deflated: PS3.5 A.5, and the JPIP Referenced Deflate syntaxes
 _DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"}
@@ -159,13 +166,18 @@ def _file_meta(buf: bytes, complete: bool) -> _Meta | NeedMore | None:
     return _Meta(at, _syntax(uid), uid.decode("latin-1").strip(" \0") or None, notes)
 
 
-class _Parse:
-    """One parse of a data set: whether it stopped past the attributes, or ended before."""
+class _CutHeader(Exception):
+    """The bytes end inside an element header (pydicom's reader fails on its 4-byte length)."""
 
-    __slots__ = ("stopped",)
+
+class _Parse:
+    """One parse of a data set: whether it stopped past the attributes (and where), or ended before."""
+
+    __slots__ = ("stopped", "stop_at")
 
     def __init__(self):
         self.stopped = False
+        self.stop_at = 0
 
     def stop_when(self, tag, vr, length) -> bool:
         if int.__gt__(tag, _LAST_TAG):  # int's own comparison: BaseTag's is 4x slower
@@ -209,14 +221,60 @@ class _Tracking(_Parse):
         return f"{end - value_end} bytes of an element header"
 
 
+class _Rest(_Tracking):
+    """A walk over the elements after the attributes, to the end of Pixel Data's value (what follows it,
+    such as trailing padding, is not looked at, as pydicom's reader does not)."""
+
+    __slots__ = ()
+
+    def stop_when(self, tag, vr, length) -> bool:
+        if self.last_tag == _PIXEL_DATA:  # the value of Pixel Data was passed whole
+            self.stopped = True
+            return True
+        self.last_tag, self.last_length, self.last_at = tag, length, self.fp.tell()
+        return False
+
+    def cut_at(self, data: bytes) -> str | None:
+        if (self.last_tag == _PIXEL_DATA and self.last_length != _UNDEFINED
+                and self.last_at + self.last_length <= len(data)):
+            return None
+        return super().cut_at(data)
+
+
+def _read_elements(fp, data: bytes, implicit: bool, little: bool, stop_when, tags):
+    try:
+        return read_dataset(fp, implicit, little, stop_when=stop_when, specific_tags=tags)
+    except struct.error:  # a 4-byte length (PS3.5 7.1.2) that is not there
+        if fp.tell() < len(data):
+            raise
+        raise _CutHeader from None
+
+
 def _dataset(data: bytes, start: int, implicit: bool, little: bool, tracking: bool = False):
     fp = io.BytesIO(data)
     fp.seek(start)
     parse = _Tracking(fp) if tracking else _Parse()
-    ds = read_dataset(fp, implicit, little, stop_when=parse.stop_when, specific_tags=_TAGS)
+    ds = _read_elements(fp, data, implicit, little, parse.stop_when, _TAGS)
     if not parse.stopped and not tracking:
         return _dataset(data, start, implicit, little, True)  # rare: read again, knowing where it ends
+    parse.stop_at = fp.tell()  # pydicom rewinds to the element it stopped at
     return ds, parse
+
+
+def _cut_after(data: bytes, start: int, encoding) -> str | None:
+    """Why a whole data set is cut after the attributes read: its elements, from `start` (Pixel Data
+    included), must end where the data ends (PS3.5 7.1, PS3.10 7.2). Values are skipped, not read."""
+    implicit, little = encoding
+    if implicit is None:
+        return None
+    fp = io.BytesIO(data)
+    fp.seek(start)
+    rest = _Rest(fp)
+    try:
+        _read_elements(fp, data, implicit, little, rest.stop_when, _NO_TAGS)
+    except _CutHeader:
+        return "an element header"
+    return rest.cut_at(data)
 
 
 def _inflated(buf: bytes, meta: _Meta, complete: bool):
@@ -225,15 +283,22 @@ def _inflated(buf: bytes, meta: _Meta, complete: bool):
     try:
         data = inflater.decompress(buf[meta.end:], INFLATE_STEP)
         while True:
-            ds, parse = _dataset(data, 0, False, True)
-            if parse.stopped or not inflater.unconsumed_tail:
-                break
+            try:
+                ds, parse = _dataset(data, 0, False, True)
+            except _CutHeader:
+                if not inflater.unconsumed_tail:
+                    if inflater.eof or complete:
+                        raise
+                    return NeedMore(len(buf) * 2)
+            else:
+                if parse.stopped or not inflater.unconsumed_tail:
+                    break
             data += inflater.decompress(inflater.unconsumed_tail, max(INFLATE_STEP, len(data)))
     except zlib.error as exc:  # corrupt, not cut: more bytes would not help
         raise NotDicom(f"the deflated data set cannot be inflated (zlib: {exc})") from exc
     if not parse.stopped and not (inflater.eof or complete):
         return NeedMore(len(buf) * 2)
-    return ds, parse, data
+    return ds, parse, data, inflater.eof
 
 
 def _read(buf: bytes, complete: bool):
@@ -247,25 +312,35 @@ def _read(buf: bytes, complete: bool):
             result = _inflated(buf, meta, complete)
             if isinstance(result, NeedMore):
                 return result
-            ds, parse, data = result
+            ds, parse, data, whole = result
         else:
             ds, parse = _dataset(buf, meta.end, implicit, little)
-            data = buf
-        return ds, parse, data, meta.uid, True, meta.notes
+            data, whole = buf, True
+        return ds, parse, data, whole, meta.uid, True, meta.notes
     # pydicom's own reader, for anything the fast path is not sure of
     fp = io.BytesIO(buf)
     parse = _Tracking(fp)
     try:
-        ds = read_partial(fp, stop_when=parse.stop_when, specific_tags=_TAGS)
+        ds = _partial(fp, buf, parse, False)
     except InvalidDicomError:
         # Files without the 128-byte preamble and "DICM" (older exports) are still read,
         # but only kept when the parse finds the identifiers of an image below.
         fp.seek(0)
         parse = _Tracking(fp)
-        ds = read_partial(fp, stop_when=parse.stop_when, force=True, specific_tags=_TAGS)
+        ds = _partial(fp, buf, parse, True)
+    parse.stop_at = fp.tell()
     notes = ("read by pydicom's reader (the fast path was not sure of the File Meta Information)",) \
         if meta is not None else ()
-    return ds, parse, buf, _transfer_syntax(ds), bool(len(getattr(ds, "file_meta", None) or ())), notes
+    return ds, parse, buf, True, _transfer_syntax(ds), bool(len(getattr(ds, "file_meta", None) or ())), notes
+
+
+def _partial(fp, buf: bytes, parse: _Tracking, force: bool):
+    try:
+        return read_partial(fp, stop_when=parse.stop_when, force=force, specific_tags=_TAGS)
+    except struct.error:  # a 4-byte length (PS3.5 7.1.2) that is not there
+        if fp.tell() < len(buf):
+            raise
+        raise _CutHeader from None
 
 
 def parse_head(buf: bytes, complete: bool) -> dict | NeedMore:
@@ -281,6 +356,11 @@ def parse_head(buf: bytes, complete: bool) -> dict | NeedMore:
         return _parse_head(buf, complete)
     except NotDicom:
         raise
+    except _CutHeader:
+        if not complete:
+            return NeedMore(len(buf) * 2)
+        raise NotDicom(f"truncated DICOM file: it ends at byte {len(buf)} within its data set "
+                       "(in an element header)") from None
     except Exception as exc:  # pydicom raises many kinds on garbage or a cut header
         if not complete:
             return NeedMore(len(buf) * 2)
@@ -291,7 +371,7 @@ def _parse_head(buf: bytes, complete: bool) -> dict | NeedMore:
     result = _read(buf, complete)
     if isinstance(result, NeedMore):
         return result
-    ds, parse, data, syntax, has_meta, notes = result
+    ds, parse, data, whole, syntax, has_meta, notes = result
     cut = None
     if not parse.stopped:
         # pydicom parses a cut buffer silently. A parse that never passed the attributes read here
@@ -300,13 +380,17 @@ def _parse_head(buf: bytes, complete: bool) -> dict | NeedMore:
         if not complete:
             return NeedMore(len(buf) * 2)
         cut = parse.cut_at(data)
+    elif complete and whole:
+        # The whole file is in hand (a small file): the rest of its data set must end where the file
+        # ends too, or the file is cut (within an element's header or value, Pixel Data's included)
+        cut = _cut_after(data, parse.stop_at, ds.original_encoding[:2])
 
     record = _values(ds)
     has_ids = record["StudyInstanceUID"] or record["SeriesInstanceUID"] or record["SOPInstanceUID"]
     if not has_meta and not has_ids:
         raise NotDicom("not a DICOM file (no DICOM header found)")
     if cut is not None:
-        raise NotDicom(f"truncated DICOM file: it ends at byte {len(buf)} within its header ({cut})")
+        raise NotDicom(f"truncated DICOM file: it ends at byte {len(buf)} within its data set ({cut})")
     if not has_ids:
         raise NotDicom("DICOM file without study, series or instance UID (not an image, e.g. a DICOMDIR)")
     charset = ds.get_item(0x00080005)

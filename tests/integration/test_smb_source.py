@@ -200,18 +200,50 @@ def idle_client(source: SmbSource, rel: str = "flat/IM 0002.dcm"):
     return source._idle[0]
 
 
+def zombie(pid: int, timeout: float = 10) -> None:
+    """Wait until a signalled child has ended, without reaping it (its Popen is left to do that)."""
+    deadline = time.monotonic() + timeout
+    while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, f"process {pid} did not end"
+        time.sleep(0.02)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGKILL])
-def test_a_client_process_that_crashes_is_a_network_error_and_the_retry_works(smb_connection, smb_share_dir, sig,
-                                                                               caplog):
+def test_a_client_process_that_crashes_in_a_request_is_a_network_error_and_the_retry_works(
+        smb_connection, smb_share_dir, sig, caplog):
     source = SmbSource(smb_connection)
     client = idle_client(source)
-    os.kill(client.proc.pid, sig)
-    client.proc.wait(10)
+    os.kill(client.proc.pid, signal.SIGSTOP)  # alive when taken from the pool; crashes once the request is sent
+
+    def crash():
+        os.kill(client.proc.pid, sig)
+        os.kill(client.proc.pid, signal.SIGCONT)
+
+    timer = threading.Timer(0.5, crash)
+    timer.start()
     with pytest.raises(NasNetworkError, match=f"SMB client process ended \\(signal {sig.name}\\)"):
         source.read_head("flat/IM 0002.dcm", 8)
+    timer.join()
     assert f"signal {sig.name}" in caplog.text  # the log says so
     assert source.read_head("flat/IM 0002.dcm", 8) == disk(smb_share_dir, "flat/IM 0002.dcm", 8)
     assert source._idle[0] is not client
+    source.close()
+
+
+def test_idle_client_processes_that_crashed_cost_a_call_nothing(smb_connection, smb_share_dir, caplog):
+    source = SmbSource(smb_connection)
+    taken = [source._checkout("test") for _ in range(5)]  # five connected processes, then all idle in the pool
+    for client, generation in taken:
+        source._checkin(client, generation)
+    for client, _ in taken:
+        os.kill(client.proc.pid, signal.SIGSEGV)
+    for client, _ in taken:
+        zombie(client.proc.pid)
+    # no error, not even one to retry: the ended processes are dropped, a new one reads
+    assert source.read_head("flat/IM 0002.dcm", 8) == disk(smb_share_dir, "flat/IM 0002.dcm", 8)
+    assert len(source._idle) == 1 and source._idle[0] not in [c for c, _ in taken]
+    assert all(c.proc.returncode == -signal.SIGSEGV for c, _ in taken)  # waited for: no zombie left
+    assert caplog.text.count("idle SMB client process ended (signal SIGSEGV)") == 5
     source.close()
 
 

@@ -87,6 +87,31 @@ def test_truncated_header_is_an_error(tmp_path):
         record_of(p)
 
 
+@pytest.mark.parametrize("where, reason", [
+    (lambda d, px: px + 8, r"in an element header"),  # (7FE0,0010) OB, without its 4-byte length
+    (lambda d, px: px + 10, r"in an element header"),
+    (lambda d, px: px + 4, r"4 bytes of an element header"),
+    (lambda d, px: len(d) - 1, r"\(7FE0,0010\) at byte \d+ claims"),  # Pixel Data's value
+    (lambda d, px: px - 1, r"claims|bytes of an element header"),  # the element before Pixel Data
+])
+def test_a_whole_file_cut_after_the_attributes_is_truncated(tmp_path, where, reason):
+    p = write_dicom(tmp_path / "a.dcm")
+    data = p.read_bytes()
+    px = data.index(b"\xe0\x7f\x10\x00O")
+    p.write_bytes(data[:where(data, px)])
+    with pytest.raises(NotDicom, match=r"^truncated DICOM file: .*" + reason):
+        record_of(p)
+    p.write_bytes(data)
+    assert record_of(p)["SOPInstanceUID"]  # whole, it is read
+
+
+@pytest.mark.parametrize("padding", [1, 2, 7, 12])
+def test_bytes_after_pixel_data_are_not_a_cut(tmp_path, padding):
+    p = write_dicom(tmp_path / "a.dcm")
+    p.write_bytes(p.read_bytes() + b"\0" * padding)  # a writer's padding: pydicom reads the file too
+    assert record_of(p)["SOPInstanceUID"]
+
+
 def test_every_bundled_pydicom_file_is_read_or_refused_with_a_reason():
     outcomes = {"ok": 0, "refused": 0}
     for path in get_testdata_files():

@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import select
 import signal
 import socket
 import subprocess
@@ -145,6 +146,17 @@ class _Client:
         _, code, message, connected = answer
         raise SmbCallError(code, message, connected)
 
+    def ended(self) -> bool:
+        """Whether an idle process has ended (crashed, killed, or exited after IDLE_EXIT): it is not reused.
+
+        An idle process never writes unasked, so its end of the socket being readable (EOF) means it is gone.
+        """
+        if self.proc.poll() is not None:
+            return True
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(0))
+
     def close(self, kill: bool = False) -> None:
         _end([self], kill)
 
@@ -203,18 +215,29 @@ class SmbSource:
 
     # -- connections ----------------------------------------------------------
     def _checkout(self, what: str) -> tuple[_Client, int]:
-        """An idle client process from the pool, or a new one (it connects at its first request)."""
-        stale = []
+        """An idle client process from the pool, or a new one (it connects at its first request).
+
+        A pooled process that ended while idle (a crash, a kill) is dropped here, not used: its failure
+        must not cost the call one of its retries, however many of them the pool holds.
+        """
+        stale, ended = [], []
         try:
             with self._lock:
                 generation = self._generation
                 while self._idle:
                     client = self._idle.pop()
-                    if self._fresh(client, time.monotonic()):
+                    if client.ended():
+                        ended.append(client)
+                    elif self._fresh(client, time.monotonic()):
                         return client, generation
-                    stale.append(client)  # the sweeper was about to close it
+                    else:
+                        stale.append(client)  # the sweeper was about to close it
         finally:
-            _end(stale)
+            _end(stale + ended)
+            for client in ended:
+                if client.proc.returncode != 0:  # 0: it exited after IDLE_EXIT, as it should
+                    log.warning("NAS: an idle SMB client process ended (%s); it is replaced by a new one",
+                                _exit_reason(client.proc.returncode))
         try:
             return _Client(self), generation
         except OSError as exc:
