@@ -335,7 +335,7 @@ class Retrievals:
         from pynetdicom import evt
         from pynetdicom.status import code_to_category
 
-        from .dicom.pynetdicom_internals import sender_only
+        from .dicom.pynetdicom_internals import prompt, sender_only
         from .dicom.retrieve import contexts_for, no_delay, unsendable
 
         ae = new_ae(self.calling_aet())
@@ -347,6 +347,7 @@ class Retrievals:
             assoc = ae.associate(peer.Host, peer.Port, ae_title=peer.AET, evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)])
             if assoc.is_established:
                 sender_only(assoc)  # the DICOM node's fix of pynetdicom's reactor race (see there)
+                prompt(assoc)  # responses read at once, not after pynetdicom's idle 1 ms
             else:
                 job.fail(key, f"{peer.AET} at {peer.Host}:{peer.Port} refused or did not answer the association "
                               f"for series {key}", len(files))

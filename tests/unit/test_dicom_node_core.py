@@ -128,6 +128,9 @@ def test_the_pynetdicom_internals_the_node_relies_on_are_still_there():
     assert list(inspect.signature(DIMSEServiceProvider.get_msg).parameters) == ["self", "block"]
     everything = inspect.getsource(__import__("pynetdicom.association", fromlist=["x"]))
     assert everything.count("get_msg(block=False)") == 1
+    # `pynetdicom_internals.prompt`: the DUL reactor sleeps `_run_loop_delay` when idle
+    from pynetdicom.dul import DULServiceProvider
+    assert "time.sleep(self._run_loop_delay)" in inspect.getsource(DULServiceProvider.run_reactor)
 
 
 def test_the_reader_keeps_its_order_and_bounds_what_it_holds(tmp_path, monkeypatch):

@@ -34,7 +34,7 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from ..errors import NasError, NasNetworkError
 from ..indexer import with_retries
 from .audit import Retrieval, RetrievalAudit
-from .pynetdicom_internals import sender_only
+from .pynetdicom_internals import prompt, sender_only
 from .query import IMAGE, UNIQUE_KEYS, QueryError, parse, rows
 
 log = logging.getLogger("orthanc_nas")
@@ -198,6 +198,7 @@ class Stores:
 
     def on_accepted(self, event) -> None:
         sender_only(event.assoc)
+        prompt(event.assoc)  # only sends, and ends with the retrieval
         self.assoc = event.assoc
 
     def on_recv(self, event) -> None:
@@ -231,6 +232,7 @@ class Retriever:
                        else str(destination)).strip()
         record = self._record(event, "C-MOVE", destination)
         stores = None
+        idle = prompt(event.assoc)  # its pending responses go out at once; back to pynetdicom's pace after
         try:
             peer = self.peers.destination(destination)
             if peer is None:
@@ -249,6 +251,7 @@ class Retriever:
             yield len(files)
             yield from self._send(event, files, record, stores, lambda: stores.assoc)
         finally:
+            prompt(event.assoc, idle)
             self._finish(record, stores)
 
     def on_get(self, event, patient_root: bool):
@@ -256,12 +259,14 @@ class Retriever:
         record = self._record(event, "C-GET", None)
         stores = Stores()
         self._gets[id(event.assoc)] = stores
+        idle = prompt(event.assoc)  # C-STORE responses read at once; back to pynetdicom's pace after
         try:
             record.destination = record.caller_aet
             files = self._select(event, patient_root, record)
             yield len(files)
             yield from self._send(event, files, record, stores, lambda: event.assoc)
         finally:
+            prompt(event.assoc, idle)
             self._gets.pop(id(event.assoc), None)
             self._finish(record, stores)
 
