@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .errors import NasError, NasNetworkError, NotFound
-from .indexer import with_retries
 from .jobs import CANCELLED, DONE, FAILED, MAX_SAMPLES, ORTHANC, PENDING, RUNNING, JobStore
 from .viewers import OrthancSeries, viewer_links
 
@@ -425,14 +424,6 @@ def raw_reader() -> type:
     from .dicom.retrieve import NasReader
 
     class RawReader(NasReader):
-        def _read(self, item) -> bytes:
-            def whole_file() -> bytes:
-                fh = self.source.open(item.path)
-                try:
-                    return fh.read()
-                finally:
-                    fh.close()
-
-            return with_retries(whole_file, stop=self.stop, within=self.within)
+        _read = NasReader._bytes
 
     return RawReader

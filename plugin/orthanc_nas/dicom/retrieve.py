@@ -126,7 +126,8 @@ class NasReader:
         self.in_flight = max(1, in_flight)
         self.within = within
 
-    def _read(self, item: Instance) -> Dataset:
+    def _bytes(self, item: Instance) -> bytes:
+        """The file as stored on the NAS, with the indexer's retries, within `within` seconds."""
         def whole_file() -> bytes:
             fh = self.source.open(item.path)
             try:
@@ -134,8 +135,10 @@ class NasReader:
             finally:
                 fh.close()
 
-        data = with_retries(whole_file, stop=self.stop, within=self.within)
-        ds = dcmread(io.BytesIO(data), force=True)
+        return with_retries(whole_file, stop=self.stop, within=self.within)
+
+    def _read(self, item: Instance) -> Dataset:
+        ds = dcmread(io.BytesIO(self._bytes(item)), force=True)
         if str(ds.get("SOPInstanceUID", "")) != item.sop_instance:
             raise ValueError("the file changed on the NAS since it was indexed (another SOP Instance UID)")
         meta = getattr(ds, "file_meta", None)
