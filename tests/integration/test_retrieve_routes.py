@@ -187,7 +187,9 @@ def imported_rows(tmp_path) -> list[dict]:
 
 def test_retention_deletes_only_what_the_plugin_imported_unchanged(tmp_path, nas):
     there_before = sorted((nas / "P1" / "2024").iterdir())[0]
-    server = start(tmp_path, nas, nas={"ImportRetentionHours": 3 / 3600},  # 3 seconds
+    # 30 seconds: long enough that no sweep can come before the user's change below, even on a busy
+    # machine (with 3 s, the first instances imported could be swept while the job was still ending)
+    server = start(tmp_path, nas, nas={"ImportRetentionHours": 30 / 3600},
                    extra={"OverwriteInstances": True})
     try:
         server.index()
@@ -210,7 +212,7 @@ def test_retention_deletes_only_what_the_plugin_imported_unchanged(tmp_path, nas
         ds.save_as(buffer)
         assert server.post("/instances", data=buffer.getvalue()).ok
         assert len(imported_rows(tmp_path)) == 4
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while imported_rows(tmp_path) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert imported_rows(tmp_path) == []
