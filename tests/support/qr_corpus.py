@@ -105,7 +105,7 @@ def rows_of(paths: list[Path], series: str) -> list[dict]:
                 "BodyPartExamined", "InstanceNumber", "SOPInstanceUID", "SOPClassUID"]
     rows = []
     for path in paths:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)  # also files without a meta group
         values = {k: ds.get(k) for k in keywords}
         rows.append({k: (None if v is None or v == "" else v if isinstance(v, int) else str(v))
                      for k, v in values.items()} | {"path": str(path), "series": series})

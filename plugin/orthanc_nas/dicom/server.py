@@ -31,7 +31,7 @@ from ..errors import NotFound
 from .audit import RetrievalAudit
 from .peers import Peers
 from .query import QueryError, answer, parse, rows
-from .retrieve import CANCELLED, PENDING, Retriever, no_delay
+from .retrieve import CANCELLED, PENDING, Cancels, Retriever, no_delay
 
 log = logging.getLogger("orthanc_nas")
 
@@ -64,7 +64,8 @@ class DicomNode:
         self.peers = peers
         self.audit = audit
         self._stop = threading.Event()
-        self.retriever = Retriever(catalog, source, peers, audit, self._stop)
+        self.cancels = Cancels()
+        self.retriever = Retriever(catalog, source, peers, audit, self._stop, self.cancels)
         self.server = None
 
     @property
@@ -95,6 +96,7 @@ class DicomNode:
             (evt.EVT_C_MOVE, self._on_move),
             (evt.EVT_C_GET, self._on_get),
             (evt.EVT_DIMSE_RECV, self.retriever.on_recv),
+            (evt.EVT_DIMSE_RECV, self.cancels.on_recv),
         ]
         host, port = self.settings.Host, self.settings.Port
         try:
@@ -143,7 +145,7 @@ class DicomNode:
         except NotFound:  # no index yet: nothing matches
             return
         for row in rows(conn, query):
-            if event.is_cancelled:
+            if self.cancels.cancelled(event):
                 yield CANCELLED, None
                 return
             yield PENDING, answer(query, row, self.settings.AET)
