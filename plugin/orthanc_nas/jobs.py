@@ -152,17 +152,21 @@ class JobStore:
         return cur.rowcount + (self.orphaned() if self.engine.shared else 0)
 
     def orphaned(self) -> int:
-        """Mark failed the live jobs of other nodes that stopped beating `LEASE` seconds ago; how many."""
+        """Mark failed the live jobs no node beat for `LEASE` seconds (their node was killed, or is gone for
+        good; or this node could not mark its own at start); returns how many."""
         now = self.clock()
         return self._conn().execute(
-            "UPDATE jobs SET state=?, finished_at=?, failure=? WHERE state IN (?, ?) AND node<>? "
+            "UPDATE jobs SET state=?, finished_at=?, failure=? WHERE state IN (?, ?) "
             "AND coalesce(heartbeat, created_at) < ?",
-            (FAILED, now, json.dumps(NODE_GONE), PENDING, RUNNING, self.node, now - LEASE)).rowcount
+            (FAILED, now, json.dumps(NODE_GONE), PENDING, RUNNING, now - LEASE)).rowcount
 
-    def beat(self) -> None:
-        """This node still runs its live jobs (see `orphaned`)."""
-        self._conn().execute("UPDATE jobs SET heartbeat=? WHERE node=? AND state IN (?, ?)",
-                             (self.clock(), self.node, PENDING, RUNNING))
+    def beat(self, job_ids: Sequence[str]) -> None:
+        """This node still runs these jobs (see `orphaned`)."""
+        ids = list(job_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            self._conn().execute(f"UPDATE jobs SET heartbeat=? WHERE id IN ({','.join('?' * len(chunk))}) "
+                                 "AND state IN (?, ?)", (self.clock(), *chunk, PENDING, RUNNING))
 
     def cancels_asked(self) -> list[str]:
         """The ids of this node's live jobs that a node asked to cancel."""
@@ -268,8 +272,8 @@ class JobStore:
 
 
 class JobWatch:
-    """A thread of one node, every `WATCH` seconds: while `live()` names jobs of this node, `cancel(id)`
-    those a node asked to cancel, and `JobStore.beat` every `BEAT` seconds; with several nodes,
+    """A thread of one node, every `WATCH` seconds: while `live()` names jobs this node runs or queues,
+    `cancel(id)` those a node asked to cancel, and `JobStore.beat` them every `BEAT` seconds; with several nodes,
     `JobStore.orphaned` every `SWEEP_EVERY` seconds. Database trouble is logged; the next turn tries again."""
 
     def __init__(self, jobs: JobStore, live: Callable[[], Sequence[str]], cancel: Callable[[str], None]):
@@ -282,16 +286,16 @@ class JobWatch:
         return self
 
     def _loop(self) -> None:
-        beaten = swept = time.monotonic()
+        beaten, swept = time.monotonic(), 0.0
         while not self._stop.wait(WATCH):
             now = time.monotonic()
             try:
-                if self.live():
+                if live := self.live():
                     for job_id in self.jobs.cancels_asked():
                         self.cancel(job_id)
                     if now - beaten >= BEAT:
                         beaten = now
-                        self.jobs.beat()
+                        self.jobs.beat(live)
                 if self.jobs.engine.shared and now - swept >= SWEEP_EVERY:
                     swept = now
                     if failed := self.jobs.orphaned():

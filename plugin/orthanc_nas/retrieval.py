@@ -32,6 +32,7 @@ from typing import Protocol
 
 from .errors import NasError, NasNetworkError, NotFound
 from .jobs import CANCELLED, DONE, FAILED, MAX_SAMPLES, ORTHANC, RUNNING, JobStore, JobWatch
+from .store import DatabaseUnavailable
 from .viewers import OrthancSeries, viewer_links
 
 log = logging.getLogger("orthanc_nas")
@@ -134,7 +135,11 @@ class Retrievals:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max(1, max_running), thread_name_prefix="nas-job")
         self._storers = ThreadPoolExecutor(STORE_IN_FLIGHT * max(1, max_running), thread_name_prefix="nas-store")
-        failed = store.interrupted()
+        try:
+            failed = store.interrupted()
+        except DatabaseUnavailable as exc:  # PostgreSQL down at start: the watch's sweep marks them later
+            log.warning("jobs of retrieval cut off by a stop of Orthanc not marked yet: %s", exc.message)
+            failed = 0
         if failed:
             log.warning("%d job(s) of retrieval were cut off by a stop of Orthanc: marked failed", failed)
         self._watch = JobWatch(store, lambda: list(self._jobs), self._cancel_here).start()
