@@ -145,10 +145,11 @@ class JobStore:
     def interrupted(self) -> int:
         """At start: mark failed the live jobs a stop of this node cut off (on SQLite: every live job, this
         node is the only one), and with several nodes those of gone nodes (`orphaned`); returns how many."""
-        own = " AND node IN (?, '')" if self.engine.shared else ""  # '': a job made before nodes were recorded
-        cur = self._conn().execute(f"UPDATE jobs SET state=?, finished_at=?, failure=? WHERE state IN (?, ?){own}",
-                                   (FAILED, self.clock(), json.dumps(STOPPED_HERE), PENDING, RUNNING,
-                                    *((self.node,) if own else ())))
+        where, args = "state IN (?, ?)", [PENDING, RUNNING]
+        if self.engine.shared:
+            where, args = where + " AND node IN (?, '')", [*args, self.node]  # '': made before nodes were recorded
+        cur = self._conn().execute(f"UPDATE jobs SET state=?, finished_at=?, failure=? WHERE {where}",
+                                   (FAILED, self.clock(), json.dumps(STOPPED_HERE), *args))
         return cur.rowcount + (self.orphaned() if self.engine.shared else 0)
 
     def orphaned(self) -> int:

@@ -1,16 +1,18 @@
 """Jobs of retrieval: NAS series copied into this Orthanc, or sent to a DICOM modality (`POST /nas/retrieve`).
 
 Jobs run in the background on the node that accepted them, at most `MAX_RUNNING` at once per node;
-more wait there as `pending` in the order they came (with several nodes, each node has its own limit and
-queue; every node lists and cancels all jobs, see `jobs`). Files are read from the NAS `IN_FLIGHT` at a time ahead of the one being stored or sent, with
-the indexer's retries, each within `READ_WITHIN` seconds (the DICOM node's `NasReader`). When the NAS
-stops answering (`NAS_GONE_AFTER` files in a row not given for network reasons) the job ends `failed`
-with the rest counted as failed: it never hangs. `DELETE /nas/jobs/{id}` ends a job at the next file (on another node: within `jobs.WATCH` seconds more).
+more wait there as `pending` in the order they came (with several nodes each node has its own limit and
+queue; every node lists and cancels every job, see `jobs`). Files are read from the NAS `IN_FLIGHT` at a
+time ahead of the one being stored or sent, with the indexer's retries, each within `READ_WITHIN` seconds
+(the DICOM node's `NasReader`). When the NAS stops answering (`NAS_GONE_AFTER` files in a row not given
+for network reasons) the job ends `failed` with the rest counted as failed: it never hangs.
+`DELETE /nas/jobs/{id}` ends a job at the next file (asked on another node: once the running node has
+read it, within `jobs.WATCH` seconds).
 
 Into Orthanc: before a file is read, Orthanc is asked whether it has that SOP Instance UID; if it does,
 the file is skipped. The bytes of the others are handed to `OrthancHost.store` (the glue posts them to
-Orthanc's REST API in-process). Each instance Orthanc did not have is recorded (`jobs.JobStore.imported`) for
-`ImportRetentionHours`; on an Orthanc with labels (1.12+, found from `/system`), its series gets the
+Orthanc's REST API in-process). Each instance Orthanc did not have is recorded (`JobStore.imported`)
+for `ImportRetentionHours`; on an Orthanc with labels (1.12+, found from `/system`), its series gets the
 label `LABEL`.
 
 To a modality: C-STORE (PS3.4 B.2) with pynetdicom, one association per series, files sent as read
