@@ -6,8 +6,9 @@ The search benchmark's index (`--files` files in series of `--series-size`, `ben
 `fill` and upgrade) in SQLite, copied into a private PostgreSQL cluster (tests/support/postgres.py) by
 the `migrate` command's code and ANALYZEd. The STUDY and SERIES queries of `bench/dicom_bench.py` run
 `--runs` times each on each engine, with `ModalitiesInStudy` matched both ways in the same process, run
-by run in turn: the previous form (`s.StudyInstanceUID IN (SELECT … WHERE m.Modality IN …)`) and the
-current one (`query.MODALITIES_IN_STUDY`). `--load N` keeps N busy processes running meanwhile (a loaded machine).
+by run in turn: `IN` (`s.StudyInstanceUID IN (SELECT … WHERE m.Modality IN …)`: the previous form, and
+PostgreSQL's) and `EXISTS` (a correlated subquery: SQLite's now; see `store.Dialect.modalities_in_study`).
+Statements run as the plugin runs them (psycopg prepares one run 5 times on a connection). `--load N` keeps N busy processes running meanwhile (a loaded machine).
 Prints p50/p95 in ms and the query plans of the date range + ModalitiesInStudy query (SQLite's EXPLAIN
 QUERY PLAN, PostgreSQL's EXPLAIN ANALYZE).
 """
@@ -30,13 +31,12 @@ from pydicom.dataset import Dataset  # noqa: E402
 from corpus import plan_corpus  # noqa: E402
 from orthanc_nas import store  # noqa: E402
 from orthanc_nas.catalog import Catalog  # noqa: E402
-from orthanc_nas.dicom import query as query_module  # noqa: E402
 from orthanc_nas.dicom.query import answer, parse, rows, sql  # noqa: E402
 from orthanc_nas.moving import copy_data_directory  # noqa: E402
 from search_bench import fill, percentiles, upgrade  # noqa: E402
 
-PREVIOUS = "s.StudyInstanceUID IN (SELECT m.StudyInstanceUID FROM series m WHERE m.Modality IN ({marks}))"
-FORMS = {"before": PREVIOUS, "after": query_module.MODALITIES_IN_STUDY}
+#: the forms of ModalitiesInStudy: the previous one on both engines, the one SQLite now has
+FORMS = {"IN": store.PgDialect.modalities_in_study, "EXISTS": store.Dialect.modalities_in_study}
 
 
 def identifier(level: str, keys: dict) -> Dataset:
@@ -57,12 +57,13 @@ def time_forms(conn, ds: Dataset, forms: list[str], runs: int) -> tuple[dict[str
     count = 0
     for i in range(runs + 3):
         for form in forms:
-            query_module.MODALITIES_IN_STUDY = FORMS[form]
+            store.dialect(conn).modalities_in_study = FORMS[form]
             started = time.perf_counter()
             query = parse(ds, patient_root=False)
             count = len([answer(query, row, "NAS") for row in rows(conn, query)])
             if i >= 3:
                 samples[form].append(time.perf_counter() - started)
+    del store.dialect(conn).modalities_in_study  # the class's own again
     return {form: percentiles(found) for form, found in samples.items()}, count
 
 
@@ -123,16 +124,17 @@ def main() -> int:
             conn = Catalog(str(work), engine).reader()
             for level, what, keys in queries:
                 ds = identifier(level, keys)
-                timed, count = time_forms(conn, ds, ["before", "after"] if "ModalitiesInStudy" in keys else ["after"],
+                timed, count = time_forms(conn, ds, list(FORMS) if "ModalitiesInStudy" in keys else ["EXISTS"],
                                           args.runs // 10 if what == "modality alone" else args.runs)
                 figures = [f"{form} p50 {p50:6.1f} ms  p95 {p95:6.1f} ms" for form, (p50, p95) in timed.items()]
                 print(f"  {engine_name:10s} {level:6s} {what:24s} {count:5d} answers  {';  '.join(figures)}")
             ds = identifier("STUDY", queries[1][2])
-            for form in ("before", "after"):
-                query_module.MODALITIES_IN_STUDY = FORMS[form]
+            for form in FORMS:
+                store.dialect(conn).modalities_in_study = FORMS[form]
                 print(f"  {engine_name} plan of the date range + modality, {form}:")
                 for step in plans(conn, ds):
                     print(f"    {step}")
+            del store.dialect(conn).modalities_in_study
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
     finally:
         stop.set()

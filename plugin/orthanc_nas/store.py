@@ -12,9 +12,9 @@ SQLite's dialect with `?` placeholders. Where PostgreSQL differs, the difference
 - the schema version: SQLite's `PRAGMA user_version` in each file; on PostgreSQL one database holds every
   part, each part's version a row of `nas_migrations`, migrations serialised by an advisory lock;
 - search (`Dialect.contains`): SQLite's `instr`, PostgreSQL's `LIKE '%…%'` that a pg_trgm index serves;
-- the DICOM node's matching (`Dialect.glob`, `fold_name`, `time_value`, `group_concat`): SQLite's `GLOB`
-  and the Python functions `query.prepare` adds to a connection; PostgreSQL's `LIKE`, `lower` and
-  string functions;
+- the DICOM node's matching (`Dialect.glob`, `fold_name`, `time_value`, `group_concat`,
+  `modalities_in_study`): SQLite's `GLOB` and the Python functions `query.prepare` adds to a connection;
+  PostgreSQL's `LIKE`, `lower` and string functions; each engine's best form of `ModalitiesInStudy`;
 - a lost database (`DatabaseUnavailable`, 503 kind `database`): the pool reconnects by itself.
 
 PostgreSQL's connection string is libpq's (`postgresql://user@host:5432/dbname`); the password may be
@@ -110,6 +110,13 @@ class Dialect:
         """The distinct values of a group joined by `,`."""
         return f"group_concat(DISTINCT {expression})"
 
+    #: `ModalitiesInStudy` matching: a series of the same study has one of the modalities (`{marks}`: the
+    #: placeholders). SQLite: a correlated EXISTS, so the planner starts from the other keys (a date range
+    #: through `series_by_date`) and checks each study through `series_by_study`; as an `IN (SELECT …)` it
+    #: read every series of the modality first (docs/performance.md, "C-FIND")
+    modalities_in_study = ("EXISTS (SELECT 1 FROM series m WHERE m.StudyInstanceUID = s.StudyInstanceUID "
+                           "AND m.Modality IN ({marks}))")
+
 
 class PgDialect(Dialect):
     name = POSTGRESQL
@@ -146,6 +153,12 @@ class PgDialect(Dialect):
 
     def group_concat(self, expression: str) -> str:
         return f"string_agg(DISTINCT {expression}, ',')"
+
+    # PostgreSQL turns the IN into a semi-join planned from its statistics; the EXISTS above is as fast
+    # planned alone, but psycopg prepares a statement run 5 times and the generic plan of the EXISTS
+    # reads the date range blind (8 ms against 1 ms, docs/performance.md)
+    modalities_in_study = ("s.StudyInstanceUID IN (SELECT m.StudyInstanceUID FROM series m "
+                           "WHERE m.Modality IN ({marks}))")
 
 
 def _like_literal(text: str) -> str:
