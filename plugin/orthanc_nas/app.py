@@ -67,7 +67,7 @@ class NasApp:
         self.dicom_node = None  # the DICOM node (`start_dicom_node`), when DicomServer.Enabled
         self._dicom_audit = None  # its audit read without the node (`dicom_audit`)
         self._dicom_audit_lock = threading.Lock()
-        self.jobs = JobStore(self.settings.DataDirectory)
+        self.jobs = JobStore(self.settings.DataDirectory, engine=self.engine)  # shared by the nodes on PostgreSQL
         self.retrievals: Retrievals | None = None  # jobs of retrieval (`start_retrievals`), inside Orthanc
         self.retention: RetentionSweeper | None = None
 
