@@ -126,7 +126,8 @@ def main() -> int:
                 ds = identifier(level, keys)
                 timed, count = time_forms(conn, ds, list(FORMS) if "ModalitiesInStudy" in keys else ["EXISTS"],
                                           args.runs // 10 if what == "modality alone" else args.runs)
-                figures = [f"{form} p50 {p50:6.1f} ms  p95 {p95:6.1f} ms" for form, (p50, p95) in timed.items()]
+                figures = [f"{form if 'ModalitiesInStudy' in keys else ''} p50 {p50:6.1f} ms  p95 {p95:6.1f} ms"
+                           for form, (p50, p95) in timed.items()]
                 print(f"  {engine_name:10s} {level:6s} {what:24s} {count:5d} answers  {';  '.join(figures)}")
             ds = identifier("STUDY", queries[1][2])
             for form in FORMS:
