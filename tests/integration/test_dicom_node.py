@@ -16,7 +16,7 @@ from tests.support.dcmtk import StoreSCP, body, find, run
 from tests.support.dicom import write_series
 from tests.support.odd_files import CT_IMAGE, base
 from tests.support.orthanc import OrthancServer, free_port
-from tests.support.qr_corpus import PATIENTS, expected, rows_of, write_qr_corpus
+from tests.support.qr_corpus import PATIENTS, QUERIES, expected, rows_of, write_qr_corpus
 
 pytestmark = pytest.mark.integration
 LONG = 300  # files of the series a move is cancelled in
@@ -102,35 +102,6 @@ def test_known_callers_are_accepted_and_unknown_ones_rejected(node):
 
 
 # -- C-FIND: every level and matching rule against answers computed from the corpus -------------
-QUERIES = [
-    ("-S", "STUDY", {}),
-    ("-S", "STUDY", {"PatientName": "DOE*"}),  # wild card, case-insensitive for names: DOE^JOHN and doe^jane
-    ("-S", "STUDY", {"PatientName": "müller^jürgen"}),  # single value, accents, other case
-    ("-S", "STUDY", {"PatientName": "*zo?"}),
-    ("-S", "STUDY", {"StudyDate": "20240105"}),
-    ("-S", "STUDY", {"StudyDate": "20240101-"}),
-    ("-S", "STUDY", {"StudyDate": "-20231231"}),
-    ("-S", "STUDY", {"StudyDate": "20231101-20231130"}),
-    ("-S", "STUDY", {"StudyTime": "080000-120000"}),
-    ("-S", "STUDY", {"AccessionNumber": "ACC?"}),
-    ("-S", "STUDY", {"StudyDescription": "CT*"}),
-    ("-S", "STUDY", {"StudyDescription": "ct*"}),  # case-sensitive for anything but names
-    ("-S", "STUDY", {"PatientID": "PAT2", "StudyDate": "20240101-"}),
-    ("-S", "STUDY", {"ModalitiesInStudy": "MR"}),
-    ("-S", "STUDY", {"ReferringPhysicianName": "lefèvre*"}),
-    ("-S", "STUDY", {"InstitutionName": "H*"}),
-    ("-P", "PATIENT", {}),
-    ("-P", "PATIENT", {"PatientName": "DOE*"}),
-    ("-P", "PATIENT", {"PatientBirthDate": "19700101-19991231"}),
-    ("-P", "PATIENT", {"PatientSex": "F"}),
-    ("-P", "STUDY", {"PatientID": "PAT2"}),
-    ("-S", "SERIES", {"Modality": "MR"}),
-    ("-S", "SERIES", {"SeriesNumber": "2"}),
-    ("-S", "SERIES", {"BodyPartExamined": "KNEE", "StudyDate": "20220101-"}),
-    ("-S", "SERIES", {"SeriesDescription": "AX?AL"}),
-]
-
-
 @pytest.mark.parametrize("model, level, query", QUERIES, ids=lambda v: str(v))
 def test_find_matches_as_the_standard_says(node, tmp_path, model, level, query):
     unique = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID"}[level]
