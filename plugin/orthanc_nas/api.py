@@ -100,9 +100,28 @@ def create_share(app, request: Request) -> Response:
     return json_response(answer, 201)
 
 
+#: series of each share described in `GET /nas/shares`' `about`
+SHARE_ABOUT = 3
+ABOUT_FIELDS = ("PatientName", "PatientID", "StudyDate", "StudyDescription", "SeriesNumber", "SeriesDescription",
+                "Modality")
+
+
 @router.route("GET", "/nas/shares")
 def list_shares(app, request: Request) -> Response:
-    return json_response(app.shares.list())
+    """Every share, newest first (`ShareStore.list`), each with `about`: its first SHARE_ABOUT series still
+    in the index, as `ABOUT_FIELDS` (fewer, or [], for series gone from the index or without an index), so
+    that links without a label can be told apart."""
+    shares = app.shares.list()
+    wanted = {key for share in shares for key in share["series"][:SHARE_ABOUT]}
+    try:
+        rows = app.catalog.series_rows(sorted(wanted)) if wanted and app.catalog.exists() else {}
+    except NasError as exc:  # the index's database is down: the links are listed all the same
+        log.warning("shares listed without what they hold: %s", exc.message)
+        rows = {}
+    for share in shares:
+        share["about"] = [{name: rows[key][name] for name in ABOUT_FIELDS}
+                          for key in share["series"][:SHARE_ABOUT] if key in rows]
+    return json_response(shares)
 
 
 @router.route("DELETE", "/nas/shares/([^/]+)")
