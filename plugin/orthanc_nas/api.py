@@ -215,7 +215,7 @@ def _retrievals(app):
     return app.retrievals
 
 
-# Orthanc hands `/nas/app/` over as `/nas/app` (1.10 and 1.12 alike), so the two cannot be told apart, and a
+# Orthanc hands `/nas/app/` over as `/nas/app` (1.10 to 1.13 alike), so the two cannot be told apart, and a
 # relative Location means something else from each. A reverse proxy that names the prefix it mounts Orthanc
 # under (X-Forwarded-Prefix; none for Orthanc reached directly) gets one redirection to the panel. Otherwise
 # both are sent on to "index.html", which from `/nas/app/` is the panel and from `/nas/app` is

@@ -228,7 +228,7 @@ def test_the_panel_takes_one_redirection_behind_a_proxy_that_names_its_prefix(or
 
 
 def test_orthanc_answers_head_and_405_itself(orthanc):
-    """What a plugin cannot change: Orthanc (1.10 to 1.12) hands HEAD only to WebDAV, which the Python
+    """What a plugin cannot change: Orthanc (1.10 to 1.13) hands HEAD only to WebDAV, which the Python
     plugin cannot register (a 404 for every other address, its own too), and sends a 405 only through
     its own call, without body (SendHttpStatus refuses the status). The router answers both in full for
     callers in the same process (tests/unit/test_router.py)."""
