@@ -209,7 +209,7 @@ def get_patient_series(app, request: Request, patient_id: str) -> Response:
     return json_response(patient_series(app.catalog.reader(), unquote(patient_id)))
 
 
-@router.route("GET", "/nas/dicom/retrievals")
+@router.route("GET", "/nas/dicom/retrievals", query=("limit",))
 def list_dicom_retrievals(app, request: Request) -> Response:
     """The DICOM node's audit: its C-MOVEs and C-GETs, newest first (`limit`, 1 to 1000, default 100)."""
     from .dicom.audit import listed, parse_listing
