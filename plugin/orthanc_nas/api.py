@@ -8,7 +8,6 @@ from urllib.parse import unquote, urlencode
 
 from .allowed import check_web_connection
 from .archive import content_disposition, series_archive
-from .config import parse_web_connection, parse_web_settings
 from .errors import BadRequest, ConfigError, NasError, NotFound, NotSupported, shown
 from .http import ANY_QUERY, Request, Response, Router, json_response
 from .jobs import ORTHANC, parse_retrieve_request
@@ -18,6 +17,7 @@ from .search import SEARCH_PARAMETERS, SearchParams, patient_series, search, ser
 from .shares import parse_share_request
 from .sources.scope import parse_folder
 from .status import iso
+from .web_config import parse_web_connection, parse_web_settings
 
 log = logging.getLogger("orthanc_nas")
 

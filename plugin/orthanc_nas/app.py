@@ -11,7 +11,7 @@ from .allowed import check_web_connection
 from .catalog import Catalog
 from .cluster import ClusterRun
 from .cluster_indexing import ClusterHelper
-from .config import SAVED_CONFIG_NAME, Connection, Settings, load_saved_connection, save_connection
+from .config import Connection, Settings
 from .errors import ConfigError
 from .indexer import Indexer
 from .jobs import JobStore
@@ -25,6 +25,7 @@ from .shares import ShareStore
 from .sources import Source, open_source
 from .status import IndexStatus
 from .store import DatabaseUnavailable, open_engine
+from .web_config import SAVED_CONFIG_NAME, load_saved_connection, save_connection
 
 log = logging.getLogger("orthanc_nas")
 

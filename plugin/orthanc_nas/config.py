@@ -7,12 +7,10 @@ configuration error fails closed and loudly.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import threading
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .errors import ConfigError
@@ -24,7 +22,6 @@ CONNECTION_TYPES = ("local", "smb")
 ENUMERATORS = ("auto", "scandir", "robocopy", "powershell")
 DEFAULT_WORKERS = 12
 MIN_WORKERS, MAX_WORKERS = 1, 64
-SAVED_CONFIG_NAME = "nas-config.json"
 #: NetApp, Synology, QNAP, Windows and Linux snapshot and recycle folders (SPEC "Configuration")
 DEFAULT_EXCLUDED_FOLDERS = (".snapshot", "~snapshot", "@eaDir", "#recycle", "#snapshot", "$RECYCLE.BIN",
                             "System Volume Information", ".Trash-*")
@@ -140,40 +137,30 @@ class Settings:
         return replace(self, Connection=connection, Workers=self.Workers if workers is None else workers)
 
 
-# key -> accepted JSON types
-_CONNECTION_KEYS: dict[str, tuple[type, ...]] = {
-    "Type": (str,), "Path": (str,), "Host": (str,), "Share": (str,),
-    "Username": (str,), "Password": (str,), "Domain": (str,), "Port": (int,),
-}
-_SHARE_SERVER_KEYS: dict[str, tuple[type, ...]] = {"Host": (str,), "Port": (int,), "PublicUrl": (str, type(None)),
-                                                   "TrustedProxy": (str, type(None))}
-_DICOM_SERVER_KEYS: dict[str, tuple[type, ...]] = {
-    "Enabled": (bool,), "AET": (str,), "Port": (int,), "Host": (str, type(None)),
-    "AllowedCallers": (str, list, type(None)), "Destinations": (dict,), "MaxAssociations": (int,),
-    "RegisterInOrthanc": (bool,),
-}
-_TOP_KEYS: dict[str, tuple[type, ...]] = {
-    "Connection": (dict,),
-    "DataDirectory": (str,),
-    "Workers": (int,),
-    "Enumerator": (str,),
-    "DefaultShareHours": (int, float),
-    "MaxShareHours": (int, float),
-    "ShareServer": (dict,),
-    "Schedule": (str, type(None)),
-    "Throttle": (dict, type(None)),
-    "ExcludedFolders": (list,),
-    "SkippedExtensions": (list,),
-    "DicomServer": (dict,),
-    "AllowedRoots": (list, str),
-    "AllowedHosts": (list, str),
-    "Database": (dict,),
-    "ImportRetentionHours": (int, float, type(None)),
-}
-_DATABASE_KEYS: dict[str, tuple[type, ...]] = {"Type": (str,), "Url": (str,), "Password": (str,)}
+# The dataclasses above are the one declaration of each setting: its name, its default and, from its
+# annotation, the JSON types it accepts (a tuple is a JSON list, a settings class a JSON object).
+_JSON_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
+                                            "dict": (dict,), "list": (list,), "None": (type(None),)}
 
 
-def _check_object(obj: Any, keys: dict, where: str) -> None:
+def _json_types(annotation: Any) -> tuple[type, ...]:
+    name = annotation if isinstance(annotation, str) else annotation.__name__
+    accepted: list[type] = []
+    for part in (p.strip() for p in name.split("|")):
+        accepted += _JSON_TYPES.get("list" if part.startswith("tuple[") else part, (dict,))
+    return tuple(dict.fromkeys(accepted))
+
+
+def _keys(settings_class: type) -> dict[str, tuple[type, ...]]:
+    """Each setting of a settings dataclass → the JSON types it accepts."""
+    return {f.name: _json_types(f.type) for f in fields(settings_class)}
+
+
+TOP_KEYS, _CONNECTION_KEYS = _keys(Settings), _keys(Connection)
+_SHARE_SERVER_KEYS, _DICOM_SERVER_KEYS, _DATABASE_KEYS = _keys(ShareServer), _keys(DicomServer), _keys(DatabaseSettings)
+
+
+def check_object(obj: Any, keys: dict, where: str) -> None:
     if not isinstance(obj, dict):
         raise ConfigError(f"{where} must be a JSON object", field=where)
     for key, value in obj.items():
@@ -218,7 +205,7 @@ def parse_allowed(value: Any, where: str) -> tuple[str, ...] | str:
 
 def parse_connection(raw: Any, where: str = "Nas.Connection") -> Connection:
     """Validate a `Connection` object (from orthanc.json, nas-config.json or a request body)."""
-    _check_object(raw, _CONNECTION_KEYS, where)
+    check_object(raw, _CONNECTION_KEYS, where)
     conn = Connection(**raw)
     if conn.Type not in CONNECTION_TYPES:
         raise ConfigError(f"setting {where}.Type must be one of {', '.join(CONNECTION_TYPES)}, not {conn.Type!r}",
@@ -256,7 +243,7 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
     """Validate the `Nas` section. `orthanc_config` is Orthanc's whole configuration, for defaults."""
     orthanc_config = orthanc_config or {}
     section = {} if section is None else section
-    _check_object(section, _TOP_KEYS, "Nas")
+    check_object(section, TOP_KEYS, "Nas")
 
     data_dir = section.get("DataDirectory")
     if data_dir is None:
@@ -267,24 +254,24 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
     # No connection yet is allowed: it can be set from the NAS panel.
     connection = parse_connection(section["Connection"]) if "Connection" in section else Connection()
 
-    workers = parse_workers(section.get("Workers", DEFAULT_WORKERS))
-    enumerator = section.get("Enumerator", "auto")
+    workers = parse_workers(section.get("Workers", Settings.Workers))
+    enumerator = section.get("Enumerator", Settings.Enumerator)
     if enumerator not in ENUMERATORS:
         raise ConfigError(f"setting Nas.Enumerator must be one of {', '.join(ENUMERATORS)}, not {enumerator!r}")
 
-    default_hours = section.get("DefaultShareHours", 24)
-    max_hours = section.get("MaxShareHours", 720)
+    default_hours = section.get("DefaultShareHours", Settings.DefaultShareHours)
+    max_hours = section.get("MaxShareHours", Settings.MaxShareHours)
     if max_hours <= 0:
         raise ConfigError("setting Nas.MaxShareHours must be positive")
     if not 0 < default_hours <= max_hours:
         raise ConfigError("setting Nas.DefaultShareHours must be positive and at most Nas.MaxShareHours")
 
     raw_server = section.get("ShareServer", {})
-    _check_object(raw_server, _SHARE_SERVER_KEYS, "Nas.ShareServer")
+    check_object(raw_server, _SHARE_SERVER_KEYS, "Nas.ShareServer")
     default_host = "0.0.0.0" if orthanc_config.get("RemoteAccessAllowed", False) else "127.0.0.1"
     server = ShareServer(
         Host=raw_server.get("Host", default_host),
-        Port=raw_server.get("Port", 8043),
+        Port=raw_server.get("Port", ShareServer.Port),
         PublicUrl=raw_server.get("PublicUrl"),
         TrustedProxy=raw_server.get("TrustedProxy") or None,
     )
@@ -307,13 +294,13 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
         ShareServer=server,
         Schedule=parse_schedule(section.get("Schedule")),
         Throttle=parse_throttle(section.get("Throttle")),
-        ExcludedFolders=parse_names(section.get("ExcludedFolders", list(DEFAULT_EXCLUDED_FOLDERS)),
+        ExcludedFolders=parse_names(section.get("ExcludedFolders", Settings.ExcludedFolders),
                                     "Nas.ExcludedFolders"),
         SkippedExtensions=normalize_extensions(parse_names(section.get("SkippedExtensions", []),
                                                            "Nas.SkippedExtensions")),
         DicomServer=dicom_server,
-        AllowedRoots=parse_allowed(section.get("AllowedRoots", list(DEFAULT_ALLOWED_ROOTS)), "Nas.AllowedRoots"),
-        AllowedHosts=parse_allowed(section.get("AllowedHosts", ANY), "Nas.AllowedHosts"),
+        AllowedRoots=parse_allowed(section.get("AllowedRoots", list(Settings.AllowedRoots)), "Nas.AllowedRoots"),
+        AllowedHosts=parse_allowed(section.get("AllowedHosts", Settings.AllowedHosts), "Nas.AllowedHosts"),
         Database=parse_database(section.get("Database", {})),
         ImportRetentionHours=retention,
     )
@@ -322,8 +309,8 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
 
 def parse_database(raw: Any, where: str = "Nas.Database") -> DatabaseSettings:
     """Validate the `Database` object: `{"Type": "sqlite"}` or `{"Type": "postgresql", "Url": …}`."""
-    _check_object(raw, _DATABASE_KEYS, where)
-    kind = raw.get("Type", SQLITE)
+    check_object(raw, _DATABASE_KEYS, where)
+    kind = raw.get("Type", DatabaseSettings.Type)
     if kind not in (SQLITE, POSTGRESQL):
         raise ConfigError(f"setting {where}.Type must be sqlite or postgresql, not {kind!r}")
     url = raw.get("Url", "")
@@ -345,11 +332,11 @@ def _ae_title(value: Any, where: str) -> str:
 
 def parse_dicom_server(raw: Any, default_host: str, where: str = "Nas.DicomServer") -> DicomServer:
     """Validate the `DicomServer` object: AE titles (PS3.5 6.2), ports, callers and destinations."""
-    _check_object(raw, _DICOM_SERVER_KEYS, where)
-    port = raw.get("Port", 4243)
+    check_object(raw, _DICOM_SERVER_KEYS, where)
+    port = raw.get("Port", DicomServer.Port)
     if not 0 <= port < 65536:
         raise ConfigError(f"setting {where}.Port must be between 0 and 65535", field=f"{where}.Port")
-    if not 1 <= raw.get("MaxAssociations", 8) <= 1000:
+    if not 1 <= raw.get("MaxAssociations", DicomServer.MaxAssociations) <= 1000:
         raise ConfigError(f"setting {where}.MaxAssociations must be between 1 and 1000",
                           field=f"{where}.MaxAssociations")
     callers = raw.get("AllowedCallers")
@@ -360,7 +347,7 @@ def parse_dicom_server(raw: Any, default_host: str, where: str = "Nas.DicomServe
         checked = []
         for n, caller in enumerate(callers):
             at = f"{where}.AllowedCallers[{n}]"
-            _check_object(caller, {"AET": (str,), "Host": (str,)}, at)
+            check_object(caller, {"AET": (str,), "Host": (str,)}, at)
             if "AET" not in caller:
                 raise ConfigError(f"setting {at}.AET is required", field=f"{at}.AET")
             checked.append({"AET": _ae_title(caller["AET"], f"{at}.AET"), **(
@@ -375,107 +362,8 @@ def parse_dicom_server(raw: Any, default_host: str, where: str = "Nas.DicomServe
             raise ConfigError(f'setting {at} must be ["host", port]', field=at)
         destinations[aet.strip()] = [target[0].strip(), target[1]]
     return DicomServer(
-        Enabled=raw.get("Enabled", False), AET=_ae_title(raw.get("AET", "NAS"), f"{where}.AET"), Port=port,
+        Enabled=raw.get("Enabled", DicomServer.Enabled), AET=_ae_title(raw.get("AET", DicomServer.AET), f"{where}.AET"),
+        Port=port,
         Host=raw.get("Host") or default_host, AllowedCallers=callers, Destinations=destinations,
-        MaxAssociations=raw.get("MaxAssociations", 8), RegisterInOrthanc=raw.get("RegisterInOrthanc", True))
-
-
-#: what the web (PUT /nas/config) may change; the rest of the section is set in orthanc.json only
-WEB_KEYS = ("Connection", "Workers")
-_IDENTITY = ("Host", "Port", "Username", "Domain")  # who the saved password belongs to
-
-
-def parse_web_connection(raw: Any, current: Connection, where: str = "Connection") -> Connection:
-    """Validate a connection sent from the web (NAS panel, REST); ConfigError naming the field otherwise.
-
-    `PasswordSet`, which GET /nas/config adds, is ignored. A missing or empty `Password` keeps the saved
-    one, but only for the same Host, Port, Username and Domain: a saved password is never handed to a
-    server (or another service of the same server) or an account other than the one it was saved for.
-    """
-    if not isinstance(raw, dict):
-        return parse_connection(raw, where)  # refused, naming `where`
-    raw = {k: v for k, v in raw.items() if k != "PasswordSet"}
-    if not raw.get("Password") and raw.get("Type") == "smb" and current.Type == "smb" and current.Password:
-        defaults = {"Port": Connection.Port}
-        if all(str(raw.get(k, defaults.get(k, ""))).strip().lower() == str(getattr(current, k)).strip().lower()
-               for k in _IDENTITY):
-            raw["Password"] = current.Password
-        else:
-            raise ConfigError(f"setting {where}.Password is required: the saved password belongs to another "
-                              "host, port, user or domain", "Type the password of this account again.",
-                              field=f"{where}.Password")
-    return parse_connection(raw, where)
-
-
-def parse_web_settings(body: dict, current: Settings) -> Settings:
-    """Validate a `PUT /nas/config` body into the new settings; ConfigError naming the field otherwise.
-
-    The body holds `Connection` and optionally `Workers`. The section's other keys are accepted only
-    unchanged, so that the answer of GET /nas/config can be sent back as it is.
-    """
-    unknown = sorted(set(body) - set(_TOP_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}",
-                          "The body holds Connection and optionally Workers.", field=unknown[0])
-    public = current.public()
-    for key in sorted(set(body) - set(WEB_KEYS)):
-        if body[key] != public[key]:
-            raise ConfigError(f"setting {key} cannot be changed from the web",
-                              f'Change {key} in the "Nas" section of orthanc.json, then restart Orthanc.',
-                              field=key)
-    if "Connection" not in body:
-        raise ConfigError("setting Connection is required",
-                          'Send the whole connection, e.g. {"Connection": {"Type": "local", "Path": "/mnt/nas"}}.',
-                          field="Connection")
-    connection = parse_web_connection(body["Connection"], current.Connection)
-    workers = parse_workers(body["Workers"], "Workers") if "Workers" in body else None
-    return current.with_connection(connection, workers)
-
-
-def load_saved_connection(settings: Settings) -> Settings:
-    """Apply `<DataDirectory>/nas-config.json` (saved from the web) over the orthanc.json connection."""
-    path = os.path.join(settings.DataDirectory, SAVED_CONFIG_NAME)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            saved = json.load(fh)
-    except FileNotFoundError:
-        return settings
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}", "Fix or delete the file; it is rewritten when "
-                          "the connection is saved from the NAS panel.") from exc
-    if not isinstance(saved, dict):
-        raise ConfigError(f"{path} must hold a JSON object")
-    _check_object(saved, {"Connection": (dict,), "Workers": (int,)}, SAVED_CONFIG_NAME)
-    connection = parse_connection(saved.get("Connection", {}), f"{SAVED_CONFIG_NAME}.Connection")
-    workers = parse_workers(saved["Workers"], f"{SAVED_CONFIG_NAME}.Workers") if "Workers" in saved else None
-    return settings.with_connection(connection, workers)
-
-
-def save_connection(settings: Settings, *, include_workers: bool = True) -> None:
-    """Write the connection (and Workers) to nas-config.json atomically, mode 0600.
-
-    Without `include_workers`, Workers stays out of the file and orthanc.json's value keeps applying.
-    The password is never in a file anyone else may read, not even for a moment: the temporary file
-    is created 0600 (never reused), then renamed over the old one.
-    """
-    os.makedirs(settings.DataDirectory, exist_ok=True)
-    path = os.path.join(settings.DataDirectory, SAVED_CONFIG_NAME)
-    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
-    saved: dict[str, Any] = {"Connection": asdict(settings.Connection)}
-    if include_workers:
-        saved["Workers"] = settings.Workers
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # left by a crash: O_EXCL below must create the file anew, with our mode
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(saved, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        MaxAssociations=raw.get("MaxAssociations", DicomServer.MaxAssociations),
+        RegisterInOrthanc=raw.get("RegisterInOrthanc", DicomServer.RegisterInOrthanc))

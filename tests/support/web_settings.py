@@ -1,6 +1,6 @@
 """The validation rules of settings sent from the web, as (body part, field it must name) cases.
 
-Shared by the unit tests of `config.parse_web_settings` and the route tests of PUT /nas/config and
+Shared by the unit tests of `web_config.parse_web_settings` and the route tests of PUT /nas/config and
 POST /nas/config/test, so both check the same list. The current connection in these tests is SMB
 (`SAVED`), so that the saved-password rules apply.
 """

@@ -4,8 +4,9 @@ import stat
 
 import pytest
 
-from orthanc_nas.config import Connection, load_saved_connection, parse_settings, save_connection
+from orthanc_nas.config import Connection, parse_settings
 from orthanc_nas.errors import ConfigError
+from orthanc_nas.web_config import load_saved_connection, save_connection
 
 
 def test_defaults_follow_orthanc():
@@ -92,3 +93,25 @@ def test_the_readmes_two_node_configuration_is_valid():
 
     settings = parse_settings(readme_json_with("PostgreSQL")["Nas"])
     assert settings.Database.Type == "postgresql" and settings.Database.Url.startswith("postgresql://")
+
+
+def test_every_declared_setting_is_accepted_as_declared():
+    """The dataclasses are the one declaration of a setting: a field added there is a key orthanc.json
+    accepts, with the JSON types its annotation names, and its default is what an absent key gives."""
+    from dataclasses import asdict
+
+    from orthanc_nas.config import DicomServer, ShareServer, parse_database, parse_dicom_server
+    from orthanc_nas.store import DatabaseSettings
+
+    assert parse_dicom_server(asdict(DicomServer()), "127.0.0.1") == DicomServer() == parse_dicom_server({}, "127.0.0.1")
+    assert parse_database(asdict(DatabaseSettings())) == DatabaseSettings() == parse_database({})
+    assert parse_settings({"ShareServer": asdict(ShareServer())}).ShareServer == ShareServer()
+    defaults = parse_settings({})
+    assert (defaults.Workers, defaults.DefaultShareHours, defaults.MaxShareHours, defaults.ShareServer.Port) == (
+        12, 24, 720, 8043)
+    with pytest.raises(ConfigError, match=r"Nas.DicomServer.Host must be a string"):
+        parse_dicom_server({"Host": None}, "127.0.0.1")
+    with pytest.raises(ConfigError, match=r"Nas.Throttle must be an object or null"):
+        parse_settings({"Throttle": []})
+    with pytest.raises(ConfigError, match=r"Nas.AllowedRoots must be a list or a string"):
+        parse_settings({"AllowedRoots": 3})

@@ -11,16 +11,15 @@ import time
 import pytest
 from tests.support.web_settings import BODY_RULES, CONNECTION_RULES, IDENTITY_CHANGES, SAVED
 
-from orthanc_nas.config import (
-    Connection,
+from orthanc_nas.config import Connection, parse_settings
+from orthanc_nas.errors import ConfigError, NasAuthError
+from orthanc_nas.probe import try_source
+from orthanc_nas.web_config import (
     load_saved_connection,
-    parse_settings,
     parse_web_connection,
     parse_web_settings,
     save_connection,
 )
-from orthanc_nas.errors import ConfigError, NasAuthError
-from orthanc_nas.probe import try_source
 
 SMB = SAVED
 

@@ -275,7 +275,8 @@ def test_a_scheduled_turn_skips_while_a_run_goes_on(monkeypatch):
 
 
 def test_upkeep_settings_are_read_checked_and_sent_back_unchanged():
-    from orthanc_nas.config import Settings, parse_settings, parse_web_settings
+    from orthanc_nas.config import Settings, parse_settings
+    from orthanc_nas.web_config import parse_web_settings
 
     s = parse_settings({"Schedule": "0 2 * * *", "Throttle": {"Hours": "07:00-19:00", "MaxFilesPerSecond": 50},
                         "SkippedExtensions": ["JPG", ".pdf", ".jpg"]})
