@@ -72,6 +72,8 @@ orthanc-1.12 orthanc-1.13: deps
 	tools/debian-tree.sh run $(TREE) -- /usr/bin/python3 -c \
 	  'import sys; sys.path[:0] = ["$(abspath .venv-$*/lib/python$*/site-packages)", "$(abspath plugin)"]; \
 	   import pydicom, zipstream, waitress, pynetdicom, psycopg, psycopg_pool; from orthanc_nas.sources import libsmbclient; libsmbclient.load()'
+	# compiled by the tree's own Python (pip compiled them for the host's), so Orthanc does not compile them at each start
+	tools/debian-tree.sh run $(TREE) -- /usr/bin/python3 -m compileall -q -j 0 $(abspath .venv-$*/lib/python$*/site-packages)
 	touch $@
 
 sample: deps ## generate the sample NAS folder var/sample-nas (a few hundred synthetic DICOM files)
