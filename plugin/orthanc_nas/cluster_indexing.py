@@ -276,14 +276,17 @@ class ClusterHelper:
         if found is None or found == self._last:
             return
         run_id, full, folder = self._last = found
+        status = self.indexer.status
+        status.on_write = lambda snapshot: self.cluster.publish_part(run_id, snapshot)  # summed in GET /nas/status
         self.indexer._stop.clear()
-        self.indexer.status.start(self.app.settings.Workers)
+        status.start(self.app.settings.Workers)
         try:
             ClusterRunPart(self.indexer, full, self.indexer.scope(folder), "cluster", self.cluster,
                            run_id=run_id).execute()
         except Exception as exc:  # this node's part failed: its items return to the others
             log.warning("NAS cluster: this node's part of run %s ended: %s", run_id, getattr(exc, "message", exc))
-        self.indexer.status.set_phase("idle")
+        status.set_phase("idle")
+        status.on_write = None
 
     def stop(self) -> None:
         self._quit.set()

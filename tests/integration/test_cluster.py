@@ -4,6 +4,7 @@ each with the plugin, on a private PostgreSQL cluster (tests/support/postgres.py
 from __future__ import annotations
 
 import io
+import json
 import time
 import zipfile
 
@@ -140,3 +141,33 @@ def test_both_nodes_read_parts_of_one_run_and_a_node_killed_mid_run_loses_nothin
     assert files == (240, 240, run_id, 240)  # every file once, each seen by this run, none lost
     assert sum(s["file_count"] for s in a.get("/nas/search").json()) == 240
     db.close()
+
+
+def test_status_on_either_node_counts_every_node_s_part_of_the_run(orthanc_factory, tmp_path, nas, pg_database):
+    import psycopg
+
+    a = start_node(orthanc_factory, tmp_path, "a", nas, pg_database, Throttle=SLOW)
+    b = start_node(orthanc_factory, tmp_path, "b", nas, pg_database, Throttle=SLOW)
+    db = psycopg.connect(pg_database, autocommit=True)
+    own_file = tmp_path / "a" / "nasdata" / "index_status.json"  # A's own counters only
+
+    def b_part() -> int:  # files node B read for the run, as B wrote them
+        row = db.execute("SELECT r.status FROM run_nodes r JOIN cluster_run c ON c.run_id=r.run_id "
+                         "WHERE r.node<>c.node").fetchone()
+        return json.loads(row[0])["files_processed"] if row else 0
+
+    assert a.post("/nas/index", json={}).status_code == 202
+    wait_for(lambda: b_part() >= 50, timeout=120, what="node B to read its part")
+    a_own, b_own = json.loads(own_file.read_text())["files_processed"], b_part()
+    during = a.get("/nas/status").json()  # A's own count, at most 49 files ahead of its file, plus B's
+    assert during["files_processed"] >= a_own + b_own
+
+    assert a.wait_index(timeout=240)["phase"] == "done"
+    assert 0 < b_part() < 240
+    for node in (a, b):
+        final = wait_for(lambda n=node: (s := n.get("/nas/status").json())["phase"] == "done" and s,
+                         what="the run done")
+        assert (final["files_processed"], final["enumerated_files"], final["errors"]) == (240, 240, 0), final
+        assert final["files_per_second"] > 0
+    db.close()
+
