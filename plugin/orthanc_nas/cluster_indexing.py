@@ -26,8 +26,8 @@ import time
 
 from . import store
 from .catalog import CatalogWriter, transaction
-from .indexer import Indexer, _Run
 from .errors import NasError
+from .indexer import Indexer, _Run
 from .sources.scope import WalkScope
 from .sources.walk import WalkError
 

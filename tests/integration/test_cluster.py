@@ -188,7 +188,7 @@ def test_a_nas_with_a_single_top_folder_is_still_read_by_both_nodes(orthanc_fact
     import psycopg
 
     a = start_node(orthanc_factory, tmp_path, "a", archive_nas, pg_database, Throttle=SLOW)
-    b = start_node(orthanc_factory, tmp_path, "b", archive_nas, pg_database, Throttle=SLOW)
+    start_node(orthanc_factory, tmp_path, "b", archive_nas, pg_database, Throttle=SLOW)
     assert a.post("/nas/index", json={}).status_code == 202
     assert a.wait_index(timeout=240)["phase"] == "done"
     db = psycopg.connect(pg_database, autocommit=True)
