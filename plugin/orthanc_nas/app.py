@@ -65,7 +65,7 @@ class NasApp:
             self.cluster_helper.start()
         self.listener: ShareListener | None = None
         self.dicom_node = None  # the DICOM node (`start_dicom_node`), when DicomServer.Enabled
-        self.jobs = JobStore(self.settings.DataDirectory)
+        self.jobs = JobStore(self.settings.DataDirectory, engine=self.engine)  # shared by the nodes on PostgreSQL
         self.retrievals: Retrievals | None = None  # jobs of retrieval (`start_retrievals`), inside Orthanc
         self.retention: RetentionSweeper | None = None
 

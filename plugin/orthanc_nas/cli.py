@@ -161,7 +161,7 @@ def cmd_migrate(args) -> int:
     from .moving import copy_data_directory
 
     if not any(os.path.exists(os.path.join(args.source, name)) for name in SQLITE_FILES.values()):
-        raise ConfigError(f"no index.db, shares.db or dicom.db in {args.source}",
+        raise ConfigError(f"no index.db, shares.db, dicom.db or jobs.db in {args.source}",
                           "Give the plugin's DataDirectory (by default nas/ under Orthanc's StorageDirectory).")
     target = open_engine(parse_database({"Type": "postgresql", "Url": args.target}, "--to"), args.source)
     try:

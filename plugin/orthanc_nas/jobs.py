@@ -1,9 +1,17 @@
-"""Jobs of retrieval and what they imported: `jobs.db` (SQLite) of the DataDirectory.
+"""Jobs of retrieval and what they imported: the `jobs` part of the storage layer (`store`): `jobs.db` in
+the DataDirectory on SQLite, tables of the `Database` on PostgreSQL, shared by every node there.
 
-A job (`POST /nas/retrieve`) copies NAS series into this Orthanc or sends them to a DICOM modality.
-Its row holds what `GET /nas/jobs` answers: state, counts, the first failure reasons and, once done,
-the Orthanc IDs and viewer links. A job found `running` or `pending` when the plugin starts was cut
-off by a stop of Orthanc: it is marked `failed` with that reason (as the indexer's `interrupted`).
+A job (`POST /nas/retrieve`) copies NAS series into Orthanc or sends them to a DICOM modality.
+Its row holds what `GET /nas/jobs` answers: state, counts, the first failure reasons, the node that
+runs it and, once done, the Orthanc IDs and viewer links. The node that accepted a job runs it;
+any node lists every job, and cancels any (`cancel_requested`, which the running node reads within
+`WATCH` seconds). While a node has jobs pending or running it beats (`heartbeat`) every `BEAT` seconds.
+
+A job found `running` or `pending` when a node starts was cut off by a stop of Orthanc: the node marks
+its own so (`failed`, as the indexer's `interrupted`), and with several nodes also those whose node
+stopped beating `LEASE` seconds ago (killed, or gone for good); the nodes sweep those every
+`SWEEP_EVERY` seconds too. A node is known by its host and DataDirectory (`node_name`), the same
+across restarts.
 
 `imported` holds one row per instance the plugin stored in Orthanc that Orthanc did not have before,
 with the MD5 Orthanc computed of it then: `ImportRetentionHours` deletes only those, and only while
@@ -14,17 +22,22 @@ Schema changes go through numbered migrations, as for the index.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import secrets
+import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 
-from .catalog import connect, migrate
+from . import store
 from .errors import BadRequest, NotFound
 from .status import iso
+
+log = logging.getLogger("orthanc_nas")
 
 JOBS_NAME = "jobs.db"
 MAX_SERIES = 1000
@@ -32,6 +45,23 @@ MAX_SAMPLES = 10  # failure reasons kept per job
 ORTHANC = "orthanc"
 PENDING, RUNNING, DONE, FAILED, CANCELLED = "pending", "running", "done", "failed", "cancelled"
 LIVE = (PENDING, RUNNING)
+WATCH = 1.0  # seconds between two looks for cancellations asked on other nodes
+BEAT = 5.0  # seconds between two heartbeats of a node's live jobs
+LEASE = 30.0  # seconds without a heartbeat after which a live job's node counts as gone
+SWEEP_EVERY = 10.0  # seconds between two sweeps of jobs whose node is gone (several nodes only)
+
+STOPPED_HERE = {"error": "Orthanc stopped while this job was pending or running", "kind": "internal",
+                "hint": "Start the retrieval again: instances already in Orthanc are skipped."}
+NODE_GONE = {"error": "the Orthanc node running this job stopped answering", "kind": "internal",
+             "hint": "Start the retrieval again (on any node): instances already in Orthanc are skipped."}
+
+
+def node_name(data_dir: str) -> str:
+    """This node as its jobs record it: the host, and a digest of its DataDirectory (two Orthancs on one
+    host have two). The same after a restart, so a node finds its own cut-off jobs."""
+    digest = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:6]
+    return f"{socket.gethostname()}:{digest}"
+
 
 MIGRATIONS: list[str] = [
     # 1: jobs of retrieval and the instances they imported into Orthanc
@@ -66,6 +96,13 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX imported_by_time ON imported(retrieved_at);
     """,
+    # 2: several nodes on one database: the node running each job, a cancellation asked on any node, the
+    # running node's heartbeat (jobs made before: no node, found by the first start as its own)
+    """
+    ALTER TABLE jobs ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN heartbeat REAL;
+    """,
 ]
 
 
@@ -92,42 +129,72 @@ def parse_retrieve_request(body: dict) -> tuple[list[str], str]:
 
 
 class JobStore:
-    """`jobs.db` of one DataDirectory; one connection per thread."""
+    """The jobs of one node (`node`), on `engine` (SQLite files in `data_dir` by default); one connection
+    per thread. Database trouble on PostgreSQL raises `store.DatabaseUnavailable` (503)."""
 
-    def __init__(self, data_dir: str, clock: Callable[[], float] = time.time):
+    def __init__(self, data_dir: str, clock: Callable[[], float] = time.time, engine: store.Engine | None = None,
+                 node: str | None = None):
         self.path = os.path.join(data_dir, JOBS_NAME)
+        self.engine = engine or store.default_engine(data_dir)
+        self.node = node or node_name(data_dir)
         self.clock = clock
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            conn = connect(self.path)
-            migrate(conn, MIGRATIONS)
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
-        return conn
+        self._connections = store.ThreadConnections(self.engine, "jobs", MIGRATIONS)
+        self._conn = self._connections.get
 
     # -- jobs -------------------------------------------------------------------
     def interrupted(self) -> int:
-        """Mark the jobs a stop of Orthanc cut off as failed (at start); returns how many."""
-        reason = json.dumps({"error": "Orthanc stopped while this job was pending or running", "kind": "internal",
-                             "hint": "Start the retrieval again: instances already in Orthanc are skipped."})
-        cur = self._conn().execute(
-            "UPDATE jobs SET state=?, finished_at=?, failure=? WHERE state IN (?, ?)",
-            (FAILED, self.clock(), reason, PENDING, RUNNING))
-        return cur.rowcount
+        """At start: mark failed the live jobs a stop of this node cut off (on SQLite: every live job, this
+        node is the only one), and with several nodes those of gone nodes (`orphaned`); returns how many."""
+        where, args = "state IN (?, ?)", [PENDING, RUNNING]
+        if self.engine.shared:
+            where, args = where + " AND node IN (?, '')", [*args, self.node]  # '': made before nodes were recorded
+        cur = self._conn().execute(f"UPDATE jobs SET state=?, finished_at=?, failure=? WHERE {where}",
+                                   (FAILED, self.clock(), json.dumps(STOPPED_HERE), *args))
+        return cur.rowcount + (self.orphaned() if self.engine.shared else 0)
+
+    def orphaned(self) -> int:
+        """Mark failed the live jobs no node beat for `LEASE` seconds (their node was killed, or is gone for
+        good; or this node could not mark its own at start); returns how many."""
+        now = self.clock()
+        return self._conn().execute(
+            "UPDATE jobs SET state=?, finished_at=?, failure=? WHERE state IN (?, ?) "
+            "AND coalesce(heartbeat, created_at) < ?",
+            (FAILED, now, json.dumps(NODE_GONE), PENDING, RUNNING, now - LEASE)).rowcount
+
+    def beat(self, job_ids: Sequence[str]) -> None:
+        """This node still runs these jobs (see `orphaned`)."""
+        ids = list(job_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            self._conn().execute(f"UPDATE jobs SET heartbeat=? WHERE id IN ({','.join('?' * len(chunk))}) "
+                                 "AND state IN (?, ?)", (self.clock(), *chunk, PENDING, RUNNING))
+
+    def cancels_asked(self) -> list[str]:
+        """The ids of this node's live jobs that a node asked to cancel."""
+        return [row[0] for row in self._conn().execute(
+            "SELECT id FROM jobs WHERE node=? AND cancel_requested=1 AND state IN (?, ?)",
+            (self.node, PENDING, RUNNING))]
+
+    def request_cancel(self, job_id: str) -> None:
+        """Cancel a job from any node: a pending one at once, a running one by its node (`cancels_asked`)."""
+        conn = self._conn()
+        conn.execute("UPDATE jobs SET cancel_requested=1 WHERE id=? AND state IN (?, ?)", (job_id, PENDING, RUNNING))
+        conn.execute("UPDATE jobs SET state=?, finished_at=? WHERE id=? AND state=?",
+                     (CANCELLED, self.clock(), job_id, PENDING))
+
+    def start(self, job_id: str) -> bool:
+        """A pending job turns running; False if it is not pending any more (cancelled meanwhile)."""
+        return self._conn().execute("UPDATE jobs SET state=?, started_at=?, heartbeat=? WHERE id=? AND state=?",
+                                    (RUNNING, self.clock(), self.clock(), job_id, PENDING)).rowcount == 1
 
     def create(self, series: Sequence[str], destination: str, files_total: int) -> str:
+        """A new pending job of this node; its id."""
         job_id = secrets.token_hex(8)
+        now = self.clock()
         self._conn().execute(
-            "INSERT INTO jobs(id, state, destination, series, created_at, files_total) VALUES (?,?,?,?,?,?)",
-            (job_id, PENDING, destination, json.dumps(list(series)), self.clock(), files_total))
+            "INSERT INTO jobs(id, state, destination, series, created_at, files_total, node, heartbeat) "
+            "VALUES (?,?,?,?,?,?,?,?)",
+            (job_id, PENDING, destination, json.dumps(list(series)), now, files_total, self.node, now))
         return job_id
 
     def update(self, job_id: str, **values) -> None:
@@ -168,7 +235,7 @@ class JobStore:
             "error_samples": json.loads(row["error_samples"]),
             "created_at": iso(row["created_at"]), "started_at": iso(started), "finished_at": iso(finished),
             "orthanc": json.loads(row["orthanc"]) if row["orthanc"] else None,
-            "viewers": json.loads(row["viewers"]),
+            "viewers": json.loads(row["viewers"]), "node": row["node"] or None,
         }
         if row["failure"]:
             answer["failure"] = json.loads(row["failure"])
@@ -178,8 +245,11 @@ class JobStore:
     def imported(self, job_id: str, orthanc_id: str, series_id: str, sop_instance: str, md5: str | None) -> None:
         now = self.clock()
         self._conn().execute(
-            "INSERT OR REPLACE INTO imported(orthanc_id, series_id, sop_instance, md5, job_id, imported_at, "
-            "retrieved_at) VALUES (?,?,?,?,?,?,?)", (orthanc_id, series_id, sop_instance, md5, job_id, now, now))
+            "INSERT INTO imported(orthanc_id, series_id, sop_instance, md5, job_id, imported_at, retrieved_at) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT(orthanc_id) DO UPDATE SET series_id=excluded.series_id, "
+            "sop_instance=excluded.sop_instance, md5=excluded.md5, job_id=excluded.job_id, "
+            "imported_at=excluded.imported_at, retrieved_at=excluded.retrieved_at",
+            (orthanc_id, series_id, sop_instance, md5, job_id, now, now))
 
     def retrieved_again(self, orthanc_ids: Sequence[str]) -> None:
         """Instances a job found already in Orthanc: those the plugin imported count from now again."""
@@ -199,11 +269,44 @@ class JobStore:
         self._conn().execute("DELETE FROM imported WHERE orthanc_id=?", (orthanc_id,))
 
     def close(self) -> None:
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
+        self._connections.close()
+
+
+class JobWatch:
+    """A thread of one node, every `WATCH` seconds: while `live()` names jobs this node runs or queues,
+    `cancel(id)` those a node asked to cancel, and `JobStore.beat` them every `BEAT` seconds; with several nodes,
+    `JobStore.orphaned` every `SWEEP_EVERY` seconds. Database trouble is logged; the next turn tries again."""
+
+    def __init__(self, jobs: JobStore, live: Callable[[], Sequence[str]], cancel: Callable[[str], None]):
+        self.jobs, self.live, self.cancel = jobs, live, cancel
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="nas-job-watch", daemon=True)
+
+    def start(self) -> JobWatch:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        beaten, swept = time.monotonic(), 0.0
+        while not self._stop.wait(WATCH):
+            now = time.monotonic()
             try:
-                conn.close()
-            except sqlite3.Error:
-                pass
-        self._local = threading.local()
+                if live := self.live():
+                    for job_id in self.jobs.cancels_asked():
+                        self.cancel(job_id)
+                    if now - beaten >= BEAT:
+                        beaten = now
+                        self.jobs.beat(live)
+                if self.jobs.engine.shared and now - swept >= SWEEP_EVERY:
+                    swept = now
+                    if failed := self.jobs.orphaned():
+                        log.warning("%d job(s) of retrieval of a node that stopped answering: marked failed", failed)
+            except store.DatabaseUnavailable as exc:
+                log.warning("jobs of retrieval: %s", exc.message)
+            except Exception:
+                log.exception("jobs of retrieval: the watch failed; it goes on")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)

@@ -1,8 +1,9 @@
 """Moving an existing index into PostgreSQL: `python -m orthanc_nas migrate --from DIR --to postgresql://…`.
 
-Copies the SQLite files of a DataDirectory (`index.db`, `shares.db`, `dicom.db`, those that exist) into
-a database, part by part, each part in one transaction: the files and series, the runs, the shares
-and their audit, the DICOM node's audit. Both sides are brought to the same schema version first (the
+Copies the SQLite files of a DataDirectory (`index.db`, `shares.db`, `dicom.db`, `jobs.db`, those that
+exist) into a database, part by part, each part in one transaction: the files and series, the runs, the
+shares and their audit, the DICOM node's audit, the jobs of retrieval and what they imported (so
+`ImportRetentionHours` still deletes it). Both sides are brought to the same schema version first (the
 numbered migrations), so every column has its place. Share links keep working: a share holds only
 the SHA-256 of its token, copied as it is. Identity counters continue after the copied ids.
 
@@ -20,10 +21,11 @@ from .catalog import MIGRATIONS as INDEX_MIGRATIONS
 from .catalog import migrate, transaction
 from .dicom.audit import MIGRATIONS as DICOM_MIGRATIONS
 from .errors import Busy
+from .jobs import MIGRATIONS as JOBS_MIGRATIONS
 from .pathnames import RawPath
 from .shares import MIGRATIONS as SHARES_MIGRATIONS
 
-PARTS = {"index": INDEX_MIGRATIONS, "shares": SHARES_MIGRATIONS, "dicom": DICOM_MIGRATIONS}
+PARTS = {"index": INDEX_MIGRATIONS, "shares": SHARES_MIGRATIONS, "dicom": DICOM_MIGRATIONS, "jobs": JOBS_MIGRATIONS}
 CHUNK = 2000
 
 

@@ -1,6 +1,6 @@
 """`ImportRetentionHours`: Orthanc's storage as a cache of the NAS.
 
-What the plugin imported into Orthanc (the `imported` rows of `jobs.db`: instances Orthanc did not have
+What the plugin imported into Orthanc (the `imported` rows of the job store: instances Orthanc did not have
 before) is deleted from Orthanc once that many hours have passed since it was last retrieved (imported,
 or found already there by a later job). An instance whose stored file changed since the import (its MD5,
 as Orthanc computes it, differs: a user replaced or modified it) is left alone and forgotten; an instance

@@ -1,15 +1,18 @@
 """Jobs of retrieval: NAS series copied into this Orthanc, or sent to a DICOM modality (`POST /nas/retrieve`).
 
-Jobs run in the background, at most `MAX_RUNNING` at once; more wait as `pending` in the order they
-came. Files are read from the NAS `IN_FLIGHT` at a time ahead of the one being stored or sent, with
-the indexer's retries, each within `READ_WITHIN` seconds (the DICOM node's `NasReader`). When the NAS
-stops answering (`NAS_GONE_AFTER` files in a row not given for network reasons) the job ends `failed`
-with the rest counted as failed: it never hangs. `DELETE /nas/jobs/{id}` ends a job at the next file.
+Jobs run in the background on the node that accepted them, at most `MAX_RUNNING` at once per node;
+more wait there as `pending` in the order they came (with several nodes each node has its own limit and
+queue; every node lists and cancels every job, see `jobs`). Files are read from the NAS `IN_FLIGHT` at a
+time ahead of the one being stored or sent, with the indexer's retries, each within `READ_WITHIN` seconds
+(the DICOM node's `NasReader`). When the NAS stops answering (`NAS_GONE_AFTER` files in a row not given
+for network reasons) the job ends `failed` with the rest counted as failed: it never hangs.
+`DELETE /nas/jobs/{id}` ends a job at the next file (asked on another node: once the running node has
+read it, within `jobs.WATCH` seconds).
 
 Into Orthanc: before a file is read, Orthanc is asked whether it has that SOP Instance UID; if it does,
 the file is skipped. The bytes of the others are handed to `OrthancHost.store` (the glue posts them to
-Orthanc's REST API in-process). Each instance Orthanc did not have is recorded in `jobs.db` for
-`ImportRetentionHours`; on an Orthanc with labels (1.12+, found from `/system`), its series gets the
+Orthanc's REST API in-process). Each instance Orthanc did not have is recorded (`JobStore.imported`)
+for `ImportRetentionHours`; on an Orthanc with labels (1.12+, found from `/system`), its series gets the
 label `LABEL`.
 
 To a modality: C-STORE (PS3.4 B.2) with pynetdicom, one association per series, files sent as read
@@ -30,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .errors import NasError, NasNetworkError, NotFound
-from .jobs import CANCELLED, DONE, FAILED, MAX_SAMPLES, ORTHANC, PENDING, RUNNING, JobStore
+from .jobs import CANCELLED, DONE, FAILED, MAX_SAMPLES, ORTHANC, RUNNING, JobStore, JobWatch
+from .store import DatabaseUnavailable
 from .viewers import OrthancSeries, viewer_links
 
 log = logging.getLogger("orthanc_nas")
@@ -85,7 +89,7 @@ class OrthancHost(Protocol):
 
 @dataclass
 class Job:
-    """A job in memory while pending or running; its row in `jobs.db` is written from it."""
+    """A job in memory while pending or running on this node; its row (`JobStore`) is written from it."""
 
     id: str
     to: str
@@ -133,9 +137,14 @@ class Retrievals:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max(1, max_running), thread_name_prefix="nas-job")
         self._storers = ThreadPoolExecutor(STORE_IN_FLIGHT * max(1, max_running), thread_name_prefix="nas-store")
-        failed = store.interrupted()
+        try:
+            failed = store.interrupted()
+        except DatabaseUnavailable as exc:  # PostgreSQL down at start: the watch's sweep marks them later
+            log.warning("jobs of retrieval cut off by a stop of Orthanc not marked yet: %s", exc.message)
+            failed = 0
         if failed:
             log.warning("%d job(s) of retrieval were cut off by a stop of Orthanc: marked failed", failed)
+        self._watch = JobWatch(store, lambda: list(self._jobs), self._cancel_here).start()
 
     # -- requests -----------------------------------------------------------------
     def destination(self, to: str) -> Peer | None:
@@ -176,13 +185,15 @@ class Retrievals:
         return self.store.list()
 
     def cancel(self, job_id: str) -> dict:
-        """Cancel a pending or running job (a running one stops at the next file); 404 if unknown."""
+        """Cancel a pending or running job of any node (a running one stops at its next file); 404 if unknown."""
+        self._cancel_here(job_id)
+        self.store.request_cancel(job_id)
+        return self.store.describe(job_id)
+
+    def _cancel_here(self, job_id: str) -> None:
         job = self._jobs.get(job_id)
         if job is not None:
             job.cancel.set()
-            if self.store.state(job_id) == PENDING:
-                self.store.update(job_id, state=CANCELLED, finished_at=time.time())
-        return self.store.describe(job_id)
 
     def _save_live(self, job_id: str) -> None:
         job = self._jobs.get(job_id)
@@ -198,9 +209,8 @@ class Retrievals:
     # -- running ------------------------------------------------------------------
     def _run(self, job: Job) -> None:
         try:
-            if job.cancel.is_set():
+            if job.cancel.is_set() or not self.store.start(job.id):  # cancelled while pending
                 return
-            self.store.update(job.id, state=RUNNING, started_at=time.time())
             outcome: dict = {}
             try:
                 peer = self.destination(job.to)
@@ -377,6 +387,7 @@ class Retrievals:
         """Orthanc is stopping: every job ends at its next file, `failed` (as a job found running at the next
         start would be); pending ones never start and are marked so at the next start."""
         self._stopping.set()
+        self._watch.stop()
         for job in list(self._jobs.values()):
             job.cancel.set()
         self._pool.shutdown(wait=True, cancel_futures=True)

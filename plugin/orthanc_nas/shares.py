@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import store
-from .catalog import migrate
 from .errors import BadRequest, NotFound, shown
 from .passphrase import MAX_LENGTH as MAX_PASSPHRASE
 from .passphrase import MIN_LENGTH as MIN_PASSPHRASE
@@ -184,20 +183,8 @@ class ShareStore:
         self.path = os.path.join(data_dir, SHARES_NAME)
         self.engine = engine or store.default_engine(data_dir)
         self.clock = clock
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self.engine.connect("shares")
-            migrate(conn, MIGRATIONS, "shares")
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
-        return conn
+        self._connections = store.ThreadConnections(self.engine, "shares", MIGRATIONS)
+        self._conn = self._connections.get
 
     # -- shares -----------------------------------------------------------------
     def create(self, series: Sequence[str], hours: float, label: str | None = None, *,
@@ -289,14 +276,7 @@ class ShareStore:
         return [dict(row) for row in rows]
 
     def close(self) -> None:
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            try:
-                conn.close()
-            except sqlite3.ProgrammingError:  # closed from another thread than its own: harmless at exit
-                pass
-        self._local = threading.local()
+        self._connections.close()
 
 
 class BadTokenLimiter:

@@ -1,6 +1,6 @@
 """One storage layer, two engines: SQLite (the default, files in DataDirectory) or PostgreSQL (`Database`).
 
-The index, the shares and their audit and the DICOM node's audit keep one set of queries, written in
+The index, the shares and their audit, the DICOM node's audit and the jobs of retrieval keep one set of queries, written in
 SQLite's dialect with `?` placeholders. Where PostgreSQL differs, the difference lives here and only here:
 
 - connections: a `PgConnection` answers like `sqlite3.Connection` (`execute`, `executemany`, cursors with
@@ -317,7 +317,7 @@ class PgConnection:
 
 class Engine:
     """Where the databases of one DataDirectory live: `connect(part)` gives a connection to one part
-    (`index`, `shares`, `dicom`), `exists(part)` whether it was made already."""
+    (`index`, `shares`, `dicom`, `jobs`), `exists(part)` whether it was made already."""
 
     dialect: Dialect = SQLITE_DIALECT
     shared = False  # True: several Orthanc nodes may use it at once
@@ -333,7 +333,7 @@ class Engine:
 
 
 #: the SQLite file of each part
-SQLITE_FILES = {"index": "index.db", "shares": "shares.db", "dicom": "dicom.db"}
+SQLITE_FILES = {"index": "index.db", "shares": "shares.db", "dicom": "dicom.db", "jobs": "jobs.db"}
 
 
 class SqliteEngine(Engine):
@@ -383,6 +383,42 @@ class PostgresEngine(Engine):
 
     def close(self) -> None:
         self.pool.close()
+
+
+class ThreadConnections:
+    """One connection per thread to one part of an engine (as the part's stores are used from REST
+    requests and worker threads at once), opened and the part migrated at first use; rows answer by
+    column name on both engines. `close` closes them all (from whichever thread)."""
+
+    def __init__(self, engine: Engine, part: str, migrations: Sequence):
+        self.engine, self.part, self.migrations = engine, part, migrations
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list = []
+
+    def get(self):
+        """This thread's connection (`sqlite3.Connection` or `PgConnection`)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            from .catalog import migrate
+
+            conn = self.engine.connect(self.part)
+            migrate(conn, self.migrations, self.part)
+            conn.row_factory = sqlite3.Row  # (rows of PostgreSQL answer by name already)
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            try:
+                conn.close()
+            except (sqlite3.Error, DatabaseUnavailable):  # closed from another thread: harmless at exit
+                pass
+        self._local = threading.local()
 
 
 def default_engine(data_dir: str) -> Engine:

@@ -36,12 +36,12 @@ def archive_nas(tmp_path_factory):
     return root
 
 
-def start_node(orthanc_factory, tmp_path, name: str, nas, url: str, **more):
+def start_node(orthanc_factory, tmp_path, name: str, nas, url: str, extra: dict | None = None, **more):
     port = free_port()
     node = orthanc_factory({"Connection": {"Type": "local", "Path": str(nas)},
                             "DataDirectory": str(tmp_path / name / "nasdata"),
                             "Database": {"Type": "postgresql", "Url": url},
-                            "ShareServer": {"Port": port}, **more}, workdir=tmp_path / name)
+                            "ShareServer": {"Port": port}, **more}, workdir=tmp_path / name, extra=extra)
     node.share_port = port
     return node
 
@@ -201,3 +201,35 @@ def test_a_nas_with_a_single_top_folder_is_still_read_by_both_nodes(orthanc_fact
                        "FROM files").fetchone()
     assert files == (240, 240, run_id, 240)
     db.close()
+
+
+#: Orthanc takes each instance a third of a second later (its Lua filter, run for every instance stored):
+#: a job that lasts long enough to be watched and cancelled
+SLOW_STORE = 'function ReceivedInstanceFilter(dicom, origin, info)\n  os.execute("sleep 0.3")\n  return true\nend\n'
+
+
+def test_a_job_started_on_one_node_is_listed_and_cancelled_on_the_other(orthanc_factory, tmp_path, nas, pg_database):
+    slow = tmp_path / "slow.lua"
+    slow.write_text(SLOW_STORE)
+    a = start_node(orthanc_factory, tmp_path, "a", nas, pg_database, extra={"LuaScripts": [str(slow)]})
+    assert a.index()["phase"] == "done"
+    keys = [s["series_key"] for s in a.get("/nas/search").json()]
+    job_id = a.post("/nas/retrieve", json={"series": keys}).json()["job"]
+    wait_for(lambda: a.get(f"/nas/jobs/{job_id}").json()["files_done"] >= 1, what="A's job to run")
+
+    b = start_node(orthanc_factory, tmp_path, "b", nas, pg_database)  # B's start leaves A's job alone
+    seen = b.get(f"/nas/jobs/{job_id}").json()
+    assert seen["state"] == "running" and seen["files_total"] == 240, seen
+    assert [job["id"] for job in b.get("/nas/jobs").json()] == [job_id]
+    assert seen["node"] and seen["node"] == a.get(f"/nas/jobs/{job_id}").json()["node"]
+    progress = wait_for(lambda: (j := b.get(f"/nas/jobs/{job_id}").json())["files_done"] > seen["files_done"] and j,
+                        what="B to see the job's progress")
+    assert progress["state"] == "running"
+
+    cancelled = b.delete(f"/nas/jobs/{job_id}")
+    assert cancelled.status_code == 200 and cancelled.json()["id"] == job_id
+    final = wait_for(lambda: (j := a.get(f"/nas/jobs/{job_id}").json())["state"] not in ("pending", "running") and j,
+                     timeout=30, what="A to end the job cancelled on B")
+    assert final["state"] == "cancelled" and final["files_done"] < 240, final
+    assert b.get(f"/nas/jobs/{job_id}").json()["state"] == "cancelled"
+    assert len(a.get("/instances").json()) == final["files_done"]  # Orthanc had none before

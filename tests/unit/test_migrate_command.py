@@ -10,6 +10,7 @@ from orthanc_nas import store
 from orthanc_nas.catalog import Catalog
 from orthanc_nas.cli import main as cli
 from orthanc_nas.dicom.audit import Retrieval, RetrievalAudit
+from orthanc_nas.jobs import JobStore
 from orthanc_nas.search import SearchParams, search
 from orthanc_nas.shares import COMPLETE, ShareStore
 
@@ -17,7 +18,7 @@ UID = "1.2.826.0.1.3680043.2.1125.77"
 
 
 def sqlite_data_directory(folder) -> dict:
-    """An index of 3 series (6 files, one with a name that is not UTF-8), two shares, their audit."""
+    """An index of 3 series (6 files, one with a name that is not UTF-8), two shares, their audit, a job."""
     files = [(f"P{n}/s/{i}.dcm", record(PatientName=f"MOVE^P{n}", PatientID=f"M{n}", StudyDate="20240101",
                                          StudyInstanceUID=f"{UID}.{n}", SeriesInstanceUID=f"{UID}.{n}.1",
                                          SOPInstanceUID=f"{UID}.{n}.1.{i}", InstanceNumber=i, Modality="CT"))
@@ -36,7 +37,12 @@ def sqlite_data_directory(folder) -> dict:
     audit.record(Retrieval("WS1", "10.0.0.2", "C-MOVE", "WS1", "SERIES", {"SeriesInstanceUID": "1.2"}, files=2, sent=2,
                            outcome="done"))
     audit.close()
-    return {"token": token, "revoked_token": revoked_token, "kept": kept.id, "audit_id": audit_id}
+    jobs = JobStore(str(folder), engine=store.SqliteEngine(str(folder)), clock=lambda: 1000.0)
+    job = jobs.create(["k1"], "orthanc", 2)
+    jobs.update(job, state="done", finished_at=1001.0, files_done=2)
+    jobs.imported(job, "orthanc-i1", "orthanc-s1", "1.2.3", "md5")
+    jobs.close()
+    return {"token": token, "job": job, "revoked_token": revoked_token, "kept": kept.id, "audit_id": audit_id}
 
 
 def test_an_sqlite_index_and_its_shares_move_into_postgresql(tmp_path, pg_database, capsys):
@@ -64,6 +70,10 @@ def test_an_sqlite_index_and_its_shares_move_into_postgresql(tmp_path, pg_databa
         shares.close()
         retrievals = RetrievalAudit(str(tmp_path / "elsewhere"), engine).latest()
         assert [(r["caller_aet"], r["keys"]) for r in retrievals] == [("WS1", {"SeriesInstanceUID": "1.2"})]
+        jobs = JobStore(str(tmp_path / "elsewhere"), engine=engine)  # jobs, and what retention may delete
+        assert [(j["id"], j["state"], j["files_done"]) for j in jobs.list()] == [(made["job"], "done", 2)]
+        assert [row["orthanc_id"] for row in jobs.expired(2000.0)] == ["orthanc-i1"]
+        jobs.close()
     finally:
         engine.close()
 
