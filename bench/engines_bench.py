@@ -1,7 +1,7 @@
 """SQLite against PostgreSQL, in the same run: search p50/p95, index size, and indexing files/s.
 
     python bench/engines_bench.py [--files 1000000] [--series-size 50] [--runs 100] [--index-files 10000]
-                                  [--index-rounds 2]
+                                  [--index-rounds 2] [--write-into-index]
 
 A private PostgreSQL 15 cluster is started on a free port (tests/support/postgres.py) and stopped at
 the end. Search: the index of `bench/search_bench.py` (the corpus plan, one row per file) is filled
@@ -14,7 +14,9 @@ by the core's indexer into a fresh SQLite index and a fresh PostgreSQL database,
 and parses that share the machine's cores): the corpus's records, parsed once, written by the catalog's
 writer in batches of 256 into SQLite and into PostgreSQL, alternately, `--index-rounds` times each;
 files/s of each, and the seconds spent in PostgreSQL's statements (`PgConnection._run`: sending,
-the server's work, the answer) against the whole write.
+the server's work, the answer) against the whole write. `--write-into-index`: the corpus's records also
+written into the search benchmark's big index on each engine, half of them with the series counted after
+every batch (as the indexer's status did before), half without (as now: at most every 2 s).
 """
 
 from __future__ import annotations
@@ -106,12 +108,16 @@ def corpus_records(root: Path) -> list[tuple]:
     return found
 
 
-def write_once(records: list[tuple], catalog: Catalog) -> dict:
+def write_once(records: list[tuple], catalog: Catalog, count_each_batch: bool = False) -> dict:
+    """`records` written in batches as the indexer writes them; `count_each_batch`: the series counted
+    after every batch, as the indexer's status did before it counted at most every 2 s."""
     writer = CatalogWriter(catalog)
     writer.begin_run()
     started = time.monotonic()
     for start in range(0, len(records), WRITE_BATCH):
         writer.write(records[start:start + WRITE_BATCH])
+        if count_each_batch:
+            writer.series_count()
     seconds = time.monotonic() - started
     writer.close()
     return {"files": len(records), "seconds": round(seconds, 2), "files_per_second": round(len(records) / seconds)}
@@ -162,6 +168,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--index-files", type=int, default=10_000)
     parser.add_argument("--index-rounds", type=int, default=2)
+    parser.add_argument("--write-into-index", action="store_true",
+                        help="also write the corpus's records into the search index, counting series per batch or not")
     args = parser.parse_args()
 
     pg = PostgresCluster()
@@ -190,6 +198,12 @@ def main() -> int:
         report["series_count_ms"] = {  # what the indexer's status once paid after every batch (now every 2 s)
             "sqlite": count_ms(Catalog(str(work), store.SqliteEngine(str(work)))), "postgresql": count_ms(Catalog(
                 str(work), engine))}
+        if args.write_into_index:  # new files written into the big index: the series counted per batch or not
+            records = corpus_records(corpus(args.index_files))
+            report["writing_into_the_index"] = {
+                name: {when: write_once(records[half::2], Catalog(str(work), target), count_each_batch=each)
+                       for half, (when, each) in enumerate((("count_each_batch", True), ("count_every_2s", False)))}
+                for name, target in (("sqlite", store.SqliteEngine(str(work))), ("postgresql", engine))}
         engine.close()
 
         # -- indexing -----------------------------------------------------------------------------------

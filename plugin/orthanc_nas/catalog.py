@@ -187,7 +187,7 @@ MIGRATIONS: list[Migration] = [
         PRIMARY KEY (run_id, folder, recursive)
     );
     """,
-    # 8: kept for another change's migration 8 (merged apart); a database that saw this one sees that one
+    # 8: an empty step standing for another change's migration 8 (merged apart), which replaces it
     "",
     # 9: each node's counters of a cluster run (its status snapshot): `GET /nas/status` sums them
     """
