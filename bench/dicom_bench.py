@@ -164,7 +164,7 @@ def bench_move(count: int, kb: int) -> None:
             idle.join()
             idle.report("idle")
 
-            def move(port: int, called: str, label: str, poll: bool) -> None:
+            def move(port: int, called: str, label: str, poll: bool) -> float:
                 with StoreSCP(work / f"ws-{label}", port=ws_port) as scp:
                     poller = Poller(server)
                     if poll:
@@ -180,14 +180,17 @@ def bench_move(count: int, kb: int) -> None:
                 if poll:
                     poller.report(f"during {label}")
                 shutil.rmtree(work / f"ws-{label}", ignore_errors=True)
+                return received / elapsed
 
-            move(node_port, "NAS", "the node", poll=True)
+            node = move(node_port, "NAS", "the node", poll=True)
             query = server.post("/modalities/nas/query", json={"Level": "Series",
                                                                 "Query": {"SeriesInstanceUID": series}}).json()
             started = time.perf_counter()
             assert server.post(f"/queries/{query['ID']}/retrieve", data="ORTHANC", timeout=600).status_code == 200
             print(f"  import into Orthanc through the node: {time.perf_counter() - started:.1f} s")
-            move(dicom_port, "ORTHANC", "Orthanc's own", poll=True)
+            own = move(dicom_port, "ORTHANC", "Orthanc's own", poll=True)
+            print(f"  ratios: the node / Orthanc's own C-MOVE {node / own:.2f}; the node / raw read "
+                  f"{node / (count / raw):.3f}; Orthanc's own / raw read {own / (count / raw):.3f}")
         finally:
             server.stop()
     finally:

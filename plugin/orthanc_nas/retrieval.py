@@ -344,9 +344,10 @@ class Retrievals:
         from pynetdicom import evt
         from pynetdicom.status import code_to_category
 
-        from .dicom.pynetdicom_internals import prompt, sender_only
+        from .dicom.pynetdicom_internals import encode_command_sets_once, prompt, quiet, sender_only
         from .dicom.retrieve import contexts_for, no_delay, unsendable
 
+        encode_command_sets_once()
         ae = new_ae(self.calling_aet())
         for key in job.series:
             files = self._files(key)
@@ -357,6 +358,7 @@ class Retrievals:
             if assoc.is_established:
                 sender_only(assoc)  # the DICOM node's fix of pynetdicom's reactor race (see there)
                 prompt(assoc)  # responses read at once, not after pynetdicom's idle 1 ms
+                quiet(assoc)
             else:
                 job.fail(key, f"{peer.AET} at {peer.Host}:{peer.Port} refused or did not answer the association "
                               f"for series {key}", len(files))

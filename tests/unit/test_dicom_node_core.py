@@ -131,6 +131,69 @@ def test_the_pynetdicom_internals_the_node_relies_on_are_still_there():
     # `pynetdicom_internals.prompt`: the DUL reactor sleeps `_run_loop_delay` when idle
     from pynetdicom.dul import DULServiceProvider
     assert "time.sleep(self._run_loop_delay)" in inspect.getsource(DULServiceProvider.run_reactor)
+    # `fewer_pendings`: the C-MOVE/C-GET SCPs send every response through the association's `dimse.send_msg`
+    from pynetdicom.service_class import QueryRetrieveServiceClass
+    for scp in (QueryRetrieveServiceClass._move_scp, QueryRetrieveServiceClass._get_scp):
+        assert "self.dimse.send_msg(rsp, cx_id)" in inspect.getsource(scp)
+    assert list(inspect.signature(DIMSEServiceProvider.send_msg).parameters) == ["self", "primitive", "context_id"]
+    # `encode_command_sets_once`: the group length, then the whole command set, through the module's `encode`
+    from pynetdicom import dimse_messages
+
+    from orthanc_nas.dicom import pynetdicom_internals as internals
+    assert internals._encode is __import__("pynetdicom.dsutils", fromlist=["x"]).encode
+    group_length = inspect.getsource(internals._group_length)
+    assert "del self.command_set.CommandGroupLength" in group_length
+    assert "encode(self.command_set, True, True)" in group_length
+    assert inspect.getsource(dimse_messages.DIMSEMessage.encode_msg).count("encode(self.command_set, True, True)") == 1
+    assert inspect.getsource(dimse_messages.DIMSEMessage.primitive_to_message).rstrip().endswith(
+        "self._set_command_group_length()")
+    # `quiet`: the standard logging handlers pynetdicom binds to each association
+    from pynetdicom import _handlers
+    binds = inspect.getsource(Association._bind_defaults)
+    for name in ("standard_dimse_recv_handler", "standard_dimse_sent_handler", "standard_pdu_recv_handler",
+                 "standard_pdu_sent_handler"):
+        assert name in binds and callable(getattr(_handlers, name))
+
+
+def test_command_sets_encoded_once_are_the_same_bytes():
+    """Every kind of message the node sends, encoded by pynetdicom alone and with `encode_command_sets_once`."""
+    import io
+
+    from pynetdicom.dimse_messages import C_MOVE_RSP, C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_MOVE, C_STORE
+
+    from orthanc_nas.dicom import pynetdicom_internals as internals
+
+    store = C_STORE()
+    store.MessageID, store.Priority, store.MoveOriginatorMessageID = 7, 2, 3
+    store.AffectedSOPClassUID, store.AffectedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5"
+    store.MoveOriginatorApplicationEntityTitle = "NAS"
+    store.DataSet = io.BytesIO(b"\x08\x00\x16\x00" + b"x" * 40000)
+    move = C_MOVE()
+    move.MessageIDBeingRespondedTo, move.AffectedSOPClassUID, move.Status = 9, "1.2.840.10008.5.1.4.1.2.2.2", 0xB000
+    move.NumberOfCompletedSuboperations, move.NumberOfFailedSuboperations = 3, 1
+    move.NumberOfWarningSuboperations = 0
+    move.Identifier = io.BytesIO(b"\x08\x00\x58\x00\x06\x00\x00\x001.2.3\x00")
+
+    def wire(message_class, primitive) -> list:
+        message = message_class()
+        message.primitive_to_message(primitive)
+        return [p.presentation_data_value_list for p in message.encode_msg(1, 16384)]
+
+    try:
+        internals.encode_command_sets_once(False)
+        as_is = [wire(C_STORE_RQ, store), wire(C_MOVE_RSP, move)]
+        internals.encode_command_sets_once()
+        assert [wire(C_STORE_RQ, store), wire(C_MOVE_RSP, move)] == as_is
+        calls = []
+        internals._encode, before = (lambda *a: calls.append(a) or before(*a)), internals._encode
+        try:
+            wire(C_STORE_RQ, store)
+        finally:
+            internals._encode = before
+        assert len(calls) == 1  # pynetdicom alone: twice
+    finally:
+        internals.encode_command_sets_once()
 
 
 def test_the_reader_keeps_its_order_and_bounds_what_it_holds(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import threading
 import time
 
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelMove, Verification
@@ -112,3 +113,102 @@ def test_a_destination_that_never_answers_ends_the_move(make_node, monkeypatch):
     finally:
         release.set()
         stuck_server.shutdown()
+
+
+class StoreSCP:
+    """A storage SCP in this process: keeps each C-STORE's data set as it came over the wire."""
+
+    def __init__(self, per_file: float = 0.0):
+        self.received: dict[str, bytes] = {}
+        self.per_file = per_file
+        self.port = free_port()
+        ae = AE(ae_title="WS1")
+        ae.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
+
+    def on_store(self, event):
+        time.sleep(self.per_file)
+        self.received[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
+        return 0x0000
+
+
+def move_responses(node) -> list[Dataset]:
+    """The C-MOVE responses (status datasets) a caller receives for the node's only study."""
+    assoc = client(StudyRootQueryRetrieveInformationModelMove).associate("127.0.0.1", node.port, ae_title="NAS")
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = node.catalog.reader().execute("SELECT StudyInstanceUID FROM series").fetchone()[0]
+    responses = [status for status, _ in assoc.send_c_move(identifier, "WS1", StudyRootQueryRetrieveInformationModelMove)]
+    assoc.release()
+    return responses
+
+
+@pytest.mark.parametrize("every, pendings", [(3600.0, 0), (0.0, 12)])
+def test_a_move_sends_pending_responses_at_most_every_pending_every(make_node, tmp_path, monkeypatch, every,
+                                                                   pendings):
+    """PS3.4 C.4.2.3.1: pending responses are optional; the final one has the counts. pynetdicom alone sends
+    one after every file; the node at most one a `PENDING_EVERY` seconds (each with the counts then). The
+    files arrive as stored: the data set bytes the peer receives are the file's after its meta group."""
+    from orthanc_nas.dicom import pynetdicom_internals
+    monkeypatch.setattr(pynetdicom_internals, "PENDING_EVERY", every)
+    scp = StoreSCP()
+    try:
+        node = make_node(files=12, Destinations={"WS1": ["127.0.0.1", scp.port]})
+        responses = move_responses(node)
+    finally:
+        scp.server.shutdown()
+    pending = [r for r in responses if r.Status == 0xFF00]
+    assert len(pending) == pendings
+    for done, r in enumerate(pending, 1):
+        assert (r.NumberOfCompletedSuboperations, r.NumberOfRemainingSuboperations) == (done, 12 - done)
+    final = responses[-1]
+    assert len(responses) == pendings + 1 and final.Status == 0x0000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (12, 0)
+    assert len(scp.received) == 12
+    for path in (tmp_path / "nas" / "s").iterdir():
+        data = path.read_bytes()
+        start = 144 + int.from_bytes(data[140:144], "little")  # after the File Meta Information group
+        assert scp.received[str(dcmread(path).SOPInstanceUID)] == data[start:]
+
+
+def test_a_slow_move_still_tells_its_progress(make_node):
+    """With the default `PENDING_EVERY` (0.5 s), a move of 12 files at 0.1 s each gives one pending response
+    about every half second, each with counts that add up, then the final one."""
+    from orthanc_nas.dicom import pynetdicom_internals
+    scp = StoreSCP(per_file=0.1)
+    try:
+        node = make_node(files=12, Destinations={"WS1": ["127.0.0.1", scp.port]})
+        started = time.monotonic()
+        responses = move_responses(node)
+        elapsed = time.monotonic() - started
+    finally:
+        scp.server.shutdown()
+    pending = [r for r in responses if r.Status == 0xFF00]
+    assert 1 <= len(pending) <= elapsed / pynetdicom_internals.PENDING_EVERY + 1
+    for r in pending:
+        assert r.NumberOfCompletedSuboperations + r.NumberOfRemainingSuboperations == 12
+    assert responses[-1].Status == 0x0000 and responses[-1].NumberOfCompletedSuboperations == 12
+
+
+def test_a_get_sends_pending_responses_at_most_every_pending_every(make_node, monkeypatch):
+    """PS3.4 C.4.3.3.1: the same for C-GET, whose C-STOREs come back over the caller's association."""
+    from pynetdicom import build_role
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+    from orthanc_nas.dicom import pynetdicom_internals
+    monkeypatch.setattr(pynetdicom_internals, "PENDING_EVERY", 3600.0)
+    node = make_node(files=12)
+    received = []
+    ae = client(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="NAS", ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, lambda e: (received.append(e.request.AffectedSOPInstanceUID),
+                                                                    0x0000)[1])])
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = node.catalog.reader().execute("SELECT StudyInstanceUID FROM series").fetchone()[0]
+    responses = [status for status, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)]
+    assoc.release()
+    assert [r.Status for r in responses] == [0x0000]
+    assert responses[0].NumberOfCompletedSuboperations == 12 and len(set(received)) == 12

@@ -3,7 +3,8 @@
 A handler first selects the files (`select`: the identifier's keys at its level, PS3.4 C.4.2.2.1), then
 yields what pynetdicom asks for (C-MOVE: the destination, with presentation contexts for the SOP classes
 and stored transfer syntaxes of the files, PS3.4 C.4.2.3.1; then the count; then one dataset per
-sub-operation). Files are read `IN_FLIGHT` ahead of the one being sent, with the indexer's retries, each
+sub-operation; pynetdicom's pending responses go at most every 0.5 s, `fewer_pendings`, PS3.4
+C.4.2.3.1). Files are read `IN_FLIGHT` ahead of the one being sent, with the indexer's retries, each
 within `READ_WITHIN` seconds. A file is sent as stored when the peer accepted its transfer syntax;
 pynetdicom converts between uncompressed ones (implicit/explicit VR, byte order), which is lossless;
 otherwise the sub-operation fails and its reason goes to the log and the audit. A file the NAS does not
@@ -34,7 +35,7 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from ..errors import NasError, NasNetworkError
 from ..indexer import with_retries
 from .audit import Retrieval, RetrievalAudit
-from .pynetdicom_internals import prompt, sender_only
+from .pynetdicom_internals import fewer_pendings, prompt, quiet, sender_only
 from .query import IMAGE, UNIQUE_KEYS, QueryError, parse, rows
 
 log = logging.getLogger("orthanc_nas")
@@ -202,6 +203,7 @@ class Stores:
     def on_accepted(self, event) -> None:
         sender_only(event.assoc)
         prompt(event.assoc)  # only sends, and ends with the retrieval
+        quiet(event.assoc)
         self.assoc = event.assoc
 
     def on_recv(self, event) -> None:
@@ -235,7 +237,7 @@ class Retriever:
                        else str(destination)).strip()
         record = self._record(event, "C-MOVE", destination)
         stores = None
-        idle = prompt(event.assoc)  # its pending responses go out at once; back to pynetdicom's pace after
+        pendings_back = fewer_pendings(event.assoc)
         try:
             peer = self.peers.destination(destination)
             if peer is None:
@@ -254,7 +256,7 @@ class Retriever:
             yield len(files)
             yield from self._send(event, files, record, stores, lambda: stores.assoc)
         finally:
-            prompt(event.assoc, idle)
+            pendings_back()
             self._finish(record, stores)
 
     def on_get(self, event, patient_root: bool):
@@ -263,12 +265,14 @@ class Retriever:
         stores = Stores()
         self._gets[id(event.assoc)] = stores
         idle = prompt(event.assoc)  # C-STORE responses read at once; back to pynetdicom's pace after
+        pendings_back = fewer_pendings(event.assoc)
         try:
             record.destination = record.caller_aet
             files = self._select(event, patient_root, record)
             yield len(files)
             yield from self._send(event, files, record, stores, lambda: event.assoc)
         finally:
+            pendings_back()
             prompt(event.assoc, idle)
             self._gets.pop(id(event.assoc), None)
             self._finish(record, stores)

@@ -30,6 +30,7 @@ from ..config import DicomServer
 from ..errors import NotFound
 from .audit import RetrievalAudit
 from .peers import Peers
+from .pynetdicom_internals import encode_command_sets_once
 from .query import QueryError, answer, parse, rows
 from .retrieve import CANCELLED, PENDING, Retriever, no_delay
 
@@ -97,6 +98,7 @@ class DicomNode:
             (evt.EVT_DIMSE_RECV, self.retriever.on_recv),
         ]
         host, port = self.settings.Host, self.settings.Port
+        encode_command_sets_once()
         try:
             self.server = self._ae().start_server((host, port), block=False, evt_handlers=handlers)
         except OSError as exc:

@@ -42,7 +42,7 @@ IDLE_EXIT = 60.0  # seconds, by default; SmbSource reuses an idle process only w
 # libsmbclient's errnos for a server that did not answer, refused or dropped the connection
 NETWORK_ERRNOS = {errno.ETIMEDOUT, errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE,
                   errno.ENOTCONN, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN,
-                  errno.EIO, errno.EAGAIN}
+                  errno.EIO, errno.EAGAIN, errno.ENETRESET}
 
 
 def frame(value) -> bytes:
