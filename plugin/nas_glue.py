@@ -10,6 +10,7 @@ with a stand-in.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 
@@ -28,6 +29,15 @@ _KEEP: list = []  # objects Orthanc holds that must outlive its own references (
 # Orthanc Explorer opens it; Orthanc Explorer 2 rewrites it for its own address (/ui/app/).
 PANEL_ROOT_URI = "../nas/app/index.html"
 PANEL_DESCRIPTION = "Run Python scripts as Orthanc plugins, here orthanc-nas (Open: the NAS panel)"
+#: What the core imports only on first use, which can come in a REST callback: pynetdicom (the echo route,
+#: jobs to a modality), the SMB and Windows sources (a connection changed in the panel). Orthanc runs REST
+#: callbacks in its HTTP server's threads, whose C stack is 100 KB (measured on 1.13.0; its main thread has
+#: 8 MB). Python 3.14 checks the real C stack, and compiling a module's source in such a thread fails
+#: ("MemoryError: Parser stack overflowed - Python source too complex to parse"; pynetdicom, pydicom and
+#: several of the plugin's modules do), where 3.13 and older count frames instead. So these are imported
+#: while the plugin loads, in Orthanc's main thread.
+PRELOADED = ("pynetdicom", "pynetdicom.sop_class", "pynetdicom.status", "orthanc_nas.dicom.retrieve",
+             "orthanc_nas.dicom.pynetdicom_internals", "orthanc_nas.sources.smb", "orthanc_nas.sources.windows")
 
 
 class OrthancLogHandler(logging.Handler):
@@ -225,7 +235,14 @@ def start_dicom_node(orthanc, app: NasApp, config: dict):
     return register_modality
 
 
+def preload() -> None:
+    """Import `PRELOADED` now (see there): no REST callback then compiles a module in Orthanc's threads."""
+    for name in PRELOADED:
+        importlib.import_module(name)
+
+
 def register(orthanc) -> NasApp:
+    preload()
     handler = OrthancLogHandler(orthanc)
     log.addHandler(handler)
     log.setLevel(logging.INFO)

@@ -189,6 +189,16 @@ def get_patient_series(app, request: Request, patient_id: str) -> Response:
     return json_response(patient_series(app.catalog.reader(), unquote(patient_id)))
 
 
+@router.route("GET", "/nas/dicom/retrievals")
+def list_dicom_retrievals(app, request: Request) -> Response:
+    """The DICOM node's audit: its C-MOVEs and C-GETs, newest first (`limit`, 1 to 1000, default 100)."""
+    from .dicom.audit import listed, parse_listing
+
+    limit = parse_listing(request.query)
+    audit = app.dicom_audit()
+    return json_response([listed(item) for item in audit.latest(limit)] if audit is not None else [])
+
+
 def _retrievals(app):
     if app.retrievals is None:
         raise NotSupported("jobs of retrieval run only inside Orthanc", "Use the REST routes of the plugin in Orthanc.")

@@ -65,6 +65,8 @@ class NasApp:
             self.cluster_helper.start()
         self.listener: ShareListener | None = None
         self.dicom_node = None  # the DICOM node (`start_dicom_node`), when DicomServer.Enabled
+        self._dicom_audit = None  # its audit read without the node (`dicom_audit`)
+        self._dicom_audit_lock = threading.Lock()
         self.jobs = JobStore(self.settings.DataDirectory, engine=self.engine)  # shared by the nodes on PostgreSQL
         self.retrievals: Retrievals | None = None  # jobs of retrieval (`start_retrievals`), inside Orthanc
         self.retention: RetentionSweeper | None = None
@@ -109,6 +111,18 @@ class NasApp:
         self.dicom_node = DicomNode(settings, self.catalog, self.source, Peers(settings, modalities, orthanc),
                                     RetrievalAudit(self.settings.DataDirectory, self.engine))
         return self.dicom_node.start()
+
+    def dicom_audit(self):
+        """The DICOM node's audit (`GET /nas/dicom/retrievals`): the running node's; without one here, the
+        audit a node made before (or, on a shared database, another node); None when there is none."""
+        if self.dicom_node is not None:
+            return self.dicom_node.audit
+        with self._dicom_audit_lock:
+            if self._dicom_audit is None and self.engine.exists("dicom"):
+                from .dicom.audit import RetrievalAudit
+
+                self._dicom_audit = RetrievalAudit(self.settings.DataDirectory, self.engine)
+            return self._dicom_audit
 
     def share_url(self, token: str) -> str:
         """The link of a token: `PublicUrl`, or the listener's own address, then `/share/<token>`."""
@@ -185,6 +199,8 @@ class NasApp:
         if self.dicom_node is not None:
             self.dicom_node.stop()
             self.dicom_node.audit.close()
+        if self._dicom_audit is not None:
+            self._dicom_audit.close()
         if self.listener is not None:
             self.listener.stop()
         if self.retention is not None:

@@ -317,10 +317,6 @@ def parse_settings(section: Any, orthanc_config: dict | None = None) -> Settings
         Database=parse_database(section.get("Database", {})),
         ImportRetentionHours=retention,
     )
-    if settings.Database.Type == POSTGRESQL and settings.DicomServer.Enabled:
-        raise ConfigError("setting Nas.DicomServer.Enabled is not available with Nas.Database.Type postgresql",
-                          "The DICOM node's queries run on the SQLite index only for now: use one or the other.",
-                          field="Nas.DicomServer.Enabled")
     return settings
 
 

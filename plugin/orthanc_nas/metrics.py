@@ -3,6 +3,12 @@
 `figures(app)` gives name → value; `MetricsPusher` hands them to Orthanc (the glue's
 `SetMetricsValue`) every few seconds, so they follow a run while it goes on and stay after it.
 Names start with `orthanc_nas_`; times are epoch seconds, durations seconds.
+
+Retrievals: the jobs of `POST /nas/retrieve` kept in `jobs.db`, by state
+(`orthanc_nas_retrieval_jobs_{pending,running,done,failed,cancelled}`), with their files done (stored,
+sent or already in Orthanc), files failed and bytes; and the DICOM node's C-MOVE and C-GET from its
+audit (`orthanc_nas_dicom_retrievals`, `orthanc_nas_dicom_files_sent`, `orthanc_nas_dicom_files_failed`),
+when the node runs. All are totals since the DataDirectory (or the shared database) was made.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from .jobs import CANCELLED, DONE, FAILED, PENDING, RUNNING
 from .shares import COMPLETE
 
 log = logging.getLogger("orthanc_nas")
@@ -37,7 +44,33 @@ def figures(app) -> dict[str, float]:
     if started and finished and finished >= started and not s["running"]:
         values["orthanc_nas_last_run_seconds"] = finished - started
         values["orthanc_nas_last_run_finished"] = finished
+    values.update(job_figures(app.jobs))
+    if app.dicom_node is not None:
+        values.update(node_figures(app.dicom_node.audit))
     return values
+
+
+def job_figures(jobs) -> dict[str, float]:
+    """The jobs of retrieval of a `JobStore`: how many in each state, and their files and bytes."""
+    values = {f"orthanc_nas_retrieval_jobs_{state}": 0.0 for state in (PENDING, RUNNING, DONE, FAILED, CANCELLED)}
+    totals = [0, 0, 0]
+    for state, count, done, failed, size in jobs._conn().execute(
+            "SELECT state, count(*), sum(files_done), sum(files_failed), sum(bytes) FROM jobs GROUP BY state"):
+        values[f"orthanc_nas_retrieval_jobs_{state}"] = float(count)
+        totals = [totals[0] + (done or 0), totals[1] + (failed or 0), totals[2] + (size or 0)]
+    values["orthanc_nas_retrieval_files_done"] = float(totals[0])
+    values["orthanc_nas_retrieval_files_failed"] = float(totals[1])
+    values["orthanc_nas_retrieval_bytes"] = float(totals[2])
+    return values
+
+
+def node_figures(audit) -> dict[str, float]:
+    """The C-MOVE and C-GET of the DICOM node (a `RetrievalAudit`): how many, files sent and failed."""
+    with audit._lock:  # the audit's one connection is shared under its lock
+        count, sent, failed = audit._conn().execute(
+            "SELECT count(*), coalesce(sum(sent), 0), coalesce(sum(failed), 0) FROM retrievals").fetchone()
+    return {"orthanc_nas_dicom_retrievals": float(count), "orthanc_nas_dicom_files_sent": float(sent),
+            "orthanc_nas_dicom_files_failed": float(failed)}
 
 
 class MetricsPusher:

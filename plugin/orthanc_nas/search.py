@@ -69,8 +69,8 @@ class SearchParams:
             modality=given["modality"].upper() if "modality" in given else None,
             date_from=_date(given, "date_from"),
             date_to=_date(given, "date_to"),
-            limit=_integer(given, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
-            offset=_integer(given, "offset", 0, 0, MAX_OFFSET),
+            limit=integer_parameter(given, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
+            offset=integer_parameter(given, "offset", 0, 0, MAX_OFFSET),
         )
         if params.date_from and params.date_to and params.date_from > params.date_to:
             raise BadRequest(f"parameter date_from ({params.date_from}) is after date_to ({params.date_to})",
@@ -78,13 +78,15 @@ class SearchParams:
         return params
 
 
-def _integer(given: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def integer_parameter(given: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """The query parameter `name` as an integer in [low, high], `default` when absent; 400 naming it."""
     if name not in given:
         return default
     text = given[name]
     if re.fullmatch(r"[0-9]{1,10}", text) and low <= int(text) <= high:
         return int(text)
-    raise BadRequest(f"parameter {name} must be an integer between {low} and {high}, not {text!r}"[:200])
+    raise BadRequest(f"parameter {name} must be an integer between {low} and {high}, not {text!r}"[:200],
+                     field=name)
 
 
 def _date(given: Mapping[str, str], name: str) -> str | None:

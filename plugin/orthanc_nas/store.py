@@ -15,6 +15,9 @@ SQLite's dialect with `?` placeholders. Where PostgreSQL differs, the difference
 - file names that are not UTF-8 (`pathnames.RawPath`): SQLite keeps their bytes (a BLOB in the text
   column), PostgreSQL's text column an escaped text form (`path_text`, read back by `path_from_text`):
   the UTF-8 parts as they are, so prefixes of folders still match;
+- the DICOM node's matching (`Dialect.glob`, `fold_name`, `time_value`, `group_concat`,
+  `modalities_in_study`): SQLite's `GLOB` and the Python functions `query.prepare` adds to a connection;
+  PostgreSQL's `LIKE`, `lower` and string functions; each engine's best form of `ModalitiesInStudy`;
 - a lost database (`DatabaseUnavailable`, 503 kind `database`): the pool reconnects by itself.
 
 PostgreSQL's connection string is libpq's (`postgresql://user@host:5432/dbname`); the password may be
@@ -90,6 +93,34 @@ class Dialect:
         """A clause true when `term` occurs in `column` (`%` and `_` plain characters), and its argument."""
         return f"instr({column}, ?) > 0", term
 
+    # -- the DICOM node's matching (PS3.4 C.2.2.2, see `dicom.query`) --
+    def glob(self, column: str, pattern: str) -> tuple[str, str]:
+        """A clause true when `column` matches a DICOM wild card pattern (`*`: any run, `?`: one
+        character, everything else literal and case-sensitive), and its argument."""
+        return f"{column} GLOB ?", pattern.replace("[", "[[]")
+
+    def fold_name(self, column: str) -> str:
+        """A person name folded for case-insensitive matching; `fold_value` folds the value alike."""
+        return f"nas_fold({column})"
+
+    def fold_value(self, value: str) -> str:
+        return value.casefold()
+
+    def time_value(self, column: str) -> str:
+        """A TM column as `HHMMSS.FFFFFF` text, null when empty (`dicom.query.time_value`)."""
+        return f"nas_tm({column})"
+
+    def group_concat(self, expression: str) -> str:
+        """The distinct values of a group joined by `,`."""
+        return f"group_concat(DISTINCT {expression})"
+
+    #: `ModalitiesInStudy` matching: a series of the same study has one of the modalities (`{marks}`: the
+    #: placeholders). SQLite: a correlated EXISTS, so the planner starts from the other keys (a date range
+    #: through `series_by_date`) and checks each study through `series_by_study`; as an `IN (SELECT …)` it
+    #: read every series of the modality first (docs/performance.md, "C-FIND")
+    modalities_in_study = ("EXISTS (SELECT 1 FROM series m WHERE m.StudyInstanceUID = s.StudyInstanceUID "
+                           "AND m.Modality IN ({marks}))")
+
 
 class PgDialect(Dialect):
     name = POSTGRESQL
@@ -106,8 +137,37 @@ class PgDialect(Dialect):
 
     def contains(self, column: str, term: str) -> tuple[str, str]:
         # LIKE with the term's own wildcards escaped: served by the trigram index (pg_trgm, gin_trgm_ops)
-        escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return f"{column} LIKE ?", f"%{escaped}%"
+        return f"{column} LIKE ?", f"%{_like_literal(term)}%"
+
+    def glob(self, column: str, pattern: str) -> tuple[str, str]:
+        literal = _like_literal(pattern)  # `*` and `?` are no LIKE wild cards: kept as they are, then turned
+        return f"{column} LIKE ?", literal.replace("*", "%").replace("?", "_")
+
+    def fold_name(self, column: str) -> str:
+        # lower() follows the database's locale (ctype); Python's lower() agrees for the letters of names
+        return f"lower({column})"
+
+    def fold_value(self, value: str) -> str:
+        return value.lower()
+
+    def time_value(self, column: str) -> str:
+        clean = f"replace(nullif(btrim({column}), ''), ':', '')"
+        return (f"rpad(split_part({clean}, '.', 1), 6, '0') || '.' || "
+                f"rpad(split_part({clean}, '.', 2), 6, '0')")
+
+    def group_concat(self, expression: str) -> str:
+        return f"string_agg(DISTINCT {expression}, ',')"
+
+    # PostgreSQL turns the IN into a semi-join planned from its statistics; the EXISTS above is as fast
+    # planned with its values, but psycopg prepares a statement run 5 times and the generic plan of the
+    # EXISTS, made without them, is slower (8 ms against 1 ms, docs/performance.md)
+    modalities_in_study = ("s.StudyInstanceUID IN (SELECT m.StudyInstanceUID FROM series m "
+                           "WHERE m.Modality IN ({marks}))")
+
+
+def _like_literal(text: str) -> str:
+    """`text` with LIKE's own wild cards and escape character escaped (PostgreSQL's default escape `\\`)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 SQLITE_DIALECT, PG_DIALECT = Dialect(), PgDialect()

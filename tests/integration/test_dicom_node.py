@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from tests.support.dcmtk import StoreSCP, body, find, run
 from tests.support.dicom import write_series
+from tests.support.odd_files import CT_IMAGE, base
 from tests.support.orthanc import OrthancServer, free_port
-from tests.support.qr_corpus import PATIENTS, expected, rows_of, write_qr_corpus
+from tests.support.qr_corpus import PATIENTS, QUERIES, expected, rows_of, write_qr_corpus
 
 pytestmark = pytest.mark.integration
 LONG = 300  # files of the series a move is cancelled in
@@ -21,8 +27,9 @@ def node(tmp_path_factory):
     """Orthanc (with its own DICOM server) and the node on a corpus; WS1 is a modality of Orthanc's."""
     root = tmp_path_factory.mktemp("qr-nas")
     rows = write_qr_corpus(root)
-    # a long series, to cancel a move in its course
+    # a long series, to cancel a move (and a find) in its course
     rows += rows_of(write_series(root / "LONG", LONG, PatientID="LONG", PatientName="LONG^SERIES"), "LONG")
+    rows += rows_of(write_no_class_series(root / "NOCLASS"), "NOCLASS")
     work = tmp_path_factory.mktemp("qr-orthanc")
     ws_port, node_port = free_port(), free_port()
     server = OrthancServer(work, nas={
@@ -37,6 +44,32 @@ def node(tmp_path_factory):
         yield {"orthanc": server, "rows": rows, "port": node_port, "ws_port": ws_port, "work": work}
     finally:
         server.stop()
+
+
+def write_no_class_series(folder) -> list:
+    """One series of four files, two of them without SOP Class UID (0008,0016): one with a meta group that
+    names the class (MediaStorageSOPClassUID), one without meta group at all (implicit VR, no preamble);
+    beside them an ordinary file and one without meta group that has its SOP class."""
+    study, series = generate_uid(), generate_uid()
+    paths = []
+    for number, (name, has_class, has_meta) in enumerate([("with-class", True, True), ("meta-only", False, True),
+                                                           ("raw-no-class", False, False),
+                                                           ("raw-with-class", True, False)], 1):
+        ds = base(study, series, generate_uid(), PatientID="NOCLASS", PatientName="NO^CLASS",
+                  InstanceNumber=number, SOPClassUID=None if not has_class else CT_IMAGE)
+        path = folder / f"{name}.dcm"
+        folder.mkdir(parents=True, exist_ok=True)
+        if has_meta:
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.save_as(path, enforce_file_format=True)
+        else:
+            pydicom.dcmwrite(path, ds, implicit_vr=True, little_endian=True)
+        paths.append(path)
+    assert paths[2].read_bytes()[128:132] != b"DICM"
+    return paths
 
 
 def audit_rows(node) -> list[dict]:
@@ -69,35 +102,6 @@ def test_known_callers_are_accepted_and_unknown_ones_rejected(node):
 
 
 # -- C-FIND: every level and matching rule against answers computed from the corpus -------------
-QUERIES = [
-    ("-S", "STUDY", {}),
-    ("-S", "STUDY", {"PatientName": "DOE*"}),  # wild card, case-insensitive for names: DOE^JOHN and doe^jane
-    ("-S", "STUDY", {"PatientName": "müller^jürgen"}),  # single value, accents, other case
-    ("-S", "STUDY", {"PatientName": "*zo?"}),
-    ("-S", "STUDY", {"StudyDate": "20240105"}),
-    ("-S", "STUDY", {"StudyDate": "20240101-"}),
-    ("-S", "STUDY", {"StudyDate": "-20231231"}),
-    ("-S", "STUDY", {"StudyDate": "20231101-20231130"}),
-    ("-S", "STUDY", {"StudyTime": "080000-120000"}),
-    ("-S", "STUDY", {"AccessionNumber": "ACC?"}),
-    ("-S", "STUDY", {"StudyDescription": "CT*"}),
-    ("-S", "STUDY", {"StudyDescription": "ct*"}),  # case-sensitive for anything but names
-    ("-S", "STUDY", {"PatientID": "PAT2", "StudyDate": "20240101-"}),
-    ("-S", "STUDY", {"ModalitiesInStudy": "MR"}),
-    ("-S", "STUDY", {"ReferringPhysicianName": "lefèvre*"}),
-    ("-S", "STUDY", {"InstitutionName": "H*"}),
-    ("-P", "PATIENT", {}),
-    ("-P", "PATIENT", {"PatientName": "DOE*"}),
-    ("-P", "PATIENT", {"PatientBirthDate": "19700101-19991231"}),
-    ("-P", "PATIENT", {"PatientSex": "F"}),
-    ("-P", "STUDY", {"PatientID": "PAT2"}),
-    ("-S", "SERIES", {"Modality": "MR"}),
-    ("-S", "SERIES", {"SeriesNumber": "2"}),
-    ("-S", "SERIES", {"BodyPartExamined": "KNEE", "StudyDate": "20220101-"}),
-    ("-S", "SERIES", {"SeriesDescription": "AX?AL"}),
-]
-
-
 @pytest.mark.parametrize("model, level, query", QUERIES, ids=lambda v: str(v))
 def test_find_matches_as_the_standard_says(node, tmp_path, model, level, query):
     unique = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID"}[level]
@@ -255,6 +259,30 @@ def test_a_cancelled_move_stops_early(node, tmp_path):
     assert "Cancel" in result.stderr + result.stdout or result.returncode != 0
 
 
+def test_a_cancelled_find_stops_sending_matches(node, tmp_path):
+    """C-CANCEL (PS3.7 9.3.2.3) of a C-FIND with many matches, sent right after the request: the node sends
+    no more matches and ends with status Cancel (FE00)."""
+    model = StudyRootQueryRetrieveInformationModelFind
+    ae = AE(ae_title="WS1")
+    ae.add_requested_context(model)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.SeriesInstanceUID = uid(node, "LONG")
+    identifier.SOPInstanceUID = ""
+    assoc = ae.associate("127.0.0.1", node["port"], ae_title="NAS")
+    assert assoc.is_established
+    try:
+        responses = assoc.send_c_find(identifier, model, msg_id=7)  # the request is sent; answers are read below
+        assoc.send_c_cancel(7, query_model=model)
+        statuses = [status.Status for status, _ in responses]
+    finally:
+        assoc.release()
+    assert statuses[-1] == 0xFE00 and statuses.count(0xFF00) < LONG, (len(statuses), hex(statuses[-1]))
+    everything = find(node["port"], {"QueryRetrieveLevel": "IMAGE", "SeriesInstanceUID": uid(node, "LONG"),
+                                     "SOPInstanceUID": ""}, tmp_path)
+    assert len(everything) == LONG  # not cancelled: every match
+
+
 def test_a_taken_port_is_logged_and_the_rest_works(tmp_path, orthanc_factory):
     import socket
 
@@ -269,3 +297,27 @@ def test_a_taken_port_is_logged_and_the_rest_works(tmp_path, orthanc_factory):
         assert server.get("/nas/status").status_code == 200
         assert f"cannot listen on 127.0.0.1:{port}" in server.log()
         assert server.get("/modalities").json() == []  # not registered in Orthanc either
+
+
+# -- files indexed without a SOP Class UID ------------------------------------------------------
+def test_files_without_sop_class_are_found_and_moved_or_failed_with_their_reason(node, tmp_path):
+    rows = {Path(r["path"]).stem: r for r in node["rows"] if r["series"] == "NOCLASS"}
+    sop = {name: row["SOPInstanceUID"] for name, row in rows.items()}
+    study, series = rows["with-class"]["StudyInstanceUID"], rows["with-class"]["SeriesInstanceUID"]
+    answers = find(node["port"], {"QueryRetrieveLevel": "IMAGE", "SeriesInstanceUID": series, "SOPInstanceUID": "",
+                                  "SOPClassUID": "", "InstanceNumber": ""}, tmp_path)
+    assert {a.SOPInstanceUID: a.SOPClassUID for a in answers} == \
+        {sop[name]: CT_IMAGE if name.endswith("with-class") else "" for name in sop}
+    # as an index of an older version holds it (no SOP class): the file's own is sent
+    with sqlite3.connect(node["work"] / "nasdata" / "index.db") as index:
+        index.execute("UPDATE files SET SOPClassUID=NULL WHERE SOPInstanceUID=?", (sop["raw-with-class"],))
+    with StoreSCP(tmp_path / "ws", port=node["ws_port"]) as scp:
+        result = run("movescu", "-S", "-aet", "WS1", "-aec", "NAS", "-aem", "WS1", "127.0.0.1", node["port"],
+                     "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={study}",
+                     "-k", f"SeriesInstanceUID={series}")
+        received = {ds.SOPInstanceUID: ds.SOPClassUID for ds in map(pydicom.dcmread, scp.files())}
+    assert received == {sop["with-class"]: CT_IMAGE, sop["raw-with-class"]: CT_IMAGE}
+    last = audit_rows(node)[-1]
+    assert (last["files"], last["sent"], last["failed"], last["outcome"]) == (4, 2, 2, "done_with_failures")
+    assert "no SOP Class UID (0008,0016)" in last["detail"]
+    assert "OneOrMoreFailures" in result.stderr  # B000 (PS3.4 C.4.2.1.5): the peer learns of the failures

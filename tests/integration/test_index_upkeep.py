@@ -12,7 +12,9 @@ import time
 from datetime import datetime
 
 import pytest
+from tests.support.dcmtk import run
 from tests.support.dicom import write_dicom, write_series
+from tests.support.orthanc import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -82,18 +84,42 @@ def prometheus(o, until, timeout: float = 20) -> dict:
         time.sleep(0.2)
 
 
-def test_the_plugins_figures_are_in_orthancs_prometheus_answer(orthanc_factory, nas):
-    o = orthanc_factory(local(nas))
+def test_the_plugins_figures_are_in_orthancs_prometheus_answer(orthanc_factory, nas, tmp_path):
+    node_port = free_port()
+    o = orthanc_factory(local(nas, DicomServer={"Enabled": True, "AET": "NAS", "Port": node_port,
+                                                "AllowedCallers": "*"}))
     o.index()
     figures = prometheus(o, lambda f: f.get("orthanc_nas_files_indexed") == 7 and "orthanc_nas_last_run_seconds" in f)
     assert figures.get("orthanc_nas_files_indexed") == 7, figures
     assert figures["orthanc_nas_series"] == 2 and figures["orthanc_nas_errors"] == 0
     assert figures["orthanc_nas_last_run_seconds"] > 0 and figures["orthanc_nas_indexing_running"] == 0
     assert abs(figures["orthanc_nas_last_run_finished"] - time.time()) < 600
+    assert figures["orthanc_nas_retrieval_jobs_done"] == 0 and figures["orthanc_nas_dicom_retrievals"] == 0
     write_series(nas / "2025" / "01" / "CT", 2, PatientName="NEW^ONE")
     o.index()
     figures = prometheus(o, lambda f: f.get("orthanc_nas_files_indexed") == 9)
     assert figures["orthanc_nas_files_indexed"] == 9 and figures["orthanc_nas_series"] == 3  # refreshed
+
+    # retrievals: a job into Orthanc (4 files), a C-GET from the DICOM node (3 files)
+    series = {s["PatientName"]: s for s in o.get("/nas/search").json()}
+    job = o.post("/nas/retrieve", json={"series": [series["DOE^JOHN"]["series_key"]], "to": "orthanc"}).json()["job"]
+    deadline = time.monotonic() + 60
+    while o.get(f"/nas/jobs/{job}").json()["state"] in ("pending", "running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert o.get(f"/nas/jobs/{job}").json()["state"] == "done"
+    got = tmp_path / "get"
+    got.mkdir()
+    result = run("getscu", "-S", "-aet", "WS1", "-aec", "NAS", "-od", got, "127.0.0.1", node_port,
+                 "-k", "QueryRetrieveLevel=SERIES", "-k", f"SeriesInstanceUID={series['ROE^JANE']['SeriesInstanceUID']}")
+    assert result.returncode == 0 and len(list(got.iterdir())) == 3, result.stderr
+    figures = prometheus(o, lambda f: f.get("orthanc_nas_retrieval_jobs_done") == 1
+                         and f.get("orthanc_nas_dicom_retrievals") == 1)
+    assert figures["orthanc_nas_retrieval_jobs_done"] == 1 and figures["orthanc_nas_retrieval_jobs_running"] == 0
+    assert figures["orthanc_nas_retrieval_jobs_failed"] == 0 and figures["orthanc_nas_retrieval_files_failed"] == 0
+    assert figures["orthanc_nas_retrieval_files_done"] == 4
+    assert figures["orthanc_nas_retrieval_bytes"] == sum(p.stat().st_size for p in (nas / "2024" / "11" / "CT").iterdir())
+    assert (figures["orthanc_nas_dicom_retrievals"], figures["orthanc_nas_dicom_files_sent"],
+            figures["orthanc_nas_dicom_files_failed"]) == (1, 3, 0)
 
 
 def test_a_throttled_run_says_so_while_it_goes_on(orthanc_factory, nas):

@@ -26,13 +26,14 @@ def nas_folder(root):
     return root
 
 
-def start(tmp_path, nas_root, *, extra=None, nas=None, name="orthanc") -> OrthancServer:
-    work = tmp_path / name
-    server = OrthancServer(work, nas={"Connection": {"Type": "local", "Path": str(nas_root)},
-                                      "DataDirectory": str(tmp_path / "nasdata"), "ShareServer": {"Port": 0},
-                                      **(nas or {})}, extra=extra)
-    server.start()
-    return server
+@pytest.fixture
+def start(tmp_path, orthanc_factory):
+    """Start an Orthanc on a NAS folder (through `orthanc_factory`: its log ends a failure's report)."""
+    def start(nas_root, *, extra=None, nas=None, name="orthanc") -> OrthancServer:
+        return orthanc_factory({"Connection": {"Type": "local", "Path": str(nas_root)},
+                                "DataDirectory": str(tmp_path / "nasdata"), "ShareServer": {"Port": 0},
+                                **(nas or {})}, workdir=tmp_path / name, extra=extra)
+    return start
 
 
 def key_of(server, folder: str, root) -> str:
@@ -65,8 +66,8 @@ def nas(tmp_path):
     return nas_folder(tmp_path / "nas")
 
 
-def test_open_imports_byte_identical_instances_then_skips_them(tmp_path, nas):
-    server = start(tmp_path, nas)
+def test_open_imports_byte_identical_instances_then_skips_them(nas, start):
+    server = start(nas)
     try:
         assert server.index()["phase"] == "done"
         key = key_of(server, "P1/2024", nas)
@@ -94,8 +95,8 @@ def test_open_imports_byte_identical_instances_then_skips_them(tmp_path, nas):
         server.stop()
 
 
-def test_bad_requests_name_what_is_wrong(tmp_path, nas):
-    server = start(tmp_path, nas)
+def test_bad_requests_name_what_is_wrong(nas, start):
+    server = start(nas)
     try:
         server.index()
         key = key_of(server, "P2", nas)
@@ -113,8 +114,8 @@ def test_bad_requests_name_what_is_wrong(tmp_path, nas):
         server.stop()
 
 
-def test_viewer_links_follow_the_loaded_plugins(tmp_path, nas):
-    server = start(tmp_path, nas, extra={"Plugins": [PYTHON_PLUGIN, WEB_VIEWER]} if TARGET == "1.10" else None)
+def test_viewer_links_follow_the_loaded_plugins(nas, start):
+    server = start(nas, extra={"Plugins": [PYTHON_PLUGIN, WEB_VIEWER]} if TARGET == "1.10" else None)
     if TARGET != "1.10":
         server.stop()
         pytest.skip("Debian 12's orthanc-webviewer loads into Orthanc 1.10 only")
@@ -130,8 +131,8 @@ def test_viewer_links_follow_the_loaded_plugins(tmp_path, nas):
         server.stop()
 
 
-def test_priors_of_a_patient_newest_first(tmp_path, nas):
-    server = start(tmp_path, nas)
+def test_priors_of_a_patient_newest_first(nas, start):
+    server = start(nas)
     try:
         server.index()
         found = server.get("/nas/patients/P1/series").json()
@@ -143,12 +144,11 @@ def test_priors_of_a_patient_newest_first(tmp_path, nas):
         server.stop()
 
 
-@pytest.mark.skipif(TARGET == "1.13", reason="known defect: POST /nas/destinations/{id}/echo answers 500 on Orthanc 1.13 + plugin 7.1 (seen in CI-like runs; cause not found yet)")
-def test_send_to_a_workstation_and_echo(tmp_path, nas):
+def test_send_to_a_workstation_and_echo(tmp_path, nas, start):
     scp_dir = tmp_path / "received"
     with StoreSCP(scp_dir, aet="WS1") as scp:
         dead = free_port()
-        server = start(tmp_path, nas, extra={"DicomModalities": {"ws": ["WS1", "127.0.0.1", scp.port],
+        server = start(nas, extra={"DicomModalities": {"ws": ["WS1", "127.0.0.1", scp.port],
                                                                  "dead": ["DEAD", "127.0.0.1", dead]}})
         try:
             server.index()
@@ -186,11 +186,11 @@ def imported_rows(tmp_path) -> list[dict]:
         conn.close()
 
 
-def test_retention_deletes_only_what_the_plugin_imported_unchanged(tmp_path, nas):
+def test_retention_deletes_only_what_the_plugin_imported_unchanged(tmp_path, nas, start):
     there_before = sorted((nas / "P1" / "2024").iterdir())[0]
     # 30 seconds: long enough that no sweep can come before the user's change below, even on a busy
     # machine (with 3 s, the first instances imported could be swept while the job was still ending)
-    server = start(tmp_path, nas, nas={"ImportRetentionHours": 30 / 3600},
+    server = start(nas, nas={"ImportRetentionHours": 30 / 3600},
                    extra={"OverwriteInstances": True})
     try:
         server.index()

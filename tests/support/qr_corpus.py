@@ -105,7 +105,7 @@ def rows_of(paths: list[Path], series: str) -> list[dict]:
                 "BodyPartExamined", "InstanceNumber", "SOPInstanceUID", "SOPClassUID"]
     rows = []
     for path in paths:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)  # also files without a meta group
         values = {k: ds.get(k) for k in keywords}
         rows.append({k: (None if v is None or v == "" else v if isinstance(v, int) else str(v))
                      for k, v in values.items()} | {"path": str(path), "series": series})
@@ -154,3 +154,33 @@ def expected(rows: list[dict], level: str, query: dict) -> set[str]:
         if ok:
             found.add(row[LEVEL_KEYS[level]])
     return found
+
+
+#: C-FIND identifiers (model, level, matching keys) covering every level and matching rule of the node
+QUERIES = [
+    ("-S", "STUDY", {}),
+    ("-S", "STUDY", {"PatientName": "DOE*"}),  # wild card, case-insensitive for names: DOE^JOHN and doe^jane
+    ("-S", "STUDY", {"PatientName": "müller^jürgen"}),  # single value, accents, other case
+    ("-S", "STUDY", {"PatientName": "*zo?"}),
+    ("-S", "STUDY", {"StudyDate": "20240105"}),
+    ("-S", "STUDY", {"StudyDate": "20240101-"}),
+    ("-S", "STUDY", {"StudyDate": "-20231231"}),
+    ("-S", "STUDY", {"StudyDate": "20231101-20231130"}),
+    ("-S", "STUDY", {"StudyTime": "080000-120000"}),
+    ("-S", "STUDY", {"AccessionNumber": "ACC?"}),
+    ("-S", "STUDY", {"StudyDescription": "CT*"}),
+    ("-S", "STUDY", {"StudyDescription": "ct*"}),  # case-sensitive for anything but names
+    ("-S", "STUDY", {"PatientID": "PAT2", "StudyDate": "20240101-"}),
+    ("-S", "STUDY", {"ModalitiesInStudy": "MR"}),
+    ("-S", "STUDY", {"ReferringPhysicianName": "lefèvre*"}),
+    ("-S", "STUDY", {"InstitutionName": "H*"}),
+    ("-P", "PATIENT", {}),
+    ("-P", "PATIENT", {"PatientName": "DOE*"}),
+    ("-P", "PATIENT", {"PatientBirthDate": "19700101-19991231"}),
+    ("-P", "PATIENT", {"PatientSex": "F"}),
+    ("-P", "STUDY", {"PatientID": "PAT2"}),
+    ("-S", "SERIES", {"Modality": "MR"}),
+    ("-S", "SERIES", {"SeriesNumber": "2"}),
+    ("-S", "SERIES", {"BodyPartExamined": "KNEE", "StudyDate": "20220101-"}),
+    ("-S", "SERIES", {"SeriesDescription": "AX?AL"}),
+]

@@ -81,10 +81,10 @@ def test_bad_database_settings_name_the_key(database, named):
         parse_settings({"Database": database})
 
 
-def test_the_dicom_node_needs_the_sqlite_index():
-    with pytest.raises(ConfigError, match="DicomServer"):
-        parse_settings({"Database": {"Type": "postgresql", "Url": "postgresql://db/nas"},
-                        "DicomServer": {"Enabled": True}})
+def test_the_dicom_node_runs_on_either_engine():
+    settings = parse_settings({"Database": {"Type": "postgresql", "Url": "postgresql://db/nas"},
+                               "DicomServer": {"Enabled": True}})
+    assert settings.DicomServer.Enabled and settings.Database.Type == "postgresql"
 
 
 def test_the_readmes_two_node_configuration_is_valid():

@@ -8,7 +8,12 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelMove, Verification
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from tests.support.dicom import write_series
 
 from orthanc_nas.catalog import Catalog
@@ -113,6 +118,28 @@ def test_a_destination_that_never_answers_ends_the_move(make_node, monkeypatch):
     finally:
         release.set()
         stuck_server.shutdown()
+
+
+def test_a_cancel_counts_for_the_request_it_follows_only(make_node):
+    """A C-CANCEL sent right after its C-FIND stops the answers (pynetdicom alone drops one that comes before
+    its service starts); one sent before a request with the same Message ID does not cancel that request."""
+    node = make_node(files=30)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.SeriesInstanceUID = node.catalog.reader().execute("SELECT SeriesInstanceUID FROM series").fetchone()[0]
+    identifier.SOPInstanceUID = ""
+    assoc = client(StudyRootQueryRetrieveInformationModelFind).associate("127.0.0.1", node.port, ae_title="NAS")
+    try:
+        assoc.send_c_cancel(5, query_model=StudyRootQueryRetrieveInformationModelFind)  # nothing to cancel yet
+        time.sleep(0.2)
+        whole = [s.Status for s, _ in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind, 5)]
+        answers = assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind, 6)
+        assoc.send_c_cancel(6, query_model=StudyRootQueryRetrieveInformationModelFind)
+        cancelled = [s.Status for s, _ in answers]
+    finally:
+        assoc.release()
+    assert whole == [0xFF00] * 30 + [0x0000]
+    assert cancelled[-1] == 0xFE00 and cancelled.count(0xFF00) < 30
 
 
 class StoreSCP:

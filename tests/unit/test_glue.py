@@ -7,7 +7,13 @@ Plugin 7.1 (Orthanc 1.13, Debian unstable): as 5.0. All three have `SetRootUri` 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+from tests.support.orthanc import free_port
 
 import nas_glue
 from orthanc_nas.http import Response, json_response
@@ -127,3 +133,21 @@ def test_the_panel_is_named_as_the_plugins_root_page_relative_to_orthanc_explore
 
 def test_a_module_without_root_pages_gets_no_link_and_no_error():
     assert not nas_glue.link_panel(object())
+
+
+def test_requests_compile_no_module_in_orthancs_threads(tmp_path):
+    """Orthanc's HTTP threads have a 100 KB C stack, in which Python 3.14 cannot compile pynetdicom's
+    sources (the echo route answered 500 on Orthanc 1.13): every module a request needs, outside the
+    standard library (whose bytecode Debian ships), is imported while the plugin loads. A fresh
+    interpreter, so that no other test has imported them before."""
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "nas").mkdir()
+    done = subprocess.run([sys.executable, str(repo / "tests" / "support" / "glue_standin.py"), str(tmp_path / "data"),
+                           str(tmp_path / "nas"), str(free_port())], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": f"{repo / 'plugin'}:{repo}", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found["answers"]["POST /nas/destinations/ws/echo"] == 502  # pynetdicom ran: nobody listens there
+    assert found["answers"]["GET /nas/destinations"] == 200
+    assert found["imported"] == [], f"imported while serving, not while loading: {found['imported']}"
+    assert "pynetdicom" in nas_glue.PRELOADED

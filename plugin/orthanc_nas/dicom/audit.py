@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 
 from .. import store
 from ..catalog import migrate
+from ..errors import BadRequest
+from ..search import integer_parameter
+from ..status import iso
 
 AUDIT_NAME = "dicom.db"
 
@@ -43,6 +46,24 @@ MIGRATIONS: list[str] = [
 ]
 #: failure reasons kept per retrieval
 MAX_REASONS = 5
+#: `GET /nas/dicom/retrievals?limit=`: default and largest
+LIST_LIMIT, MAX_LIST_LIMIT = 100, 1000
+
+
+def parse_listing(query: dict[str, str]) -> int:
+    """The `limit` of `GET /nas/dicom/retrievals` (1 to 1000, default 100); 400 naming a bad or unknown
+    parameter."""
+    given = {k: v.strip() for k, v in query.items() if v is not None and v.strip()}
+    unknown = sorted(set(query) - {"limit"})
+    if unknown:
+        raise BadRequest(f"unknown parameter {unknown[0]!r}"[:200], "The only parameter is limit (1 to 1000).",
+                         field=unknown[0])
+    return integer_parameter(given, "limit", LIST_LIMIT, 1, MAX_LIST_LIMIT)
+
+
+def listed(item: dict) -> dict:
+    """A row of `latest` as the REST route answers it: times in ISO 8601 (UTC)."""
+    return {**item, "started_at": iso(item["started_at"]), "finished_at": iso(item["finished_at"])}
 
 
 @dataclass
@@ -101,8 +122,8 @@ class RetrievalAudit:
                  "; ".join(r.reasons) or None))
             return cur.fetchone()[0]
 
-    def latest(self, limit: int = 100) -> list[dict]:
-        """The latest retrievals, newest first, `keys` as an object."""
+    def latest(self, limit: int = LIST_LIMIT) -> list[dict]:
+        """The latest retrievals, newest first, `keys` as an object; times in seconds since the epoch."""
         with self._lock:
             rows = self._conn().execute("SELECT * FROM retrievals ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         found = []

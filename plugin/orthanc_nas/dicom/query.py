@@ -11,6 +11,10 @@ matching. Computed keys: `ModalitiesInStudy` (returned, and matched as a list of
 Every query reads `series` rows through the indexes of migration 4 or, at IMAGE level, the files of the
 matching series (`files_by_series`) or of the given SOP Instance UIDs (`files_by_sop`): never a scan of
 every file row. Answers are in UTF-8 (`ISO_IR 192`).
+
+The SQL runs on SQLite or PostgreSQL (the index's engine, `store`): wild cards, folding, times and the
+list of modalities are written by the connection's `store.Dialect`; on SQLite, `prepare` adds the Python
+functions they use.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from dataclasses import dataclass, field
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+
+from .. import store
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
 LEVELS = (PATIENT, STUDY, SERIES, IMAGE)
@@ -74,10 +80,10 @@ KEYS: dict[str, Key] = {
 COMPUTED: dict[str, tuple[str, str]] = {
     "NumberOfPatientRelatedStudies": (PATIENT, "count(DISTINCT s.StudyInstanceUID)"),
     "NumberOfPatientRelatedSeries": (PATIENT, "count(*)"),
-    "NumberOfPatientRelatedInstances": (PATIENT, "sum(s.file_count)"),
-    "ModalitiesInStudy": (STUDY, "group_concat(DISTINCT s.Modality)"),
+    "NumberOfPatientRelatedInstances": (PATIENT, "CAST(sum(s.file_count) AS BIGINT)"),
+    "ModalitiesInStudy": (STUDY, "{modalities}"),
     "NumberOfStudyRelatedSeries": (STUDY, "count(*)"),
-    "NumberOfStudyRelatedInstances": (STUDY, "sum(s.file_count)"),
+    "NumberOfStudyRelatedInstances": (STUDY, "CAST(sum(s.file_count) AS BIGINT)"),
     "NumberOfSeriesRelatedInstances": (SERIES, "s.file_count"),
 }
 #: series that a DICOM peer can address: with study and series UIDs
@@ -102,8 +108,10 @@ def time_value(value: str | None) -> str | None:
     return f"{whole.ljust(6, '0')[:6]}.{fraction.ljust(6, '0')[:6]}"
 
 
-def prepare(conn: sqlite3.Connection) -> sqlite3.Connection:
-    """Add the node's SQL functions to a connection of the index."""
+def prepare(conn):
+    """Add the node's SQL functions to a connection of the index (SQLite; PostgreSQL needs none)."""
+    if store.dialect(conn) is not store.SQLITE_DIALECT:
+        return conn
     conn.create_function("nas_fold", 1, fold_name, deterministic=True)
     conn.create_function("nas_tm", 1, time_value, deterministic=True)
     return conn
@@ -114,8 +122,8 @@ class Query:
     """An identifier turned into SQL: its level, conditions and the keys to answer."""
 
     level: str
-    where: list[str] = field(default_factory=list)
-    params: list = field(default_factory=list)
+    #: the non-empty matching keys: (keyword, values), turned into SQL by `sql` in the engine's dialect
+    matches: list[tuple[str, list[str]]] = field(default_factory=list)
     #: (keyword or None, tag, VR) of every key of the identifier, in its order
     wanted: list[tuple[str | None, int, str]] = field(default_factory=list)
     #: the non-empty matching keys, for the audit: keyword -> value as text
@@ -134,12 +142,7 @@ def _values(value) -> list[str]:
     return [str(value)]
 
 
-def _glob(pattern: str) -> str:
-    """A DICOM wild card pattern as an SQLite GLOB pattern: `*` and `?` stay, `[` is literal."""
-    return pattern.replace("[", "[[]")
-
-
-def _condition(key: Key, values: list[str]) -> tuple[str, list] | None:
+def _condition(key: Key, values: list[str], dialect: store.Dialect) -> tuple[str, list] | None:
     """The SQL condition of one non-empty key (PS3.4 C.2.2.2), None for universal matching."""
     column, vr = key.column, key.vr
     if vr == "UI":  # single value or list of UIDs (C.2.2.2.2)
@@ -149,7 +152,7 @@ def _condition(key: Key, values: list[str]) -> tuple[str, list] | None:
         if vr == "DA":
             value, norm = value.replace(".", ""), (lambda v: v)
         else:
-            column, norm = f"nas_tm({column})", time_value
+            column, norm = dialect.time_value(column), time_value
         if "-" in value:  # range matching (C.2.2.2.5)
             low, _, high = value.partition("-")
             parts, args = [], []
@@ -165,17 +168,18 @@ def _condition(key: Key, values: list[str]) -> tuple[str, list] | None:
         try:
             return f"{column} = ?", [int(values[0].strip())]
         except ValueError:
-            return "0", []
+            return "1 = 0", []
     if vr == "PN":
-        column = f"nas_fold({column})"
-        values = [v.casefold() for v in values]
+        column = dialect.fold_name(column)
+        values = [dialect.fold_value(v) for v in values]
     parts, args = [], []
     for value in values:
         if value.strip("*") == "" and "*" in value:
             return None  # `*` alone: universal matching (C.2.2.2.4)
         if "*" in value or "?" in value:
-            parts.append(f"{column} GLOB ?")
-            args.append(_glob(value))
+            clause, arg = dialect.glob(column, value)
+            parts.append(clause)
+            args.append(arg)
         else:
             parts.append(f"{column} = ?")
             args.append(value if vr == "PN" else value.rstrip(" "))
@@ -206,17 +210,11 @@ def parse(identifier: Dataset, *, patient_root: bool, retrieve: bool = False) ->
         if not values:
             continue
         key = KEYS.get(keyword)
-        if key is not None and LEVELS.index(key.level) <= query.depth():
-            condition = _condition(key, values)
-        elif keyword == "ModalitiesInStudy" and level == STUDY:
-            condition = (f"s.StudyInstanceUID IN (SELECT m.StudyInstanceUID FROM series m WHERE m.Modality IN "
-                         f"({','.join('?' * len(values))}))", values)
-        else:
+        if not (key is not None and LEVELS.index(key.level) <= query.depth()
+                or keyword == "ModalitiesInStudy" and level == STUDY):
             continue  # a key the node does not match on: returned empty
         query.keys[keyword] = "\\".join(values)
-        if condition is not None:
-            query.where.append(condition[0])
-            query.params.extend(condition[1])
+        query.matches.append((keyword, values))
     if level == IMAGE and not retrieve and not ({"SeriesInstanceUID", "SOPInstanceUID"} & set(query.keys)):
         raise QueryError("an IMAGE level query needs SeriesInstanceUID or SOPInstanceUID")
     return query
@@ -236,34 +234,53 @@ def _dictionary_vr(tag) -> str | None:
     return vr if vr in _PLAIN_VRS else None
 
 
-def sql(query: Query) -> tuple[str, list]:
-    """The SELECT of a query: one row per answer, columns named by keyword."""
+def _conditions(query: Query, dialect: store.Dialect) -> tuple[list[str], list]:
+    """The SQL conditions of a query's matching keys and their arguments."""
+    where, params = [], []
+    for keyword, values in query.matches:
+        if keyword == "ModalitiesInStudy":
+            condition = (dialect.modalities_in_study.format(marks=",".join("?" * len(values))), values)
+        else:
+            condition = _condition(KEYS[keyword], values, dialect)
+        if condition is not None:
+            where.append(condition[0])
+            params.extend(condition[1])
+    return where, params
+
+
+def sql(query: Query, dialect: store.Dialect = store.SQLITE_DIALECT) -> tuple[str, list]:
+    """The SELECT of a query in `dialect` (`store.dialect(conn)`): one row per answer, columns named by
+    keyword."""
     depth = query.depth()
-    where = " AND ".join([_ADDRESSABLE, *query.where])
+    conditions, params = _conditions(query, dialect)
+    where = " AND ".join([_ADDRESSABLE, *conditions])
     columns = [f"{key.column} AS {kw}" for kw, key in KEYS.items() if LEVELS.index(key.level) <= depth]
-    computed = [f"{expr} AS {kw}" for kw, (level, expr) in COMPUTED.items() if level == query.level]
+    modalities = dialect.group_concat("s.Modality")
+    computed = [f"{expr.format(modalities=modalities)} AS {kw}" for kw, (level, expr) in COMPUTED.items()
+                if level == query.level]
     if query.level in _GROUP:
         group = _GROUP[query.level]
         own = [f"max({key.column}) AS {kw}" for kw, key in KEYS.items()
                if LEVELS.index(key.level) <= depth and key.column != group]
         return (f"SELECT {group} AS {UNIQUE_KEYS[query.level]}, {', '.join(own + computed)} FROM series s "
                 f"WHERE {_ADDRESSABLE} AND {group} IN (SELECT {group} FROM series s WHERE {where}) "
-                f"GROUP BY {group} ORDER BY {group}"), query.params
+                f"GROUP BY {group} ORDER BY {group}"), params
     if query.level == SERIES:
         return (f"SELECT {', '.join(columns + computed)} FROM series s WHERE {where} "
-                "ORDER BY s.StudyInstanceUID, s.SeriesNumber, s.SeriesInstanceUID"), query.params
+                "ORDER BY s.StudyInstanceUID, s.SeriesNumber, s.SeriesInstanceUID"), params
     return (f"SELECT {', '.join(columns)}, f.path AS path, f.size AS size, f.TransferSyntaxUID AS TransferSyntaxUID "
             f"FROM series s JOIN files f ON f.series_key = s.series_key "
             f"WHERE {where} AND f.error IS NULL AND f.SOPInstanceUID IS NOT NULL "
             "ORDER BY s.StudyInstanceUID, s.SeriesInstanceUID, f.InstanceNumber IS NULL, f.InstanceNumber, f.path"
-            ), query.params
+            ), params
 
 
-def rows(conn: sqlite3.Connection, query: Query) -> Iterator[sqlite3.Row]:
-    """The matching rows, read as they are answered (a cursor, not a list)."""
-    text, params = sql(query)
+def rows(conn, query: Query) -> Iterator[sqlite3.Row]:
+    """The matching rows, read as they are answered (SQLite: a cursor, not a list), by column name."""
+    text, params = sql(query, store.dialect(conn))
     cursor = prepare(conn).execute(text, params)
-    cursor.row_factory = sqlite3.Row
+    if store.dialect(conn) is store.SQLITE_DIALECT:
+        cursor.row_factory = sqlite3.Row
     yield from cursor
 
 
@@ -273,12 +290,12 @@ def answer(query: Query, row: sqlite3.Row, retrieve_aet: str) -> Dataset:
     ds.SpecificCharacterSet = CHARSET
     ds.QueryRetrieveLevel = query.level
     ds.RetrieveAETitle = retrieve_aet
-    present = set(row.keys())
+    present = {name.lower() for name in row.keys()}  # PostgreSQL answers names in lower case
     for keyword, tag, vr in query.wanted:
         if vr == "SQ":
             ds.add_new(tag, vr, [])
             continue
-        value = row[keyword] if keyword in present else None
+        value = row[keyword] if keyword and keyword.lower() in present else None
         if keyword == "ModalitiesInStudy" and value:
             value = sorted(set(value.split(",")))
         ds.add_new(tag, vr, value)

@@ -21,6 +21,7 @@ import io
 import logging
 import socket
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -30,10 +31,11 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import StoragePresentationContexts, build_context, evt
-from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_messages import C_CANCEL_RQ, C_FIND_RQ, C_GET_RQ, C_MOVE_RQ, C_STORE_RSP
 
 from ..errors import NasError, NasNetworkError
 from ..indexer import with_retries
+from ..pathnames import loaded
 from .audit import Retrieval, RetrievalAudit
 from .pynetdicom_internals import fewer_pendings, prompt, quiet, sender_only
 from .query import IMAGE, UNIQUE_KEYS, QueryError, parse, rows
@@ -67,7 +69,7 @@ def select(conn, identifier: Dataset, *, patient_root: bool) -> tuple[str, dict,
     if unique not in query.keys:
         raise QueryError(f"a {query.level} level retrieval needs {unique}")
     level, keys = query.level, dict(query.keys)
-    files = [Instance(r["path"], r["size"], r["SOPInstanceUID"], r["SOPClassUID"], r["TransferSyntaxUID"])
+    files = [Instance(loaded(r["path"]), r["size"], r["SOPInstanceUID"], r["SOPClassUID"], r["TransferSyntaxUID"])
              for r in rows(conn, replace(query, level=IMAGE))]
     return level, keys, files
 
@@ -93,8 +95,11 @@ def contexts_for(files: list[Instance]) -> list:
 
 def unsendable(accepted: list, ds: Dataset) -> str | None:
     """Why no accepted presentation context can carry `ds`, or None (PS3.4 B.2: as stored, or converted
-    between uncompressed transfer syntaxes)."""
-    sop_class = str(ds.get("SOPClassUID", ""))
+    between uncompressed transfer syntaxes). A file without SOP Class UID (0008,0016) cannot be sent: a
+    C-STORE names its SOP class, and the node does not add one the file does not have."""
+    sop_class = str(ds.get("SOPClassUID", "") or "").strip()
+    if not sop_class:
+        return "the file has no SOP Class UID (0008,0016): no C-STORE can carry it"
     syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
     offered = [cx.transfer_syntax[0] for cx in accepted if cx.abstract_syntax == sop_class and cx.transfer_syntax]
     if not offered:
@@ -213,15 +218,44 @@ class Stores:
                 self.sent += 1
 
 
+class Cancels:
+    """The C-CANCEL requests (PS3.7 9.3.2.3) of each association, fed by EVT_DIMSE_RECV in the order messages
+    arrive. pynetdicom keeps its own record (`event.is_cancelled`) only once its service class has started:
+    it clears it just before, so a C-CANCEL sent right after its C-FIND, C-MOVE or C-GET request was lost and
+    every match or file was sent. A new request with the same Message ID forgets an older cancel."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._ids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # association -> Message IDs
+
+    def on_recv(self, event) -> None:
+        message = event.message
+        if isinstance(message, C_CANCEL_RQ):
+            with self._lock:
+                self._ids.setdefault(event.assoc, set()).add(message.command_set.MessageIDBeingRespondedTo)
+        elif isinstance(message, C_FIND_RQ | C_MOVE_RQ | C_GET_RQ):
+            with self._lock:
+                self._ids.get(event.assoc, set()).discard(message.command_set.MessageID)
+
+    def cancelled(self, event) -> bool:
+        """Whether the request of `event` (EVT_C_FIND, EVT_C_MOVE, EVT_C_GET) was cancelled."""
+        if event.is_cancelled:
+            return True
+        with self._lock:
+            return event.request.MessageID in self._ids.get(event.assoc, ())
+
+
 class Retriever:
     """The C-MOVE and C-GET handlers of the node (bound to pynetdicom's events by `server`)."""
 
-    def __init__(self, catalog, source: Callable, peers, audit: RetrievalAudit, stop: threading.Event):
+    def __init__(self, catalog, source: Callable, peers, audit: RetrievalAudit, stop: threading.Event,
+                 cancels: Cancels | None = None):
         self.catalog = catalog
         self.source = source
         self.peers = peers
         self.audit = audit
         self.stop = stop
+        self.cancels = cancels or Cancels()
         self._gets: dict[int, Stores] = {}  # id(association) -> the responses of its C-GET
 
     def on_recv(self, event) -> None:
@@ -300,7 +334,7 @@ class Retriever:
         network_failures = 0
         reader = NasReader(self.source(), files, stop)
         for item, *outcome in reader:
-            if event.is_cancelled or self.stop.is_set():
+            if self.cancels.cancelled(event) or self.stop.is_set():
                 record.outcome = "cancelled"
                 self._finish(record, stores)
                 yield CANCELLED, None

@@ -32,7 +32,7 @@ from .audit import RetrievalAudit
 from .peers import Peers
 from .pynetdicom_internals import encode_command_sets_once
 from .query import QueryError, answer, parse, rows
-from .retrieve import CANCELLED, PENDING, Retriever, no_delay
+from .retrieve import CANCELLED, PENDING, Cancels, Retriever, no_delay
 
 log = logging.getLogger("orthanc_nas")
 
@@ -65,7 +65,8 @@ class DicomNode:
         self.peers = peers
         self.audit = audit
         self._stop = threading.Event()
-        self.retriever = Retriever(catalog, source, peers, audit, self._stop)
+        self.cancels = Cancels()
+        self.retriever = Retriever(catalog, source, peers, audit, self._stop, self.cancels)
         self.server = None
 
     @property
@@ -96,6 +97,7 @@ class DicomNode:
             (evt.EVT_C_MOVE, self._on_move),
             (evt.EVT_C_GET, self._on_get),
             (evt.EVT_DIMSE_RECV, self.retriever.on_recv),
+            (evt.EVT_DIMSE_RECV, self.cancels.on_recv),
         ]
         host, port = self.settings.Host, self.settings.Port
         encode_command_sets_once()
@@ -145,7 +147,7 @@ class DicomNode:
         except NotFound:  # no index yet: nothing matches
             return
         for row in rows(conn, query):
-            if event.is_cancelled:
+            if self.cancels.cancelled(event):
                 yield CANCELLED, None
                 return
             yield PENDING, answer(query, row, self.settings.AET)
