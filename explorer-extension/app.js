@@ -206,6 +206,7 @@
     if (!m) { return false; }
     var value = decodeURIComponent(m[2]);
     showTab('search');
+    state.selected = {};  // a new search, as from the search form
     if (m[1] === 'q') {
       $('q').value = value;
       runSearch(searchParams(0));
@@ -578,6 +579,7 @@
 
   $('search-form').addEventListener('submit', function (event) {
     event.preventDefault();
+    state.selected = {};  // a selection belongs to its search: series of another one would be shared unseen
     runSearch(searchParams(0));
   });
   $('page-size').addEventListener('change', function () { if (state.search) { runSearch(searchParams(0)); } });
@@ -765,6 +767,17 @@
     }, function (err) { showError($('shares-message'), err); });
   }
 
+  /** What a link holds, so that links without a label can be told apart: its first series still in the
+   *  index (patient, study date, series), and how many more. */
+  function shareAbout(share) {
+    var first = (share.about || [])[0];
+    var count = share.series.length;
+    if (!first) { return number(count) + ' series, no longer in the NAS index'; }
+    var text = [personName(first.PatientName) || first.PatientID, dicomDate(first.StudyDate),
+                first.SeriesDescription || first.StudyDescription].filter(Boolean).join(' · ');
+    return count > 1 ? text + ' and ' + number(count - 1) + ' more series' : text;
+  }
+
   function renderShares(shares) {
     var tbody = clear(document.querySelector('#shares tbody'));
     if (!shares.length) {
@@ -773,12 +786,14 @@
     }
     shares.forEach(function (share) {
       var status = shareState(share);
+      var about = shareAbout(share);
       var action = status === 'active'
         ? el('button', { type: 'button', className: 'btn btn-small btn-danger', text: 'Revoke',
                          onclick: function () { revoke(share); } })
         : null;
       tbody.appendChild(el('tr', { 'data-id': share.id, className: status === 'active' ? '' : 'inactive' },
-        el('td', { className: 'wrap', title: share.label || '', text: share.label || '(no label)' }),
+        el('td', { className: 'label', title: [share.label, about].filter(Boolean).join('\n') },
+          el('div', { text: share.label || '(no label)' }), el('div', { className: 'about', text: about })),
         el('td', { className: 'num', text: number(share.series.length) }),
         el('td', { text: localTime(share.created_at) }),
         el('td', { text: localTime(share.expires_at) }),

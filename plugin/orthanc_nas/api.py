@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import unquote
+import re
+from urllib.parse import unquote, urlencode
 
 from .allowed import check_web_connection
 from .archive import content_disposition, series_archive
 from .config import parse_web_connection, parse_web_settings
 from .errors import BadRequest, ConfigError, NasError, NotFound, NotSupported, shown
-from .http import Request, Response, Router, json_response
+from .http import ANY_QUERY, Request, Response, Router, json_response
 from .jobs import ORTHANC, parse_retrieve_request
 from .panel import panel_file
 from .retrieval import echo
-from .search import SearchParams, patient_series, search, series_detail
+from .search import SEARCH_PARAMETERS, SearchParams, patient_series, search, series_detail
 from .shares import parse_share_request
 from .sources.scope import parse_folder
 from .status import iso
@@ -57,7 +58,7 @@ def stop_index(app, request: Request) -> Response:
     return json_response({"stopping": stopping, "phase": app.status_snapshot()["phase"]})
 
 
-@router.route("GET", "/nas/search")
+@router.route("GET", "/nas/search", query=SEARCH_PARAMETERS)
 def search_series(app, request: Request) -> Response:
     params = SearchParams.parse(request.query)
     result = search(app.catalog.reader(), params)
@@ -99,9 +100,28 @@ def create_share(app, request: Request) -> Response:
     return json_response(answer, 201)
 
 
+#: series of each share described in `GET /nas/shares`' `about`
+SHARE_ABOUT = 3
+ABOUT_FIELDS = ("PatientName", "PatientID", "StudyDate", "StudyDescription", "SeriesNumber", "SeriesDescription",
+                "Modality")
+
+
 @router.route("GET", "/nas/shares")
 def list_shares(app, request: Request) -> Response:
-    return json_response(app.shares.list())
+    """Every share, newest first (`ShareStore.list`), each with `about`: its first SHARE_ABOUT series still
+    in the index, as `ABOUT_FIELDS` (fewer, or [], for series gone from the index or without an index), so
+    that links without a label can be told apart."""
+    shares = app.shares.list()
+    wanted = {key for share in shares for key in share["series"][:SHARE_ABOUT]}
+    try:
+        rows = app.catalog.series_rows(sorted(wanted)) if wanted and app.catalog.exists() else {}
+    except NasError as exc:  # the index's database is down: the links are listed all the same
+        log.warning("shares listed without what they hold: %s", exc.message)
+        rows = {}
+    for share in shares:
+        share["about"] = [{name: rows[key][name] for name in ABOUT_FIELDS}
+                          for key in share["series"][:SHARE_ABOUT] if key in rows]
+    return json_response(shares)
 
 
 @router.route("DELETE", "/nas/shares/([^/]+)")
@@ -189,7 +209,7 @@ def get_patient_series(app, request: Request, patient_id: str) -> Response:
     return json_response(patient_series(app.catalog.reader(), unquote(patient_id)))
 
 
-@router.route("GET", "/nas/dicom/retrievals")
+@router.route("GET", "/nas/dicom/retrievals", query=("limit",))
 def list_dicom_retrievals(app, request: Request) -> Response:
     """The DICOM node's audit: its C-MOVEs and C-GETs, newest first (`limit`, 1 to 1000, default 100)."""
     from .dicom.audit import listed, parse_listing
@@ -205,19 +225,43 @@ def _retrievals(app):
     return app.retrievals
 
 
-# Orthanc hands `/nas/app/` over as `/nas/app`, so the two cannot be told apart: both are sent on to
-# "index.html", which from `/nas/app/` is the panel and from `/nas/app` is `/nas/index.html`, sent on in
-# turn. Relative redirections keep working behind a reverse proxy that adds a prefix.
-@router.route("GET", "/nas/app")
+# Orthanc hands `/nas/app/` over as `/nas/app` (1.10 to 1.13 alike), so the two cannot be told apart, and a
+# relative Location means something else from each. A reverse proxy that names the prefix it mounts Orthanc
+# under (X-Forwarded-Prefix; none for Orthanc reached directly) gets one redirection to the panel. Otherwise
+# both are sent on to "index.html", which from `/nas/app/` is the panel and from `/nas/app` is
+# `/nas/index.html`, sent on in turn: an absolute "/nas/app/index.html" would leave the panel behind a proxy
+# that adds a prefix without saying so (as the Orthanc Book's nginx sample does). The query goes along.
+_PREFIX = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*")
+
+
+def forwarded_prefix(request: Request) -> str | None:
+    """The path a reverse proxy mounts Orthanc under (`X-Forwarded-Prefix`, the first of a list), "" for
+    none said, without its final slash; None when absent or not a plain path (a `//host` would redirect
+    to another site)."""
+    value = request.headers.get("x-forwarded-prefix")
+    if value is None:
+        return None
+    prefix = value.split(",")[0].strip().rstrip("/")
+    return prefix if _PREFIX.fullmatch(prefix) else None
+
+
+def _panel_location(request: Request, relative: str) -> Response:
+    prefix = forwarded_prefix(request)
+    target = relative if prefix is None else f"{prefix}/nas/app/index.html"
+    query = urlencode(request.query)
+    return Response(301, b"", headers={"Location": f"{target}?{query}" if query else target})
+
+
+@router.route("GET", "/nas/app", query=ANY_QUERY)
 def panel_redirect(app, request: Request) -> Response:
-    return Response(301, b"", headers={"Location": "index.html"})
+    return _panel_location(request, "index.html")
 
 
-@router.route("GET", "/nas/index.html")
+@router.route("GET", "/nas/index.html", query=ANY_QUERY)
 def panel_redirect_without_slash(app, request: Request) -> Response:
-    return Response(301, b"", headers={"Location": "app/index.html"})
+    return _panel_location(request, "app/index.html")
 
 
-@router.route("GET", "/nas/app/([^/]+)")
+@router.route("GET", "/nas/app/([^/]+)", query=ANY_QUERY)  # the page reads its own ?q=
 def get_panel_file(app, request: Request, name: str) -> Response:
     return panel_file(name)

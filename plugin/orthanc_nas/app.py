@@ -15,11 +15,12 @@ from .config import SAVED_CONFIG_NAME, Connection, Settings, load_saved_connecti
 from .errors import ConfigError
 from .indexer import Indexer
 from .jobs import JobStore
-from .listener import ShareApp, ShareListener
+from .listener import ShareApp
 from .probe import try_source
 from .retention import RetentionSweeper
 from .retrieval import OrthancHost, Retrievals
 from .schedule import Scheduler
+from .share_server import ShareListener
 from .shares import ShareStore
 from .sources import Source, open_source
 from .status import IndexStatus

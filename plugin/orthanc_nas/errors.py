@@ -22,6 +22,7 @@ class NasError(Exception):
     status = 500
     kind = "internal"
     default_hint = "See Orthanc's log for details."
+    headers: dict[str, str] = {}  # HTTP headers the answer needs besides the error object
 
     def __init__(self, message: str, hint: str | None = None, *, status: int | None = None,
                  field: str | None = None):
@@ -52,6 +53,17 @@ class BadRequest(NasError):
     status = 400
     kind = "bad_request"
     default_hint = "Correct the request; see the REST routes in the README."
+
+
+class MethodNotAllowed(BadRequest):
+    """The route exists, not with this method; `allow` lists those it takes (the answer's `Allow` header).
+    Orthanc's HTTP server sends a 405 only through its own call, without this body (see nas_glue.send)."""
+
+    status = 405
+
+    def __init__(self, message: str, hint: str | None = None, *, allow: str):
+        super().__init__(message, hint)
+        self.headers = {"Allow": allow}
 
 
 class UnsupportedMediaType(BadRequest):

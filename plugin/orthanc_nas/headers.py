@@ -9,7 +9,7 @@ prefix reached the stop point and asks for more bytes when it did not.
 
 The fast path (the usual file: preamble, "DICM", a File Meta group in Explicit
 VR Little Endian, a transfer syntax pydicom knows) walks the meta group's
-elements itself, as pydicom does, and hands the rest to `read_dataset`: checking
+elements itself, as pydicom does (`file_meta`), and hands the rest to `read_dataset`: checking
 and building the meta group is a fifth of `read_partial`'s time. Whenever it
 cannot be sure (no meta group, no transfer syntax, one pydicom does not know,
 meta elements that are not Explicit VR), the file goes through `read_partial`.
@@ -28,24 +28,21 @@ mistakes that did not stop the reading (for a debug line of the log, never an er
 
 from __future__ import annotations
 
-import functools
 import io
 import struct
-import zlib
-from dataclasses import dataclass
 
 from pydicom.dataelem import convert_raw_data_element
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset, read_partial
 from pydicom.tag import Tag
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from .dicom_values import READERS, character_sets, from_python
+from .file_meta import UNDEFINED_LENGTH, CutHeader, NeedMore, NotDicom, inflate_dataset, read_file_meta
 
 #: bytes read first; enough for most headers (measured: 2–10 KB), doubled while a header is longer
 HEAD_SIZE = 16 * 1024
 MAX_HEAD_SIZE = 64 * 1024 * 1024
-INFLATE_STEP = 64 * 1024  # bytes of a deflated data set inflated at first; doubled while needed
 
 # keyword -> (tag, VR of the data dictionary, PS3.6)
 FIELDS: dict[str, tuple[int, str]] = {
@@ -73,102 +70,10 @@ FIELDS: dict[str, tuple[int, str]] = {
 }
 _LAST_TAG = max(tag for tag, _ in FIELDS.values())
 _TAGS = [Tag(tag) for tag, _ in FIELDS.values()]
-_NO_TAGS = [Tag(0xFFFFFFFF)]  # a tag no data set holds: every value is skipped, not read
-_READ = [(keyword, Tag(tag), vr) for keyword, (tag, vr) in FIELDS.items() if keyword != "SpecificCharacterSet"]
-_ELEMENT = struct.Struct("<HH2sH")  # an Explicit VR Little Endian element header: group, element, VR, length
-
-# Explicit VR elements with a 4-byte length (PS3.5 7.1.2)
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-_UNDEFINED = 0xFFFFFFFF
 _PIXEL_DATA = 0x7FE00010
 _SEQUENCE_END = (b"\xfe\xff\xdd\xe0\0\0\0\0", b"\xff\xfe\xe0\xdd\0\0\0\0")  # (FFFE,E0DD), little / big endian
-# transfer syntaxes whose data set is deflated: PS3.5 A.5, and the JPIP Referenced Deflate syntaxes
-_DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"}
-
-
-@functools.lru_cache(maxsize=64)
-def _syntax(uid: bytes) -> tuple[bool, bool, bool] | None:
-    """(implicit VR, little endian, deflated) of a transfer syntax; None for one pydicom does not know."""
-    try:
-        syntax = UID(uid.decode("ascii").strip(" \0"))
-        if syntax in _DEFLATED:
-            return False, True, True
-        if syntax.is_transfer_syntax:
-            return syntax.is_implicit_VR, syntax.is_little_endian, False
-    except (UnicodeDecodeError, ValueError):
-        pass
-    return None
-
-
-class NotDicom(Exception):
-    """The bytes are not a DICOM file the index can use; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class NeedMore:
-    """The prefix ended before the attributes the index needs: read at least `size` bytes."""
-
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Meta:
-    end: int  # where the data set starts
-    syntax: tuple[bool, bool, bool] | None
-    uid: str | None  # TransferSyntaxUID (0002,0010)
-    notes: tuple[str, ...]
-
-
-def _file_meta(buf: bytes, complete: bool) -> _Meta | NeedMore | None:
-    """Walk the File Meta Information after "DICM" (PS3.10 7.1) element by element, as pydicom does.
-
-    None when the fast path cannot be sure of it (then pydicom reads the file).
-    """
-    at, size = 132, len(buf)
-    declared = syntax_uid = None
-    while True:
-        if at + 8 > size:
-            if not complete:
-                return NeedMore(size * 2)
-            if at == size and at > 132 and declared is not None and at >= 144 + declared:
-                raise NotDicom(f"a DICOM file without a data set: it ends after its File Meta Information "
-                               f"(byte {size})")
-            raise NotDicom(f"truncated DICOM file: it ends at byte {size} within its File Meta Information")
-        group, element, vr, length = _ELEMENT.unpack_from(buf, at)
-        if group != 2:
-            break
-        if not (b"AA" <= vr <= b"ZZ"):
-            return None  # not Explicit VR (pydicom retries such a group as implicit)
-        value_at = at + 8
-        if vr in _LONG_VRS:
-            (length,) = struct.unpack_from("<I", buf, at + 8) if at + 12 <= size else (0,)
-            value_at = at + 12
-        if length == _UNDEFINED:
-            return None
-        if value_at + length > size:
-            if not complete:
-                return NeedMore(size * 2)
-            raise NotDicom(f"truncated DICOM file: it ends at byte {size} within its File Meta Information")
-        if element == 0 and vr == b"UL" and length == 4:
-            (declared,) = struct.unpack_from("<I", buf, value_at)
-        elif element == 0x10:
-            syntax_uid = buf[value_at:value_at + length]
-        at = value_at + length
-    if syntax_uid is None:
-        return None  # pydicom guesses the encoding
-    notes = ()
-    if declared is not None and declared != at - 144:
-        notes = (f"File Meta Information Group Length is {declared}, the group has {at - 144} bytes "
-                 "(read by its elements)",)
-    if buf[at:at + 2] == b"\0\0":
-        return None  # a command group (0000) before the data set: pydicom's reader knows it
-    uid = bytes(syntax_uid)
-    return _Meta(at, _syntax(uid), uid.decode("latin-1").strip(" \0") or None, notes)
-
-
-class _CutHeader(Exception):
-    """The bytes end inside an element header (pydicom's reader fails on its 4-byte length)."""
-
+_NO_TAGS = [Tag(0xFFFFFFFF)]  # a tag no data set holds: every value is skipped, not read
+_READ = [(keyword, Tag(tag), vr) for keyword, (tag, vr) in FIELDS.items() if keyword != "SpecificCharacterSet"]
 
 class _Parse:
     """One parse of a data set: whether it stopped past the attributes (and where), or ended before."""
@@ -208,7 +113,7 @@ class _Tracking(_Parse):
         if self.stopped or self.last_at is None:
             return None
         end = len(data)
-        if self.last_length == _UNDEFINED:
+        if self.last_length == UNDEFINED_LENGTH:
             if data.endswith(_SEQUENCE_END):
                 return None
             return f"the sequence ({self.last_tag >> 16:04X},{self.last_tag & 0xFFFF:04X}) is not closed"
@@ -235,7 +140,7 @@ class _Rest(_Tracking):
         return False
 
     def cut_at(self, data: bytes) -> str | None:
-        if (self.last_tag == _PIXEL_DATA and self.last_length != _UNDEFINED
+        if (self.last_tag == _PIXEL_DATA and self.last_length != UNDEFINED_LENGTH
                 and self.last_at + self.last_length <= len(data)):
             return None
         return super().cut_at(data)
@@ -247,7 +152,7 @@ def _read_elements(fp, data: bytes, implicit: bool, little: bool, stop_when, tag
     except struct.error:  # a 4-byte length (PS3.5 7.1.2) that is not there
         if fp.tell() < len(data):
             raise
-        raise _CutHeader from None
+        raise CutHeader from None
 
 
 def _dataset(data: bytes, start: int, implicit: bool, little: bool, tracking: bool = False):
@@ -272,44 +177,20 @@ def _cut_after(data: bytes, start: int, encoding) -> str | None:
     rest = _Rest(fp)
     try:
         _read_elements(fp, data, implicit, little, rest.stop_when, _NO_TAGS)
-    except _CutHeader:
+    except CutHeader:
         return "an element header"
     return rest.cut_at(data)
 
 
-def _inflated(buf: bytes, meta: _Meta, complete: bool):
-    """Parse a deflated data set, inflating only as much as the attributes need."""
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-        data = inflater.decompress(buf[meta.end:], INFLATE_STEP)
-        while True:
-            try:
-                ds, parse = _dataset(data, 0, False, True)
-            except _CutHeader:
-                if not inflater.unconsumed_tail:
-                    if inflater.eof or complete:
-                        raise
-                    return NeedMore(len(buf) * 2)
-            else:
-                if parse.stopped or not inflater.unconsumed_tail:
-                    break
-            data += inflater.decompress(inflater.unconsumed_tail, max(INFLATE_STEP, len(data)))
-    except zlib.error as exc:  # corrupt, not cut: more bytes would not help
-        raise NotDicom(f"the deflated data set cannot be inflated (zlib: {exc})") from exc
-    if not parse.stopped and not (inflater.eof or complete):
-        return NeedMore(len(buf) * 2)
-    return ds, parse, data, inflater.eof
-
-
 def _read(buf: bytes, complete: bool):
     """(data set, parse, the bytes it was read from, transfer syntax, has meta, notes), or NeedMore."""
-    meta = _file_meta(buf, complete) if buf[128:132] == b"DICM" else None
+    meta = read_file_meta(buf, complete) if buf[128:132] == b"DICM" else None
     if isinstance(meta, NeedMore):
         return meta
     if meta is not None and meta.syntax is not None:
         implicit, little, deflated = meta.syntax
         if deflated:
-            result = _inflated(buf, meta, complete)
+            result = inflate_dataset(buf, meta, complete, lambda data: _dataset(data, 0, False, True))
             if isinstance(result, NeedMore):
                 return result
             ds, parse, data, whole = result
@@ -340,7 +221,7 @@ def _partial(fp, buf: bytes, parse: _Tracking, force: bool):
     except struct.error:  # a 4-byte length (PS3.5 7.1.2) that is not there
         if fp.tell() < len(buf):
             raise
-        raise _CutHeader from None
+        raise CutHeader from None
 
 
 def parse_head(buf: bytes, complete: bool) -> dict | NeedMore:
@@ -356,7 +237,7 @@ def parse_head(buf: bytes, complete: bool) -> dict | NeedMore:
         return _parse_head(buf, complete)
     except NotDicom:
         raise
-    except _CutHeader:
+    except CutHeader:
         if not complete:
             return NeedMore(len(buf) * 2)
         raise NotDicom(f"truncated DICOM file: it ends at byte {len(buf)} within its data set "

@@ -8,14 +8,23 @@ exceptions into the spec's error object.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus, urlsplit
 
-from .errors import BadRequest, CrossSiteRequest, NasError, NotFound, UnsupportedMediaType, shown
+from .errors import (
+    BadRequest,
+    CrossSiteRequest,
+    MethodNotAllowed,
+    NasError,
+    NotFound,
+    UnsupportedMediaType,
+    shown,
+)
 
 log = logging.getLogger("orthanc_nas")
 
@@ -128,7 +137,8 @@ def json_response(data, status: int = 200, headers: dict | None = None) -> Respo
 
 
 def error_response(exc: NasError) -> Response:
-    return json_response(exc.to_json(), exc.status)
+    """The spec's error object with the exception's status (and headers such as a 405's `Allow`)."""
+    return json_response(exc.to_json(), exc.status, exc.headers)
 
 
 def parse_query(raw: dict | str | None) -> dict[str, str]:
@@ -188,24 +198,51 @@ def _own_hosts(request: Request) -> set[str]:
 
 Handler = Callable[..., Response]
 
+#: query parameters that Orthanc's pages and authorization plugins may add to an address of any route:
+#: the tokens Orthanc Explorer carries in its address (explorer-extension/app.js sends the same names)
+#: and jQuery's cache buster `_`. Accepted and ignored everywhere.
+PASSED_THROUGH = frozenset({"token", "auth-token", "authorization", "_"})
+#: a route whose query is read by someone else (the panel's own page reads `?q=` in the browser)
+ANY_QUERY = None
+
+
+def check_query(query: Collection[str], accepted: Collection[str]) -> None:
+    """BadRequest naming the first parameter of `query` that is neither `accepted` nor PASSED_THROUGH, with a
+    hint listing the accepted ones (and the closest, for a typo such as `modalty`)."""
+    unknown = sorted(set(query) - set(accepted) - PASSED_THROUGH)
+    if not unknown:
+        return
+    name = unknown[0]
+    if not accepted:
+        hint = "This route takes no query parameters."
+    else:
+        close = difflib.get_close_matches(name, accepted, n=1)
+        hint = (f"Did you mean {close[0]}? " if close else "") + f"This route takes {', '.join(accepted)}."
+    raise BadRequest(f"unknown query parameter {shown(name)}", hint, field=name)
+
 
 class Router:
-    """Maps (method, path pattern) to handlers; answers 404/405 with the error object."""
+    """Maps (method, path pattern) to handlers; answers 404/405 with the error object.
+
+    A GET route names the query parameters it takes (`query`; none by default): any other one is a 400,
+    so that a misspelt filter is not silently ignored. HEAD is answered by the GET handler, without body.
+    """
 
     def __init__(self) -> None:
-        self.routes: list[tuple[re.Pattern, dict[str, Handler]]] = []
+        self.routes: list[tuple[re.Pattern, dict[str, tuple[Handler, tuple[str, ...] | None]]]] = []
 
-    def add(self, method: str, pattern: str, handler: Handler) -> None:
+    def add(self, method: str, pattern: str, handler: Handler, query: Iterable[str] | None = ()) -> None:
         regex = re.compile(f"^{pattern}$")
+        entry = (handler, None if query is ANY_QUERY else tuple(query))
         for existing, methods in self.routes:
             if existing.pattern == regex.pattern:
-                methods[method] = handler
+                methods[method] = entry
                 return
-        self.routes.append((regex, {method: handler}))
+        self.routes.append((regex, {method: entry}))
 
-    def route(self, method: str, pattern: str) -> Callable[[Handler], Handler]:
+    def route(self, method: str, pattern: str, *, query: Iterable[str] | None = ()) -> Callable[[Handler], Handler]:
         def decorate(handler: Handler) -> Handler:
-            self.add(method, pattern, handler)
+            self.add(method, pattern, handler, query)
             return handler
         return decorate
 
@@ -215,16 +252,23 @@ class Router:
                 match = regex.match(request.path)
                 if not match:
                     continue
-                handler = methods.get(request.method) or (
-                    methods.get("GET") if request.method == "HEAD" else None)
-                if handler is None:
+                entry = methods.get(request.method) or (methods.get("GET") if request.method == "HEAD" else None)
+                if entry is None:
                     allowed = ", ".join(sorted(methods))
-                    return json_response({"error": f"{request.method} is not allowed on {request.path}",
-                                          "kind": "bad_request", "hint": f"Use {allowed}."}, 405,
-                                         {"Allow": allowed})
+                    raise MethodNotAllowed(f"{request.method} is not allowed on {shown(request.path, 200)}",
+                                           f"Use {allowed}.", allow=allowed)
+                handler, accepted = entry
                 if request.method not in SAFE_METHODS:
                     check_same_origin(request)
-                return handler(app, request, *match.groups())
+                elif accepted is not ANY_QUERY:
+                    check_query(request.query, accepted)
+                response = handler(app, request, *match.groups())
+                if request.method == "HEAD":  # the GET answer's status and headers, without its body
+                    close = getattr(response.body, "close", None)
+                    if close is not None:
+                        close()
+                    response.body = b""
+                return response
             raise NotFound(f"no such route: {shown(request.path, 200)}", "See the REST routes in the README.")
         except NasError as exc:
             return error_response(exc)

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 from .catalog import Catalog, CatalogWriter
 from .errors import Busy, NasError, NasNetworkError
+from .file_meta import NeedMore, NotDicom
 from .governor import BLOCK, CALM, NAS_GONE_AFTER, RAISE_AFTER, Governor, Stopped, with_retries
-from .headers import HEAD_SIZE, NeedMore, NotDicom, read_record
+from .headers import HEAD_SIZE, read_record
 from .parsing import ParsePool
 from .sources import FileEntry, Source, WalkError
 from .sources.scope import WalkScope

@@ -1,4 +1,4 @@
-"""The public share listener: `GET`/`HEAD /share/{token}` on a waitress server of its own.
+"""The public share listener: `GET`/`HEAD /share/{token}` on a waitress server of its own (`share_server`).
 
 Orthanc checks credentials before any plugin code runs, so a link that works
 without an Orthanc account cannot go through Orthanc's port. The plugin
@@ -8,7 +8,7 @@ the plugin is not running nothing is served at all.
 
 Tokens are secrets: they never reach a log line. The plugin logs share ids,
 and waitress's own records (which quote the request path) pass through
-`RedactingHandler` on their way to Orthanc's log.
+`share_server.RedactingHandler` on their way to Orthanc's log.
 """
 
 from __future__ import annotations
@@ -16,12 +16,9 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import socket
 import threading
 import time
 from collections import OrderedDict
-
-from waitress import create_server, wasyncore
 
 from . import client_limits
 from .archive import Interrupted, ShareArchive, content_disposition, series_archive
@@ -31,13 +28,12 @@ from .share_access import DownloadSlots, Unlocker, basic_password, form_passphra
 from .share_page import (
     DICOMDIR_NOTE,
     FOLDERS_NOTE,
-    PAGE_HEADERS,
     passphrase_page,
-    refusal_page,
     share_page,
     summarize,
     wants_page,
 )
+from .share_reply import BASIC_CHALLENGE, NO_STORE, STATUS_LINES, Reply
 from .shares import (
     BROKEN,
     BUSY,
@@ -65,25 +61,7 @@ from .shares import (
 log = logging.getLogger("orthanc_nas")
 
 SHARE_PATH = re.compile(r"^/share/([^/]+)(/download)?$")  # the page (the zip for non-browsers), the zip
-THREADS = 8  # simultaneous downloads; more wait in waitress's queue
-# Waitress keeps unsent output in memory up to the high watermark, then makes the
-# download thread wait; past `outbuf_overflow` a buffer would move to a temporary
-# file. Overflow far above the watermark: a slow client never causes a disk write.
-OUTBUF_HIGH_WATERMARK = 2 * 1024 * 1024
-OUTBUF_OVERFLOW = 64 * 1024 * 1024
-# A download whose client has taken no byte for this long is cut, so that clients which stop reading
-# without disconnecting cannot hold every download thread. Checked every CLEANUP_INTERVAL seconds.
-STALLED_AFTER = 120
-CLEANUP_INTERVAL = 10
 REFUSAL_WINDOW = 60  # s: refused requests of one address for one link share one audit row and log line
-NO_STORE = [("Cache-Control", "no-store"), ("Referrer-Policy", "no-referrer"),
-            ("X-Content-Type-Options", "nosniff"), ("X-Robots-Tag", "noindex")]
-_TOKEN_IN_TEXT = re.compile(r"/share/[^\s/?#'\"]+")
-
-STATUS_LINES = {200: "200 OK", 404: "404 Not Found", 410: "410 Gone", 429: "429 Too Many Requests",
-                500: "500 Internal Server Error", 503: "503 Service Unavailable", 303: "303 See Other",
-                400: "400 Bad Request", 401: "401 Unauthorized", 409: "409 Conflict"}
-BASIC_CHALLENGE = ("WWW-Authenticate", 'Basic realm="share link", charset="UTF-8"')
 #: (title, text, hint) of the answers refusing a link that exists
 REFUSALS = {
     EXPIRED: ("This link has expired", "This link has expired: the time its sender allowed has passed.",
@@ -94,42 +72,6 @@ REFUSALS = {
     BUSY: ("A download is under way", "The last download this link allows is under way.",
            "Try again when it has ended: if it fails, the link can be downloaded again."),
 }
-
-
-def redact(text: str) -> str:
-    """Cut share tokens out of a text that may quote a request path."""
-    return _TOKEN_IN_TEXT.sub("/share/<token>", text)
-
-
-class RedactingHandler(logging.Handler):
-    """Passes waitress's records to the plugin's log with tokens cut out.
-
-    A download that ends on a NAS error (a changed file, a network failure) or
-    because the server stops is already audited and logged by `Download`:
-    waitress's traceback of it is dropped.
-    """
-
-    def emit(self, record: logging.LogRecord) -> None:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, NasError | Interrupted):
-            return
-        try:
-            text = redact(self.format(record))
-        except Exception:  # a record that cannot be formatted must not break the server
-            text = "unreadable log record"
-        log.log(record.levelno, "share listener: %s", text)
-
-
-_redacting_handler = RedactingHandler()
-
-
-def route_waitress_logs() -> None:
-    """Send waitress's logger (and its children) only through `RedactingHandler`."""
-    waitress_log = logging.getLogger("waitress")
-    if _redacting_handler not in waitress_log.handlers:
-        waitress_log.addHandler(_redacting_handler)
-    waitress_log.setLevel(logging.WARNING)  # its per-request info lines quote paths and add nothing
-    waitress_log.propagate = False
 
 
 class ShareApp:
@@ -380,134 +322,3 @@ class Download:
         level = logging.INFO if outcome == COMPLETE else logging.WARNING
         log.log(level, "share %s: download by %s %s after %d bytes%s", self.share_id, self.client, outcome,
                 self.sent, f": {detail}" if detail else "")
-
-
-def _text(start_response, status: int, message: str, extra: list | None = None, *, head: bool = False):
-    """A short answer for a person; no body for HEAD (waitress would send one)."""
-    body = (message + "\n").encode("utf-8")
-    start_response(STATUS_LINES[status], [("Content-Type", "text/plain; charset=utf-8"),
-                                          ("Content-Length", str(len(body))), *NO_STORE, *(extra or [])])
-    return [] if head else [body]
-
-
-class Reply:
-    """The answers of one request: short texts for scripts, pages for a browser; no body for HEAD."""
-
-    def __init__(self, start_response, *, head: bool, html: bool):
-        self.start_response, self.head, self.html = start_response, head, html
-
-    def text(self, status: int, message: str, extra: list | None = None):
-        return _text(self.start_response, status, message, extra, head=self.head)
-
-    def page(self, status: int, body: bytes, extra: list | None = None):
-        self.start_response(STATUS_LINES[status], [*PAGE_HEADERS, ("Content-Length", str(len(body))), *NO_STORE,
-                                                   *(extra or [])])
-        return [] if self.head else [body]
-
-    def refuse(self, status: int, title: str, text: str, hint: str, extra: list | None = None):
-        """Why a link does not work: a page for a browser, a line of text for others."""
-        if self.html:
-            return self.page(status, refusal_page(title, text, hint), extra)
-        return self.text(status, f"{text} {hint}".strip(), extra)
-
-    def redirect(self, location: str, extra: list | None = None):
-        """303 to a relative address (after a posted form: reloading the page does not post it again)."""
-        return self.text(303, "See the page of this link.", [("Location", location), *(extra or [])])
-
-
-class ShareListener:
-    """Runs a WSGI app on waitress in a thread of its own; `stop()` ends downloads in progress."""
-
-    def __init__(self, app: ShareApp, host: str, port: int, *, threads: int = THREADS,
-                 trusted_proxy: str | None = None):
-        self.app, self.host, self.requested_port, self.threads = app, host, port, threads
-        self.trusted_proxy = trusted_proxy
-        self.port: int | None = None
-        self._server = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> bool:
-        """Listen and serve. If the address cannot be had, say so in the log and return False."""
-        route_waitress_logs()
-        try:
-            sock = _bind(self.host, self.requested_port)
-        except OSError as exc:
-            log.error("the share listener cannot listen on %s:%s (%s). Share links will not work until "
-                      "Nas.ShareServer.Port is set to a free port (or the other program is stopped) and "
-                      "Orthanc is restarted; the rest of the NAS plugin works.",
-                      self.host, self.requested_port, exc.strerror or exc)
-            return False
-        # Behind a reverse proxy every request comes from the proxy's address: waitress then takes the
-        # client's from the last X-Forwarded-For entry, for the proxy's requests only, and drops the header
-        # from anyone else (who could otherwise choose the address the limiter counts).
-        proxy = {"trusted_proxy": self.trusted_proxy, "trusted_proxy_count": 1,
-                 "trusted_proxy_headers": {"x-forwarded-for"}, "clear_untrusted_proxy_headers": True} \
-            if self.trusted_proxy else {}
-        self._server = create_server(
-            self.app, sockets=[sock], threads=self.threads, ident="orthanc-nas",
-            outbuf_high_watermark=OUTBUF_HIGH_WATERMARK, outbuf_overflow=OUTBUF_OVERFLOW,
-            asyncore_use_poll=True, cleanup_interval=CLEANUP_INTERVAL,
-            channel_timeout=client_limits.IDLE_TIMEOUT, **proxy)
-        # waitress closes idle connections in `maintenance`, run by its own thread every cleanup_interval,
-        # but never one with a request in progress; the instance's method is wrapped to cut stalled ones too.
-        self._server.maintenance = functools.partial(_cut_stalled, self._server, self._server.maintenance)
-        client_limits.guard(self._server, exempt=self.trusted_proxy)
-        self.port = sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._server.run, name="nas-share-listener", daemon=True)
-        self._thread.start()
-        log.info("share listener on %s:%d", self.host, self.port)
-        return True
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop listening, cut the connections of downloads in progress and wait for their threads."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        self.app.stop.set()  # a download reading from the NAS ends at its next chunk
-        closed = threading.Event()
-
-        def close_all() -> None:  # runs in the server's own thread, which owns its sockets
-            for channel in list(server.active_channels.values()):
-                channel.handle_close()  # wakes a download thread waiting to send, which then ends
-            wasyncore.close_all(server._map)
-            closed.set()
-
-        server.trigger.pull_trigger(close_all)
-        deadline = time.monotonic() + timeout
-        self._thread.join(timeout)
-        if not closed.is_set():
-            wasyncore.close_all(server._map, ignore_all=True)
-        server.task_dispatcher.shutdown(timeout=max(0.1, deadline - time.monotonic()))
-        log.info("share listener stopped")
-
-
-def _cut_stalled(server, maintenance, now: float) -> None:
-    """waitress's maintenance, then: close the connections whose download has output waiting that the client
-    has not taken for STALLED_AFTER s. (A request still queued for a thread, or one waiting on a slow NAS,
-    has nothing waiting to be sent: it is left alone.)"""
-    maintenance(now)
-    for channel in list(server.active_channels.values()):
-        if channel.requests and channel.total_outbufs_len and channel.last_activity < now - STALLED_AFTER:
-            log.warning("share listener: cutting a download to %s, which took nothing for %d s",
-                        channel.addr[0] if channel.addr else "?", STALLED_AFTER)
-            channel.handle_close()  # wakes the download thread waiting to send: it ends as disconnected
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                                         flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        # lets a restarted Orthanc listen again at once, not after TIME_WAIT; still refuses a port in use
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-    except OSError:
-        sock.close()
-        raise
-    return sock

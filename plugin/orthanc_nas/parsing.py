@@ -17,7 +17,8 @@ import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 
-from .headers import NeedMore, NotDicom, parse_head
+from .file_meta import NeedMore, NotDicom
+from .headers import parse_head
 
 
 def parse_many(items: list[tuple[bytes, bool]]) -> list:

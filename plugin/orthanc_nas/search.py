@@ -31,6 +31,8 @@ MAX_LIMIT = 1000
 MAX_OFFSET = 1_000_000_000
 MAX_TERMS = 32
 
+#: the query parameters of `GET /nas/search` (any other one is a 400, see `http.check_query`)
+SEARCH_PARAMETERS = ("q", "modality", "date_from", "date_to", "limit", "offset")
 #: the fields of each series in an answer, in order
 ANSWER_FIELDS = ("series_key", *SERIES_FIELDS, "file_count")
 FILE_FIELDS = ("path", "size", "SOPInstanceUID", "InstanceNumber")

@@ -217,6 +217,27 @@ def test_the_panel_is_served_under_nas_app(orthanc):
         assert orthanc.get(path).status_code == 404, path
 
 
+def test_the_panel_takes_one_redirection_behind_a_proxy_that_names_its_prefix(orthanc):
+    for path in ("/nas/app", "/nas/app/"):
+        answer = orthanc.get(path, headers={"X-Forwarded-Prefix": "/pacs"}, allow_redirects=False)
+        assert answer.status_code in (301, 307) and answer.headers["Location"] == "/pacs/nas/app/index.html"
+    # without it, relative: `/nas/app` and `/nas/app/` reach the plugin alike (Orthanc drops the slash)
+    answer = orthanc.get("/nas/app?q=DOE", allow_redirects=False)
+    assert answer.headers["Location"] == "index.html?q=DOE"
+    assert orthanc.get("/nas/app/index.html?q=DOE&token=t").status_code == 200
+
+
+def test_orthanc_answers_head_and_405_itself(orthanc):
+    """What a plugin cannot change: Orthanc (1.10 to 1.13) hands HEAD only to WebDAV, which the Python
+    plugin cannot register (a 404 for every other address, its own too), and sends a 405 only through
+    its own call, without body (SendHttpStatus refuses the status). The router answers both in full for
+    callers in the same process (tests/unit/test_router.py)."""
+    for path in ("/nas/app/index.html", "/system"):
+        assert orthanc.session.head(orthanc.url + path, timeout=10).status_code == 404, path
+    answer = orthanc.delete("/nas/status")
+    assert (answer.status_code, answer.headers["Allow"], answer.content) == (405, "GET", b"")
+
+
 def test_orthanc_explorer_gets_the_nas_button(orthanc):
     script = orthanc.get("/plugins/explorer.js").text
     assert "nas-open-panel" in script and "../nas/app/index.html" in script

@@ -234,6 +234,17 @@ def test_bad_parameters(nas, params, named):
     assert named in answer.json()["error"]
 
 
+def test_an_unknown_parameter_is_a_400_naming_it_and_orthanc_s_tokens_pass(nas):
+    answer = nas.get("/nas/search?modalty=CT")
+    error = answer.json()
+    assert answer.status_code == 400 and error["kind"] == "bad_request" and error["field"] == "modalty"
+    assert "'modalty'" in error["error"] and "modality" in error["hint"] and "date_from" in error["hint"]
+    assert nas.get("/nas/status?verbose=1").status_code == 400
+    # Orthanc Explorer's authorization tokens reach the plugin as they are: they are no unknown parameter
+    assert nas.get("/nas/search", params={"modality": "CT", "token": "abc"}).status_code == 200
+    assert nas.get("/nas/status", params={"token": "abc", "_": "1733"}).status_code == 200
+
+
 def test_series_keys_are_stable_across_a_full_reindex_and_searches_go_on_meanwhile(nas):
     before = {s["series_key"]: s for s in search(nas, limit=1000).json()}
     answer = nas.post("/nas/index", json={"full": True})

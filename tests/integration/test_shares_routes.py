@@ -170,7 +170,8 @@ def test_share_downloads_without_credentials_byte_for_byte(orthanc, corpus):
     listed = {s["id"]: s for s in orthanc.get("/nas/shares").json()}[share["id"]]
     assert listed["downloads"] == 1 and listed["last_download_at"] and not listed["revoked"]
     assert set(listed) == {"id", "label", "series", "created_at", "expires_at", "revoked", "downloads",
-                           "last_download_at", "max_downloads", "passphrase", "layout"}
+                           "last_download_at", "max_downloads", "passphrase", "layout", "about"}
+    assert [(a["PatientName"], a["StudyDate"]) for a in listed["about"]] == [("DOE^JOHN", "20240102")]
     assert (listed["max_downloads"], listed["passphrase"], listed["layout"]) == (None, False, "folders")
     assert [row["outcome"] for row in audit(orthanc, share["id"])] == ["complete"]
 

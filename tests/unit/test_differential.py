@@ -38,7 +38,8 @@ from pydicom.values import convert_PN, convert_text
 from tests.support import odd_files
 
 from orthanc_nas.dicom_values import from_python, guess_encodings
-from orthanc_nas.headers import FIELDS, NotDicom, read_record
+from orthanc_nas.file_meta import NotDicom
+from orthanc_nas.headers import FIELDS, read_record
 
 STORED = {k: v for k, v in FIELDS.items() if k != "SpecificCharacterSet"}
 IDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")

@@ -8,7 +8,8 @@ import pytest
 from pydicom.data import get_charset_files, get_testdata_file, get_testdata_files
 from tests.support.dicom import write_dicom
 
-from orthanc_nas.headers import HEAD_SIZE, NeedMore, NotDicom, parse_head, read_record
+from orthanc_nas.file_meta import NeedMore, NotDicom
+from orthanc_nas.headers import HEAD_SIZE, parse_head, read_record
 
 
 def file_reader(path, n):
@@ -169,3 +170,16 @@ def test_names_without_a_declared_character_set(tmp_path, raw, expected):
     data = data[:at - 2] + len(value).to_bytes(2, "little") + value + data[at + len(b"PLACEHOLDER^NAME"):]
     p.write_bytes(data)
     assert record_of(p)["PatientName"] == expected
+
+
+def test_the_file_meta_walk_finds_the_data_set_and_its_transfer_syntax(tmp_path):
+    from orthanc_nas.file_meta import FileMeta, read_file_meta, transfer_syntax
+
+    path = write_dicom(tmp_path / "a.dcm", PatientID="P1")
+    data = path.read_bytes()
+    meta = read_file_meta(data, complete=True)
+    assert isinstance(meta, FileMeta) and meta.syntax == transfer_syntax(meta.uid.encode()) and not meta.notes
+    assert data[meta.end:meta.end + 2] == b"\x08\x00"  # the data set starts with group 0008
+    assert read_file_meta(data[:140], complete=False) == NeedMore(280)
+    with pytest.raises(NotDicom, match="within its File Meta Information"):
+        read_file_meta(data[:140], complete=True)

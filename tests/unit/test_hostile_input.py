@@ -14,7 +14,8 @@ from tests.support.dicom import write_deeply_nested
 from orthanc_nas import client_limits
 from orthanc_nas.allowed import is_beneath
 from orthanc_nas.errors import BadRequest, CrossSiteRequest, NasError, NasNotFound, UnsupportedMediaType
-from orthanc_nas.headers import NotDicom, parse_head
+from orthanc_nas.file_meta import NotDicom
+from orthanc_nas.headers import parse_head
 from orthanc_nas.http import MAX_JSON_BYTES, MAX_JSON_DEPTH, Request, check_json_shape, check_same_origin
 from orthanc_nas.sources.local import LocalSource, open_beneath
 

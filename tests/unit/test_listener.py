@@ -13,12 +13,12 @@ import zipfile
 
 import pytest
 
-from orthanc_nas import listener
+from orthanc_nas import share_server
 from orthanc_nas.app import NasApp
 from orthanc_nas.catalog import CatalogWriter
 from orthanc_nas.config import parse_settings
 from orthanc_nas.errors import FileChanged
-from orthanc_nas.listener import RedactingHandler, ShareListener, redact, route_waitress_logs
+from orthanc_nas.share_server import RedactingHandler, ShareListener, redact, route_waitress_logs
 from orthanc_nas.sources import FileEntry
 
 
@@ -101,8 +101,8 @@ def test_a_refused_address_is_one_audit_row_however_many_requests(app):
 
 
 def test_a_client_that_stops_reading_is_cut_off(tmp_path, monkeypatch):
-    monkeypatch.setattr(listener, "STALLED_AFTER", 1)
-    monkeypatch.setattr(listener, "CLEANUP_INTERVAL", 1)
+    monkeypatch.setattr(share_server, "STALLED_AFTER", 1)
+    monkeypatch.setattr(share_server, "CLEANUP_INTERVAL", 1)
     big = tmp_path / "nas" / "IM0.dcm"
     big.parent.mkdir()
     with open(big, "wb") as fh:

@@ -18,7 +18,8 @@ from orthanc_nas import cli
 from orthanc_nas.archive import series_archive
 from orthanc_nas.catalog import Catalog, CatalogWriter, sqlite_value
 from orthanc_nas.dicomdir import file_set_archive
-from orthanc_nas.headers import NotDicom, parse_head, read_record
+from orthanc_nas.file_meta import NotDicom
+from orthanc_nas.headers import parse_head, read_record
 from orthanc_nas.indexer import Indexer
 from orthanc_nas.pathnames import MARK, escaped, loaded, stored
 from orthanc_nas.search import series_detail

@@ -212,6 +212,24 @@ def test_create_list_revoke(app):
     assert call(app, "DELETE", "/nas/shares/unknown")[0] == 404
 
 
+def test_the_list_says_what_each_link_holds(app):
+    """Links without a label are told apart by their first series still in the index."""
+    writer = CatalogWriter(app.catalog)
+    writer.begin_run()
+    writer.write([(FileEntry("s/1.dcm", 10, 1), {"SeriesInstanceUID": "1.2.3", "InstanceNumber": 1}, None),
+                  (FileEntry("t/1.dcm", 10, 1), {"SeriesInstanceUID": "1.2.4", "PatientName": "DOE^JOHN",
+                                                 "PatientID": "P1", "StudyDate": "20240316", "Modality": "CT",
+                                                 "SeriesDescription": "Lung", "InstanceNumber": 1}, None)])
+    writer.close()
+    keys = dict(app.catalog.reader().execute("SELECT SeriesInstanceUID, series_key FROM series").fetchall())
+    call(app, "POST", "/nas/shares", {"series": [keys["1.2.4"], keys["1.2.3"]]})
+    _, listed = call(app, "GET", "/nas/shares")
+    assert [a["SeriesDescription"] for a in listed[0]["about"]] == ["Lung", None]
+    assert listed[0]["about"][0] == {"PatientName": "DOE^JOHN", "PatientID": "P1", "StudyDate": "20240316",
+                                     "StudyDescription": None, "SeriesNumber": None, "SeriesDescription": "Lung",
+                                     "Modality": "CT"}
+
+
 def test_unknown_series_and_limits(app):
     key = app.catalog.reader().execute("SELECT series_key FROM series").fetchone()[0]
     status, error = call(app, "POST", "/nas/shares", {"series": [key, "nope"]})

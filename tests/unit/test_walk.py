@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import queue
 import threading
+import time
 
 from orthanc_nas.errors import NasError, NasNetworkError, NasPermissionError
 from orthanc_nas.sources import walk
@@ -89,3 +91,29 @@ def test_network_errors_listing_a_folder_are_retried(monkeypatch):
     assert {e.path for e in items if isinstance(e, FileEntry) and e.path.startswith("d0/")} == {"d0/f0", "d0/f1", "d0/f2"}
     assert [(e.path, e.error.kind) for e in items if isinstance(e, WalkError)] == [("d1", "network")]
     assert failures["d1"] == 99 - 4  # one try and three retries
+
+
+def test_a_hand_off_to_a_consumer_that_went_away_gives_up_instead_of_blocking():
+    """`put_unless` is the one bounded hand-off of the walk's threads and of the Windows listers' pump."""
+    out = queue.Queue(maxsize=1)
+    gone = threading.Event()
+    assert walk.put_unless(out, "a", gone.is_set) and out.get_nowait() == "a"
+    out.put("full")
+    threading.Timer(0.3, gone.set).start()
+    started = time.monotonic()
+    assert not walk.put_unless(out, "b", gone.is_set)  # waited while full, then the consumer left
+    assert 0.2 < time.monotonic() - started < 5 and out.get_nowait() == "full"
+
+
+def test_the_windows_listers_pump_hands_over_through_the_walks_hand_off(monkeypatch):
+    from orthanc_nas.sources import windows
+
+    handed = []
+    monkeypatch.setattr(windows, "put_unless", lambda out, item, stopped: handed.append(item) or
+                        walk.put_unless(out, item, stopped))
+    def items():
+        yield from ("x", "y")
+
+    chunks = windows._chunks(items(), threading.Event())
+    assert next(c for c in chunks if c) == ["x", "y"] and ["x", "y"] in handed
+    chunks.close()

@@ -44,6 +44,18 @@ ListFolder = Callable[[str], Iterable[FileEntry | WalkError | Folder]]
 _DONE = object()
 
 
+def put_unless(out: queue.Queue, item, stopped: Callable[[], bool]) -> bool:
+    """Put `item` into the bounded queue `out`, waiting while it is full; False, not put, once `stopped()`
+    (the consumer went away, or the walk was stopped): a producer thread never blocks for ever."""
+    while not stopped():
+        try:
+            out.put(item, timeout=0.2)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def parallel_walk(list_folder: ListFolder, stop: threading.Event, threads: int = WALK_THREADS,
                   retries: int = RETRIES, top: str = "", chunks: bool = False) -> Iterator:
     """Stream every file under the folder `top` (`""`: the root), listing folders on `threads` threads.
@@ -63,13 +75,7 @@ def parallel_walk(list_folder: ListFolder, stop: threading.Event, threads: int =
         return halt.is_set() or stop.is_set()
 
     def put(item) -> bool:
-        while not stopped():
-            try:
-                out.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless(out, item, stopped)
 
     def list_one(rel: str) -> list[str]:
         """List one folder, sending files out in chunks; returns its subfolders.

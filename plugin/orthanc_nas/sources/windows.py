@@ -29,6 +29,7 @@ from ..errors import ConfigError, NasAuthError, NasError, NasNetworkError, NasNo
 from .base import FileEntry, WalkError
 from .local import LocalSource, safe_relpath
 from .scope import WalkScope
+from .walk import CHUNK, put_unless
 
 if sys.platform == "win32":
     import _winapi
@@ -38,7 +39,6 @@ ROBOCOPY_THREADS = 16
 ROOT_ENV = "ORTHANC_NAS_ROOT"  # PowerShell reads the root from here: no quoting of paths in a command
 EXCLUDE_ENV = "ORTHANC_NAS_EXCLUDE"  # and the folder globs not entered, separated by | (never in a Windows name)
 SKIP_ENV = "ORTHANC_NAS_SKIP"  # and the file extensions not listed, likewise
-CHUNK = 512  # entries handed to the indexer at once
 EPOCH_TICKS = 621_355_968_000_000_000  # .NET ticks (100 ns since 0001-01-01) at 1970-01-01 UTC
 
 # One line per file: F <tab> length <tab> LastWriteTimeUtc ticks <tab> full path; one per folder it
@@ -265,13 +265,7 @@ def _chunks(items: Iterator, stop: threading.Event) -> Iterator[list]:
     done = object()
 
     def put(item) -> bool:
-        while not halt.is_set():
-            try:
-                out.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless(out, item, halt.is_set)
 
     def pump() -> None:
         chunk: list = []
