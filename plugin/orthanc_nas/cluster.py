@@ -3,7 +3,9 @@
 The run is one row of `cluster_run` (the index's migration 7): the node that runs it, whether it runs,
 whether a stop was asked, its status (`GET /nas/status`'s object) and a heartbeat. The running node
 rewrites the row whenever it rewrites its status file and at least every `HEARTBEAT` seconds; there it
-also learns of a stop asked on another node. A node that stops beating for `LEASE` seconds (killed) no
+also learns of a stop asked on another node.
+Every other node taking part writes its own counters of the run into `run_nodes` (the index's migration 9), so
+`GET /nas/status` on any node shows the whole run's counts, summed over the nodes (`combined`). A node that stops beating for `LEASE` seconds (killed) no
 longer holds the run: the next start anywhere takes it over, and the status shows the run `interrupted`.
 
 Used only with a shared engine (`Database.Type` postgresql); on SQLite one Orthanc owns its files.
@@ -22,11 +24,38 @@ from collections.abc import Callable
 
 from . import store
 from .catalog import transaction
+from .status import MAX_ERROR_SAMPLES, RUNNING_PHASES, _parse_iso
 
 log = logging.getLogger("orthanc_nas")
 
 HEARTBEAT = 2.0  # seconds between two rewrites of the row while a run goes on
 LEASE = 30.0  # seconds without a heartbeat after which a run's node counts as gone
+#: the counters of a node's status that add up over the nodes of one run
+SUMMED = ("enumerated_files", "files_processed", "files_skipped", "errors")
+
+
+def combined(base: dict, parts: list[dict]) -> dict:
+    """The status `base` (the coordinator's snapshot) with the other nodes' parts of the same run added:
+    `SUMMED` counters, error samples (at most `MAX_ERROR_SAMPLES`), warnings, and the speed in files/s
+    (while running: the sum of the running parts' rates; after: every file over the run's duration)."""
+    data = dict(base)
+    for part in parts:
+        for key in SUMMED:
+            data[key] = data.get(key, 0) + int(part.get(key) or 0)
+        data["error_samples"] = (list(data.get("error_samples") or []) +
+                                 list(part.get("error_samples") or []))[:MAX_ERROR_SAMPLES]
+        data["warnings"] = list(dict.fromkeys([*(data.get("warnings") or []), *(part.get("warnings") or [])]))
+    if data.get("running"):
+        rate = (base.get("files_per_second") or 0) + sum(p.get("files_per_second") or 0 for p in parts
+                                                         if p.get("phase") in RUNNING_PHASES)
+        data["files_per_second"] = round(rate, 1)
+        data["eta_seconds"] = round(max(data["enumerated_files"] - data["files_processed"], 0) / rate, 1) \
+            if rate > 0 else None
+    else:
+        began, ended = _parse_iso(base.get("started_at")), _parse_iso(base.get("finished_at"))
+        if began and ended and ended > began:
+            data["files_per_second"] = round(data.get("files_processed", 0) / (ended - began), 1)
+    return data
 
 
 def node_name() -> str:
@@ -45,6 +74,7 @@ class ClusterRun:
         self._conn = None
         self._lock = threading.RLock()  # one statement at a time on the shared connection
         self._beating: threading.Event | None = None
+        self.run_id: int | None = None  # the run this node coordinates (`set_run`)
 
     def conn(self):
         if self._conn is None:
@@ -76,6 +106,7 @@ class ClusterRun:
                 return node
             conn.execute("UPDATE cluster_run SET node=?, running=1, stop_requested=0, heartbeat=?, status=?, "
                          "run_id=NULL WHERE id=1", (self.node, now, json.dumps(snapshot)))
+        self.run_id = None
         return None
 
     def beat(self, snapshot: Callable[[], dict], stop: Callable[[], None]) -> None:
@@ -102,6 +133,17 @@ class ClusterRun:
                 return False
         return bool(row and row[0])
 
+    def publish_part(self, run_id: int, snapshot: dict) -> None:
+        """Write this node's counters of run `run_id` (`run_nodes`); database trouble is logged."""
+        with self._lock:
+            try:
+                self.conn().execute(
+                    "INSERT INTO run_nodes(run_id, node, updated_at, status) VALUES (?,?,?,?) ON CONFLICT(run_id, "
+                    "node) DO UPDATE SET updated_at=excluded.updated_at, status=excluded.status",
+                    (run_id, self.node, self.clock(), json.dumps(snapshot)))
+            except store.DatabaseUnavailable as exc:
+                log.warning("NAS cluster: this node's counters could not be written: %s", exc.message)
+
     def release(self, snapshot: dict) -> None:
         """The run ended here: its final status stays in the row for every node to show."""
         if self._beating is not None:
@@ -118,6 +160,8 @@ class ClusterRun:
         with self._lock:
             self.conn().execute("UPDATE cluster_run SET run_id=?, full_run=?, folder=? WHERE id=1 AND node=?",
                                 (run_id, int(full), folder, self.node))
+            self.conn().execute("DELETE FROM run_nodes WHERE run_id<?", (run_id,))  # earlier runs' counters
+            self.run_id = run_id
 
     # -- any node ---------------------------------------------------------------
     def run_to_help(self) -> tuple[int, bool, str] | None:
@@ -143,15 +187,26 @@ class ClusterRun:
                 "UPDATE cluster_run SET stop_requested=1 WHERE id=1 AND running=1 RETURNING node").fetchone()
         return row is not None
 
-    def current(self) -> tuple[str, bool, dict] | None:
-        """`(node, alive, status)` of the cluster's latest run, or None before the first. A run whose node
-        stopped beating shows as `interrupted`."""
+    def parts(self, run_id: int | None, but: str) -> list[dict]:
+        """The counters the nodes other than `but` wrote for run `run_id`."""
+        if run_id is None:
+            return []
         with self._lock:
-            row = self.conn().execute("SELECT node, running, heartbeat, status FROM cluster_run WHERE id=1").fetchone()
+            rows = self.conn().execute("SELECT status FROM run_nodes WHERE run_id=? AND node<>?",
+                                       (run_id, but)).fetchall()
+        return [json.loads(status) for status, in rows]
+
+    def current(self) -> tuple[str, bool, dict] | None:
+        """`(node, alive, status)` of the cluster's latest run, or None before the first: the status its
+        node wrote with every node's counters summed (`combined`). A run whose node stopped beating shows
+        as `interrupted`."""
+        with self._lock:
+            row = self.conn().execute(
+                "SELECT node, running, heartbeat, status, run_id FROM cluster_run WHERE id=1").fetchone()
         if row is None or not row[0]:
             return None
-        node, running, beat, status = row
-        data = json.loads(status)
+        node, running, beat, status, run_id = row
+        data = combined(json.loads(status), self.parts(run_id, node))
         alive = bool(running) and self.clock() - beat < self.lease
         if running and not alive:
             data.update(phase="interrupted", running=False)

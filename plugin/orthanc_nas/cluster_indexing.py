@@ -2,7 +2,10 @@
 
 The node that starts the run (the coordinator) records it (`runs`), then turns the NAS's folders into
 work items of the `work_items` table: the root's own files, and each folder at the top of the run's
-folder with everything under it. Every node, the coordinator included, takes items one at a time
+folder with everything under it. While there are fewer than `SPLIT_INTO` items, the folders of the
+deepest level are split further, each into its own files and its subfolders (whole), so a NAS that keeps
+everything in one or two folders (`archive/…`) still spreads over the nodes; the items always partition
+the tree (each file is listed by exactly one item). Every node, the coordinator included, takes items one at a time
 (`SELECT … FOR UPDATE SKIP LOCKED`: two nodes never take the same one), walks and reads them through
 the usual pipeline (`indexer._Run`: retries, the NAS-gone verdict, the throttle) and writes with the
 run's id, so the files it sees count as seen by the run wherever they were read.
@@ -23,6 +26,7 @@ import time
 
 from . import store
 from .catalog import CatalogWriter, transaction
+from .errors import NasError
 from .indexer import Indexer, _Run
 from .sources.scope import WalkScope
 from .sources.walk import WalkError
@@ -33,6 +37,8 @@ LEASE = 15.0  # seconds an item stays with a node that stopped renewing it
 RENEW = 3.0  # seconds between two renewals of a node's leases
 POLL = 1.0  # seconds between two looks for work, on a node that has none
 AHEAD = 64  # files of walked items still to read below which a node takes its next item
+SPLIT_INTO = 32  # items a run is split into at least, when its folders allow
+SPLIT_LISTINGS = 256  # folders listed at most to split a run (the coordinator lists them before reading)
 
 
 class WorkItems:
@@ -96,6 +102,9 @@ class ClusterRunPart(_Run):
         self.items: WorkItems | None = None
         self.split = scope.folder == ""  # a run of one folder is one item
         self.outstanding: dict[tuple[str, bool], int] = {}  # files dispatched to read, not written yet
+        self.walking: tuple[str, bool] | None = None  # the item whose chunks the listing yields now
+        self.item_of: dict[str, list] = {}  # the item of each file dispatched, not written yet (a file
+        # dispatched again, its item taken again after its lease ran out, is there twice)
         self.listed: dict[tuple[str, bool], tuple[int, int]] = {}  # walked items: (files, listing errors)
 
     # -- beginning and end ------------------------------------------------------
@@ -113,7 +122,7 @@ class ClusterRunPart(_Run):
         renewer = threading.Thread(target=self._renew, args=(renewing,), name="nas-cluster-leases", daemon=True)
         try:
             if self.coordinator:
-                self.items.seed(self._top_items(source))
+                self.items.seed(self._split(source))
             renewer.start()
             status.update(series_count=writer.series_count())
             outcome = self._pipeline(source, writer)
@@ -146,19 +155,32 @@ class ClusterRunPart(_Run):
         finally:
             items.close()
 
-    def _top_items(self, source) -> list[tuple[str, bool]]:
-        """The root's own files, and each folder at the top with everything under it."""
+    def _split(self, source) -> list[tuple[str, bool]]:
+        """The run's items: `(folder, False)` its own files, `(folder, True)` everything under it. The root's
+        own files and its folders whole; then, while fewer than `SPLIT_INTO`, each folder of the deepest
+        level becomes its own files and its subfolders whole. A folder that cannot be listed here stays
+        whole (its walk meets the error and counts it)."""
         if not self.split:
             return [(self.scope.folder, True)]
-        names = source.list_root(10_000_000)
-        return [("", False)] + [(name[:-1], True) for name in names if name.endswith("/")
-                                and self.scope.enters(name[:-1])]
+        items, level, listings = [("", False)], self._subfolders(source, ""), 1
+        while level and len(items) + len(level) < SPLIT_INTO and listings + len(level) <= SPLIT_LISTINGS:
+            deeper = []
+            for folder in level:
+                listings += 1
+                try:
+                    below = self._subfolders(source, folder)
+                except NasError:
+                    items.append((folder, True))
+                    continue
+                items.append((folder, False))
+                deeper += below
+            level = deeper
+        return items + [(folder, True) for folder in level]
 
-    def _item_of(self, path: str) -> tuple[str, bool]:
-        if not self.split:
-            return self.scope.folder, True
-        top, sep, _ = path.partition("/")
-        return (top, True) if sep else ("", False)
+    def _subfolders(self, source, folder: str) -> list[str]:
+        prefix = f"{folder}/" if folder else ""
+        return [prefix + name[:-1] for name in source.list_root(10_000_000, folder)
+                if name.endswith("/") and self.scope.enters(name[:-1])]
 
     def _item_scope(self, item: tuple[str, bool]) -> WalkScope:
         folder, recursive = item
@@ -186,6 +208,7 @@ class ClusterRunPart(_Run):
                     continue
                 return
             self.outstanding.setdefault(item, 0)
+            self.walking = item
             files = errors = 0
             walk = source.walk(self.stop, self._item_scope(item), chunks=True)
             try:
@@ -211,17 +234,24 @@ class ClusterRunPart(_Run):
         batches = super()._dispatch(chunk, writer, governor)
         for batch in batches:
             for entry in batch:
-                item = self._item_of(entry.path)
+                self.item_of.setdefault(entry.path, []).append(item := self.walking)
                 self.outstanding[item] = self.outstanding.get(item, 0) + 1
         return batches
 
     def _write(self, writer) -> None:
-        written = [self._item_of(o.entry.path) for o in self.pending]
+        written = [self._written(o.entry.path) for o in self.pending]
         super()._write(writer)
         for item in written:
             self.outstanding[item] -= 1
         for item in set(written):
             self._maybe_done(item)
+
+    def _written(self, path: str) -> tuple[str, bool]:
+        items = self.item_of[path]
+        item = items.pop(0)
+        if not items:
+            del self.item_of[path]
+        return item
 
     def _finish(self, writer) -> str:
         """The coordinator, every item done: remove files gone from the NAS when the whole cluster's
@@ -276,14 +306,17 @@ class ClusterHelper:
         if found is None or found == self._last:
             return
         run_id, full, folder = self._last = found
+        status = self.indexer.status
+        status.on_write = lambda snapshot: self.cluster.publish_part(run_id, snapshot)  # summed in GET /nas/status
         self.indexer._stop.clear()
-        self.indexer.status.start(self.app.settings.Workers)
+        status.start(self.app.settings.Workers)
         try:
             ClusterRunPart(self.indexer, full, self.indexer.scope(folder), "cluster", self.cluster,
                            run_id=run_id).execute()
         except Exception as exc:  # this node's part failed: its items return to the others
             log.warning("NAS cluster: this node's part of run %s ended: %s", run_id, getattr(exc, "message", exc))
-        self.indexer.status.set_phase("idle")
+        status.set_phase("idle")
+        status.on_write = None
 
     def stop(self) -> None:
         self._quit.set()

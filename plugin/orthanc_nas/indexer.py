@@ -43,6 +43,7 @@ log = logging.getLogger("orthanc_nas")
 READ_BATCH = 32  # files a reading thread takes at once (their heads are parsed together)
 WRITE_BATCH = 256
 WRITE_INTERVAL = 0.5
+SERIES_COUNT_EVERY = 2.0  # seconds between two counts of the series while a run writes (PostgreSQL: a scan)
 TICK = 0.1  # seconds: how often the run thread looks at the stop, the governor and the outcomes
 CHECK_WITHIN = 25.0  # seconds: checking the NAS root at the start gives up by then (the spec allows 30)
 FINISHING_WAIT = 10.0  # seconds a new start waits for a run whose status has ended to let go
@@ -185,6 +186,7 @@ class _Run:
         self.out = 0  # batches handed to the readers whose outcomes have not come back
         self.pending: list[Outcome] = []  # outcomes not written yet
         self.last_write = time.monotonic()
+        self.counted_at = -SERIES_COUNT_EVERY  # the status's series count: the first write counts
 
     def execute(self) -> None:
         status = self.status
@@ -397,7 +399,9 @@ class _Run:
         for path, error in refused:  # a record the index refused: counted, the rest of the batch is written
             self.status.add_error(path, error)
         self.files_read += sum(o.read for o in found)
-        self.status.update(series_count=writer.series_count())
+        if time.monotonic() - self.counted_at >= SERIES_COUNT_EVERY:
+            self.status.update(series_count=writer.series_count())
+            self.counted_at = time.monotonic()
         self.status.add_processed(len(found))
         self.last_write = time.monotonic()
 

@@ -8,8 +8,8 @@ numbered migrations), so every column has its place. Share links keep working: a
 the SHA-256 of its token, copied as it is. Identity counters continue after the copied ids.
 
 A target that already holds rows of a part is refused (nothing is merged or overwritten). A path that
-is not valid UTF-8 (kept as raw bytes by SQLite, see `pathnames`) cannot be PostgreSQL text: such a
-file is left out and counted (such names are indexed on SQLite only).
+is not valid UTF-8 (raw bytes in SQLite, see `pathnames`) goes as a `RawPath`, which PostgreSQL keeps in
+its escaped text form (`store.path_text`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .catalog import migrate, transaction
 from .dicom.audit import MIGRATIONS as DICOM_MIGRATIONS
 from .errors import Busy
 from .jobs import MIGRATIONS as JOBS_MIGRATIONS
+from .pathnames import RawPath
 from .shares import MIGRATIONS as SHARES_MIGRATIONS
 
 PARTS = {"index": INDEX_MIGRATIONS, "shares": SHARES_MIGRATIONS, "dicom": DICOM_MIGRATIONS, "jobs": JOBS_MIGRATIONS}
@@ -34,12 +35,11 @@ def _tables(conn) -> list[str]:
 
 
 def copy_part(source, target, part: str, progress: Callable[[str, int], None] = lambda table, n: None) -> dict:
-    """Copy every table of one part from an SQLite connection into `target`; `{table: rows}` copied,
-    and `skipped` rows that PostgreSQL cannot hold. Busy (409) if the target has rows already."""
+    """Copy every table of one part from an SQLite connection into `target`: `{"tables": {table: rows}}`
+    copied. Busy (409) if the target has rows already."""
     migrate(source, PARTS[part], part)
     migrate(target, PARTS[part], part)
     counts: dict[str, int] = {}
-    skipped = 0
     tables = _tables(source)
     with transaction(target):
         for table in tables:
@@ -54,19 +54,18 @@ def copy_part(source, target, part: str, progress: Callable[[str, int], None] = 
             insert = f"INSERT INTO {table}({', '.join(columns)}) VALUES ({marks})"
             cursor = source.execute(f"SELECT {', '.join(columns)} FROM {table}")
             copied = 0
-            path = columns.index("path") if table == "files" and store.dialect(target) is store.PG_DIALECT else None
+            path = columns.index("path") if table == "files" else None
             while rows := cursor.fetchmany(CHUNK):
-                if path is not None:  # a name that is not UTF-8: PostgreSQL text cannot hold it
-                    kept = [row for row in rows if not isinstance(row[path], bytes)]
-                    skipped += len(rows) - len(kept)
-                    rows = kept
+                if path is not None:  # a name that is not UTF-8: SQLite gives plain bytes
+                    rows = [row if not isinstance(row[path], bytes) else
+                            (*row[:path], RawPath(row[path]), *row[path + 1:]) for row in rows]
                 target.executemany(insert, rows)
                 copied += len(rows)
                 progress(table, copied)
             counts[table] = copied
             for column in identity:
                 store.dialect(target).continue_identity(target, table, column)
-    return {"tables": counts, "skipped": skipped}
+    return {"tables": counts}
 
 
 def copy_data_directory(data_dir: str, target: store.Engine,

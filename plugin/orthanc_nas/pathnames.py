@@ -6,30 +6,48 @@ An old NAS, or a copy from a Windows-1252 machine, leaves names in Latin-1 bytes
 JSON and Orthanc's log refuse it. Here:
 
 - `stored`: what the index keeps: the path as text when it is valid UTF-8 (every usual name, unchanged),
-  its raw bytes (a BLOB) otherwise, so the file can be opened again from the index (zips, retrievals);
-- `loaded`: the path again from what the index holds;
+  its raw bytes (`RawPath`) otherwise, so the file can be opened again from the index (zips, retrievals).
+  SQLite keeps the bytes as a BLOB; PostgreSQL's text column keeps an escaped text form of them
+  (`store.path_text`: each undecodable byte as `MARK` and a private-use character), which reads back
+  exactly. A name holding `MARK` itself (never seen on a NAS) is kept raw too, so the form is never
+  ambiguous;
+- `loaded`: the path again from what the index holds (raw bytes, or PostgreSQL's escaped form);
 - `escaped`: the path for people (JSON answers, the status file, the log): valid UTF-8, the undecodable
   bytes escaped as `\\xNN`.
 """
 
 from __future__ import annotations
 
+#: the escape character of PostgreSQL's text form of a raw path (a private-use character of plane 16)
+MARK = "\U0010fffd"
 
-def stored(path: str) -> str | bytes:
-    """The value the index keeps for `path`: the text itself, or its raw bytes when it is not UTF-8."""
+
+class RawPath(bytes):
+    """A path's raw bytes, as the index keeps a name that is not UTF-8 (see `store` for PostgreSQL)."""
+
+
+def stored(path: str) -> str | RawPath:
+    """The value the index keeps for `path`: the text itself, or its raw bytes when it is not UTF-8 (or
+    holds `MARK`). UnicodeEncodeError for a lone surrogate no file system name gives."""
     if path.isascii():
         return path
     try:
         path.encode("utf-8")
-        return path
+        if MARK not in path:
+            return path
     except UnicodeEncodeError:
-        return path.encode("utf-8", "surrogateescape")
+        pass
+    return RawPath(path.encode("utf-8", "surrogateescape"))
 
 
 def loaded(value: str | bytes) -> str:
     """A path from the index, as `os` functions take it."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "surrogateescape")
+    if MARK in value:  # PostgreSQL's text form of a raw path
+        from .store import path_from_text
+
+        return path_from_text(value)
     return value
 
 

@@ -12,6 +12,9 @@ SQLite's dialect with `?` placeholders. Where PostgreSQL differs, the difference
 - the schema version: SQLite's `PRAGMA user_version` in each file; on PostgreSQL one database holds every
   part, each part's version a row of `nas_migrations`, migrations serialised by an advisory lock;
 - search (`Dialect.contains`): SQLite's `instr`, PostgreSQL's `LIKE '%…%'` that a pg_trgm index serves;
+- file names that are not UTF-8 (`pathnames.RawPath`): SQLite keeps their bytes (a BLOB in the text
+  column), PostgreSQL's text column an escaped text form (`path_text`, read back by `path_from_text`):
+  the UTF-8 parts as they are, so prefixes of folders still match;
 - the DICOM node's matching (`Dialect.glob`, `fold_name`, `time_value`, `group_concat`,
   `modalities_in_study`): SQLite's `GLOB` and the Python functions `query.prepare` adds to a connection;
   PostgreSQL's `LIKE`, `lower` and string functions; each engine's best form of `ModalitiesInStudy`;
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from .errors import NasError
+from .pathnames import MARK, RawPath
 
 try:  # a runtime dependency; SQLite alone keeps working without it
     import psycopg
@@ -193,6 +197,37 @@ def pg_statement(sql: str) -> str:
         for pattern, replacement in _DDL_TYPES:
             text = pattern.sub(replacement, text)
     return text.replace("%", "%%").replace("?", "%s")
+
+
+_RAW_CHARS = re.compile(f"[\udc80-\udcff{MARK}]")
+_ESCAPED = re.compile(f"{MARK}(.)", re.S)
+
+
+def path_text(raw: bytes) -> str:
+    """PostgreSQL's text form of a raw path: valid UTF-8 as it is; each other byte `xx` as `MARK` followed by
+    U+E0xx (private use), `MARK` itself doubled. Exactly reversed by `path_from_text`."""
+    return _RAW_CHARS.sub(lambda m: MARK + (MARK if m[0] == MARK else chr(ord(m[0]) - 0xDC00 + 0xE000)),
+                          raw.decode("utf-8", "surrogateescape"))
+
+
+def path_from_text(text: str) -> str:
+    """The path (as `os` functions take it: undecodable bytes as PEP 383 surrogates) of `path_text`'s form."""
+    return _ESCAPED.sub(lambda m: MARK if m[1] == MARK else chr(ord(m[1]) - 0xE000 + 0xDC00), text)
+
+
+if psycopg is not None:
+    class _RawPathDumper(psycopg.adapt.Dumper):
+        """A `RawPath` parameter, sent as text in `path_text`'s form."""
+
+        oid = psycopg.adapters.types["text"].oid
+
+        def dump(self, obj: bytes) -> bytes:
+            return path_text(obj).encode("utf-8")
+
+
+def _configure(conn) -> None:
+    """Each new pooled connection: raw paths go as text (see `path_text`)."""
+    conn.adapters.register_dumper(RawPath, _RawPathDumper)
 
 
 # -- PostgreSQL connections -----------------------------------------------------------------------------
@@ -391,7 +426,7 @@ class PostgresEngine(Engine):
             kwargs["password"] = password
         self.url = url
         self.pool = psycopg_pool.ConnectionPool(url, kwargs=kwargs, min_size=1, max_size=max_size, open=True,
-                                                timeout=CONNECT_TIMEOUT, name="orthanc-nas")
+                                                timeout=CONNECT_TIMEOUT, name="orthanc-nas", configure=_configure)
         self._lock = threading.Lock()
 
     def connect(self, part: str) -> PgConnection:

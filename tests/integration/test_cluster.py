@@ -4,6 +4,7 @@ each with the plugin, on a private PostgreSQL cluster (tests/support/postgres.py
 from __future__ import annotations
 
 import io
+import json
 import time
 import zipfile
 
@@ -22,6 +23,16 @@ def nas(tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster-nas")
     for n in range(6):
         write_series(root / f"P{n}" / "CT", 40, PatientName=f"CLUSTER^P{n}", PatientID=f"C{n}", Modality="CT")
+    return root
+
+
+@pytest.fixture(scope="module")
+def archive_nas(tmp_path_factory):
+    """A NAS that keeps everything in one folder at its top."""
+    root = tmp_path_factory.mktemp("cluster-archive")
+    for n in range(6):
+        write_series(root / "archive" / f"P{n}" / "CT", 40, PatientName=f"ARCHIVE^P{n}", PatientID=f"A{n}",
+                     Modality="CT")
     return root
 
 
@@ -133,12 +144,62 @@ def test_both_nodes_read_parts_of_one_run_and_a_node_killed_mid_run_loses_nothin
     assert final["phase"] == "done", final
     run_id, coordinator = db.execute("SELECT run_id, node FROM cluster_run").fetchone()
     states = db.execute("SELECT state, node FROM work_items WHERE run_id=%s", (run_id,)).fetchall()
-    assert len(states) == 7 and {s for s, _ in states} == {"done"}  # the root's own files + 6 folders
+    # the root's own files, each P* folder's own files and each P*/CT folder (split while under 32 items)
+    assert len(states) == 13 and {s for s, _ in states} == {"done"}
     assert len({node for _, node in states}) == 2  # B's finished folders stayed B's
     files = db.execute("SELECT count(*), count(DISTINCT path), min(seen_run), sum((error IS NULL)::int) "
                        "FROM files").fetchone()
     assert files == (240, 240, run_id, 240)  # every file once, each seen by this run, none lost
     assert sum(s["file_count"] for s in a.get("/nas/search").json()) == 240
+    db.close()
+
+
+def test_status_on_either_node_counts_every_node_s_part_of_the_run(orthanc_factory, tmp_path, nas, pg_database):
+    import psycopg
+
+    a = start_node(orthanc_factory, tmp_path, "a", nas, pg_database, Throttle=SLOW)
+    b = start_node(orthanc_factory, tmp_path, "b", nas, pg_database, Throttle=SLOW)
+    db = psycopg.connect(pg_database, autocommit=True)
+    own_file = tmp_path / "a" / "nasdata" / "index_status.json"  # A's own counters only
+
+    def b_part() -> int:  # files node B read for the run, as B wrote them
+        row = db.execute("SELECT r.status FROM run_nodes r JOIN cluster_run c ON c.run_id=r.run_id "
+                         "WHERE r.node<>c.node").fetchone()
+        return json.loads(row[0])["files_processed"] if row else 0
+
+    assert a.post("/nas/index", json={}).status_code == 202
+    wait_for(lambda: b_part() >= 50, timeout=120, what="node B to read its part")
+    a_own, b_own = json.loads(own_file.read_text())["files_processed"], b_part()
+    during = a.get("/nas/status").json()  # A's own count, at most 49 files ahead of its file, plus B's
+    assert during["files_processed"] >= a_own + b_own
+
+    assert a.wait_index(timeout=240)["phase"] == "done"
+    assert 0 < b_part() < 240
+    for node in (a, b):
+        final = wait_for(lambda n=node: (s := n.get("/nas/status").json())["phase"] == "done" and s,
+                         what="the run done")
+        assert (final["files_processed"], final["enumerated_files"], final["errors"]) == (240, 240, 0), final
+        assert final["files_per_second"] > 0
+    db.close()
+
+
+def test_a_nas_with_a_single_top_folder_is_still_read_by_both_nodes(orthanc_factory, tmp_path, archive_nas,
+                                                                      pg_database):
+    import psycopg
+
+    a = start_node(orthanc_factory, tmp_path, "a", archive_nas, pg_database, Throttle=SLOW)
+    start_node(orthanc_factory, tmp_path, "b", archive_nas, pg_database, Throttle=SLOW)
+    assert a.post("/nas/index", json={}).status_code == 202
+    assert a.wait_index(timeout=240)["phase"] == "done"
+    db = psycopg.connect(pg_database, autocommit=True)
+    run_id = db.execute("SELECT run_id FROM cluster_run").fetchone()[0]
+    listed = dict(db.execute("SELECT node, sum(files) FROM work_items WHERE run_id=%s GROUP BY node",
+                             (run_id,)).fetchall())
+    assert len(listed) == 2 and min(listed.values()) >= 40, listed  # each node walked and read a share
+    assert sum(listed.values()) == 240
+    files = db.execute("SELECT count(*), count(DISTINCT path), min(seen_run), sum((error IS NULL)::int) "
+                       "FROM files").fetchone()
+    assert files == (240, 240, run_id, 240)
     db.close()
 
 

@@ -242,6 +242,8 @@ def test_scope_matches_folder_names_by_glob_without_case():
     assert not scope.enters(".Trash-1000") and not scope.enters("$Recycle.Bin") and scope.enters("trash")
     assert scope.covers("2024/a/b.dcm") and not scope.covers("2025/a/b.dcm") and not scope.covers("2024/a/B.JPG")
     assert not scope.covers("2024/#recycle/x.dcm")
+    own_files = WalkScope("2024/#recycle", ("*",))  # a walk lists its own folder whatever its name
+    assert own_files.covers("2024/#recycle/x.dcm") and not own_files.covers("2024/#recycle/a/x.dcm")
 
 
 def test_schedule_is_a_cron_expression_and_names_the_next_time():

@@ -90,6 +90,18 @@ def test_missing_root_is_not_found(tmp_path):
     assert "mount" in err.value.hint
 
 
+def test_list_root_lists_the_root_or_a_folder_below_it(tmp_path):
+    (tmp_path / "archive" / "P1").mkdir(parents=True)
+    (tmp_path / "archive" / "a.dcm").write_bytes(b"x")
+    source = LocalSource(str(tmp_path))
+    assert source.list_root() == ["archive/"]
+    assert source.list_root(folder="archive") == ["P1/", "a.dcm"]
+    with pytest.raises(NasNotFound):
+        source.list_root(folder="missing")
+    with pytest.raises(NasNotFound):
+        source.list_root(folder="../x")
+
+
 def test_safe_relpath_refuses_escapes():
     for bad in ("../etc/passwd", "/etc/passwd", "a/../../b"):
         with pytest.raises(NasNotFound):

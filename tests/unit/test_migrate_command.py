@@ -49,12 +49,15 @@ def test_an_sqlite_index_and_its_shares_move_into_postgresql(tmp_path, pg_databa
     made = sqlite_data_directory(tmp_path)
     assert cli(["migrate", "--from", str(tmp_path), "--to", pg_database]) == 0
     out = capsys.readouterr().out
-    assert "index: " in out and "1 files with names that are not UTF-8 left out" in out
+    assert "index: " in out and " 7 files" in out
 
     engine = store.PostgresEngine(pg_database)
     try:
         catalog = Catalog(str(tmp_path / "elsewhere"), engine)  # nothing read from the SQLite files
-        assert catalog.counts() == {"files": 6, "series": 3}
+        assert catalog.counts() == {"files": 7, "series": 3}
+        latin1 = [f["path"] for f in catalog.series_files(search(catalog.reader(), SearchParams.parse(
+            {"q": "move p0"})).series[0]["series_key"])]
+        assert latin1[-1] == "P0/s/K\udcf6ln.dcm"  # the name that is not UTF-8, exactly as `os` gave it
         found = search(catalog.reader(), SearchParams.parse({"q": "move p1"}))
         assert [s["PatientID"] for s in found.series] == ["M1"] and found.series[0]["file_count"] == 2
 

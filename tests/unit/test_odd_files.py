@@ -21,11 +21,12 @@ from orthanc_nas.dicomdir import file_set_archive
 from orthanc_nas.file_meta import NotDicom
 from orthanc_nas.headers import parse_head, read_record
 from orthanc_nas.indexer import Indexer
-from orthanc_nas.pathnames import escaped, loaded, stored
+from orthanc_nas.pathnames import MARK, escaped, loaded, stored
 from orthanc_nas.search import series_detail
 from orthanc_nas.sources import FileEntry
 from orthanc_nas.sources.local import LocalSource
 from orthanc_nas.status import IndexStatus, write_json_atomic
+from orthanc_nas.store import path_text
 
 LATIN1_SHOWN = "K\\xf6ln/M\\xfcller.dcm"
 
@@ -113,7 +114,7 @@ def test_writer_mistakes_are_a_debug_line_not_an_error(tmp_path, cases, caplog):
 
 
 # -- names that are not UTF-8 ----------------------------------------------------------------------------
-def test_a_latin1_name_is_kept_to_be_read_again_and_shown_escaped(tmp_path, cases):
+def test_a_latin1_name_is_kept_to_be_read_again_and_shown_escaped(tmp_path, cases, db_engine):
     s, catalog = index(tmp_path, cases / "case2")
     assert s["phase"] == "done" and s["errors"] == 0
     key = series_of(catalog, "P2B")[0]["series_key"]
@@ -140,6 +141,12 @@ def test_path_values_round_trip():
     latin1 = os.fsdecode(b"K\xf6ln/M\xfcller.dcm")
     assert stored("a/b.dcm") == "a/b.dcm" and stored(latin1) == b"K\xf6ln/M\xfcller.dcm"
     assert loaded(stored(latin1)) == latin1 and loaded("a") == "a"
+    # PostgreSQL's text form: exact for every name, also one holding the escape character itself
+    for name in (latin1, f"x{MARK}y", os.fsdecode(b"\xff" + MARK.encode() + b"\xe0\x80"), "Müller"):
+        raw = stored(name)
+        text = path_text(raw) if isinstance(raw, bytes) else raw
+        assert text.encode("utf-8") and loaded(text) == name
+    assert path_text(stored(latin1)).startswith("K")  # the UTF-8 part as it is: folder prefixes still match
     assert escaped(latin1) == LATIN1_SHOWN and escaped("Müller") == "Müller"
     assert escaped("x\ud800") == "x\\ud800"
 
@@ -191,7 +198,7 @@ def test_values_sqlite_would_refuse_are_made_safe(tmp_path):
     assert sqlite_value(2**63) is None and sqlite_value(2**63 - 1) == 2**63 - 1 and sqlite_value(True) is True
 
 
-def test_a_record_sqlite_refuses_is_an_error_and_the_rest_of_its_batch_is_written(tmp_path):
+def test_a_record_sqlite_refuses_is_an_error_and_the_rest_of_its_batch_is_written(tmp_path, db_engine):
     writer = CatalogWriter(Catalog(str(tmp_path)))
     writer.begin_run()
     unstorable = FileEntry("bad\ud800.dcm", 1, 1)  # a lone surrogate no file system gives, nor SQLite takes

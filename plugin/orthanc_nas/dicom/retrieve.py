@@ -35,6 +35,7 @@ from pynetdicom.dimse_messages import C_CANCEL_RQ, C_FIND_RQ, C_GET_RQ, C_MOVE_R
 
 from ..errors import NasError, NasNetworkError
 from ..indexer import with_retries
+from ..pathnames import loaded
 from .audit import Retrieval, RetrievalAudit
 from .pynetdicom_internals import fewer_pendings, prompt, quiet, sender_only
 from .query import IMAGE, UNIQUE_KEYS, QueryError, parse, rows
@@ -68,7 +69,7 @@ def select(conn, identifier: Dataset, *, patient_root: bool) -> tuple[str, dict,
     if unique not in query.keys:
         raise QueryError(f"a {query.level} level retrieval needs {unique}")
     level, keys = query.level, dict(query.keys)
-    files = [Instance(r["path"], r["size"], r["SOPInstanceUID"], r["SOPClassUID"], r["TransferSyntaxUID"])
+    files = [Instance(loaded(r["path"]), r["size"], r["SOPInstanceUID"], r["SOPClassUID"], r["TransferSyntaxUID"])
              for r in rows(conn, replace(query, level=IMAGE))]
     return level, keys, files
 

@@ -40,8 +40,9 @@ class Source(Protocol):
     def check_root(self) -> None:
         """Raise a `NasError` (kind not_found, network, auth, permission) if the root cannot be listed."""
 
-    def list_root(self, limit: int = 100) -> list[str]:
-        """Names in the root folder (folders end with `/`), at most `limit`, sorted."""
+    def list_root(self, limit: int = 100, folder: str = "") -> list[str]:
+        """Names in the root folder, or in `folder` below it (`/`-separated), folders ending with `/`, at most
+        `limit`, sorted. Raises a `NasError` when the folder cannot be listed."""
 
     def walk(self, stop: threading.Event, scope=None, chunks: bool = False) -> Iterator:
         """Stream every file under the root. Memory stays bounded whatever the number of files.

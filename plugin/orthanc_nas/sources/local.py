@@ -115,10 +115,15 @@ class LocalSource:
         except OSError as exc:
             raise os_error(exc, f"NAS folder {self.root}") from exc
 
-    def list_root(self, limit: int = 100) -> list[str]:
+    def list_root(self, limit: int = 100, folder: str = "") -> list[str]:
         self.check_root()
         names = []
-        with os.scandir(self.root) as it:
+        full = os.path.join(self.root, *safe_relpath(folder).split("/")) if folder else self.root
+        try:
+            it = os.scandir(full)
+        except OSError as exc:
+            raise os_error(exc, f"folder {folder}") from exc
+        with it:
             for entry in it:
                 names.append(entry.name + ("/" if entry.is_dir(follow_symlinks=False) else ""))
         return sorted(names)[:limit]

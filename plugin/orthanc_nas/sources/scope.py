@@ -37,11 +37,13 @@ class WalkScope:
         return not name.lower().endswith(self.skipped_extensions) if self.skipped_extensions else True
 
     def covers(self, path: str) -> bool:
-        """Whether a walk of this scope would list `path` if it were there."""
+        """Whether a walk of this scope would list `path` if it were there (the scope's own folder is listed
+        whatever its name: only the folders below it are checked)."""
         folders, _, name = path.rpartition("/")
         if self.folder and not (path.startswith(self.folder + "/")):
             return False
-        return self.lists(name) and all(self.enters(part) for part in folders.split("/") if part)
+        below = folders[len(self.folder) + 1:] if self.folder else folders
+        return self.lists(name) and all(self.enters(part) for part in below.split("/") if part)
 
     def filter(self, list_folder: Callable[[str], Iterable]) -> Callable[[str], Iterator]:
         """`list_folder` (see `walk.parallel_walk`) without the folders not entered and the files not listed."""

@@ -369,8 +369,8 @@ class SmbSource:
     def check_root(self) -> None:
         self._listdir("")
 
-    def list_root(self, limit: int = 100) -> list[str]:
-        return sorted(name + ("/" if is_dir else "") for name, is_dir, _, _ in self._listdir(""))[:limit]
+    def list_root(self, limit: int = 100, folder: str = "") -> list[str]:
+        return sorted(name + ("/" if is_dir else "") for name, is_dir, _, _ in self._listdir(folder))[:limit]
 
     def walk(self, stop: threading.Event, scope: WalkScope | None = None, chunks: bool = False) -> Iterator:
         """See `Source.walk`."""
