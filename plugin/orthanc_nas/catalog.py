@@ -187,9 +187,7 @@ MIGRATIONS: list[Migration] = [
         PRIMARY KEY (run_id, folder, recursive)
     );
     """,
-    # 8: an empty step standing for another change's migration 8 (merged apart), which replaces it
-    "",
-    # 9: each node's counters of a cluster run (its status snapshot): `GET /nas/status` sums them
+    # 8: each node's counters of a cluster run (its status snapshot): `GET /nas/status` sums them
     """
     CREATE TABLE run_nodes (
         run_id INTEGER NOT NULL,

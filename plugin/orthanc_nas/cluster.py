@@ -4,7 +4,7 @@ The run is one row of `cluster_run` (the index's migration 7): the node that run
 whether a stop was asked, its status (`GET /nas/status`'s object) and a heartbeat. The running node
 rewrites the row whenever it rewrites its status file and at least every `HEARTBEAT` seconds; there it
 also learns of a stop asked on another node.
-Every other node taking part writes its own counters of the run into `run_nodes` (the index's migration 9), so
+Every other node taking part writes its own counters of the run into `run_nodes` (the index's migration 8), so
 `GET /nas/status` on any node shows the whole run's counts, summed over the nodes (`combined`). A node that stops beating for `LEASE` seconds (killed) no
 longer holds the run: the next start anywhere takes it over, and the status shows the run `interrupted`.
 

@@ -89,7 +89,7 @@ def as_written_by_version_2(db: str) -> None:
         conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
     conn.execute("DROP TABLE IF EXISTS cluster_run")  # migration 7's
     conn.execute("DROP TABLE IF EXISTS work_items")
-    conn.execute("DROP TABLE IF EXISTS run_nodes")  # migration 9's
+    conn.execute("DROP TABLE IF EXISTS run_nodes")  # migration 8's
     conn.execute("PRAGMA user_version=2")  # later migrations run again when the index opens
     conn.commit()
     conn.close()
