@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-from . import store_dialects
 from .normalize import fold, search_text
+from .store_dialects import PG_DIALECT, dialect
 
 #: the fields a search term is looked for in, folded into `series.search_text`
 SEARCHED_FIELDS = ("PatientName", "PatientID", "StudyDescription", "SeriesDescription")
@@ -32,13 +32,13 @@ def _add_search_columns(conn: sqlite3.Connection) -> None:
                      (search_columns(dict(zip(SEARCHED_FIELDS, row[1:], strict=True))) + (row[0],)
                       for row in rows))
     # the answer's order (newest first): a search without words reads its first page straight off it
-    if store_dialects.dialect(conn) is store_dialects.PG_DIALECT:  # NULLs placed as SQLite places them (see `search._ORDER`)
+    if dialect(conn) is PG_DIALECT:  # NULLs placed as SQLite places them (see `search._ORDER`)
         conn.execute("CREATE INDEX series_by_date ON series(StudyDate DESC NULLS LAST, sort_name, "
                      "SeriesNumber NULLS FIRST, series_key)")
     else:
         conn.execute("CREATE INDEX series_by_date ON series(StudyDate DESC, sort_name, SeriesNumber, series_key)")
     conn.execute("CREATE INDEX series_by_modality ON series(Modality, StudyDate)")
-    if store_dialects.dialect(conn) is store_dialects.PG_DIALECT:  # words are found by a trigram index (SQLite scans the rows)
+    if dialect(conn) is PG_DIALECT:  # words are found by a trigram index (SQLite scans the rows)
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
         conn.execute("CREATE INDEX series_search ON series USING gin (search_text gin_trgm_ops)")
 
