@@ -40,7 +40,8 @@ from corpus import plan_corpus  # noqa: E402
 from index_bench import corpus  # noqa: E402
 from orthanc_nas import store  # noqa: E402
 from orthanc_nas.api import router  # noqa: E402
-from orthanc_nas.catalog import Catalog, CatalogWriter  # noqa: E402
+from orthanc_nas.catalog import Catalog  # noqa: E402
+from orthanc_nas.catalog_writer import CatalogWriter  # noqa: E402
 from orthanc_nas.headers import HEAD_SIZE, read_record  # noqa: E402
 from orthanc_nas.http import Request, parse_query  # noqa: E402
 from orthanc_nas.indexer import WRITE_BATCH, Indexer  # noqa: E402

@@ -7,7 +7,7 @@ The search benchmark's index (`--files` files in series of `--series-size`, `ben
 the `migrate` command's code and ANALYZEd. The STUDY and SERIES queries of `bench/dicom_bench.py` run
 `--runs` times each on each engine, with `ModalitiesInStudy` matched both ways in the same process, run
 by run in turn: `IN` (`s.StudyInstanceUID IN (SELECT … WHERE m.Modality IN …)`: the previous form, and
-PostgreSQL's) and `EXISTS` (a correlated subquery: SQLite's now; see `store.Dialect.modalities_in_study`).
+PostgreSQL's) and `EXISTS` (a correlated subquery: SQLite's now; see `store_dialects.Dialect.modalities_in_study`).
 Statements run as the plugin runs them (psycopg prepares one run 5 times on a connection). `--load N` keeps N busy processes running meanwhile (a loaded machine).
 Prints p50/p95 in ms and the query plans of the date range + ModalitiesInStudy query (SQLite's EXPLAIN
 QUERY PLAN, PostgreSQL's EXPLAIN ANALYZE).
@@ -29,14 +29,14 @@ sys.path[:0] = [str(REPO), str(REPO / "plugin"), str(REPO / "bench")]
 from pydicom.dataset import Dataset  # noqa: E402
 
 from corpus import plan_corpus  # noqa: E402
-from orthanc_nas import store  # noqa: E402
+from orthanc_nas import store, store_dialects  # noqa: E402
 from orthanc_nas.catalog import Catalog  # noqa: E402
 from orthanc_nas.dicom.query import answer, parse, rows, sql  # noqa: E402
 from orthanc_nas.moving import copy_data_directory  # noqa: E402
 from search_bench import fill, percentiles, upgrade  # noqa: E402
 
 #: the forms of ModalitiesInStudy: the previous one on both engines, the one SQLite now has
-FORMS = {"IN": store.PgDialect.modalities_in_study, "EXISTS": store.Dialect.modalities_in_study}
+FORMS = {"IN": store_dialects.PgDialect.modalities_in_study, "EXISTS": store_dialects.Dialect.modalities_in_study}
 
 
 def identifier(level: str, keys: dict) -> Dataset:
@@ -57,19 +57,19 @@ def time_forms(conn, ds: Dataset, forms: list[str], runs: int) -> tuple[dict[str
     count = 0
     for i in range(runs + 3):
         for form in forms:
-            store.dialect(conn).modalities_in_study = FORMS[form]
+            store_dialects.dialect(conn).modalities_in_study = FORMS[form]
             started = time.perf_counter()
             query = parse(ds, patient_root=False)
             count = len([answer(query, row, "NAS") for row in rows(conn, query)])
             if i >= 3:
                 samples[form].append(time.perf_counter() - started)
-    del store.dialect(conn).modalities_in_study  # the class's own again
+    del store_dialects.dialect(conn).modalities_in_study  # the class's own again
     return {form: percentiles(found) for form, found in samples.items()}, count
 
 
 def plans(conn, ds: Dataset) -> list[str]:
-    text, args = sql(parse(ds, patient_root=False), store.dialect(conn))
-    if store.dialect(conn) is store.SQLITE_DIALECT:
+    text, args = sql(parse(ds, patient_root=False), store_dialects.dialect(conn))
+    if store_dialects.dialect(conn) is store_dialects.SQLITE_DIALECT:
         return [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + text, args)]
     return [r[0] for r in conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + text, args)]
 
@@ -131,11 +131,11 @@ def main() -> int:
                 print(f"  {engine_name:10s} {level:6s} {what:24s} {count:5d} answers  {';  '.join(figures)}")
             ds = identifier("STUDY", queries[1][2])
             for form in FORMS:
-                store.dialect(conn).modalities_in_study = FORMS[form]
+                store_dialects.dialect(conn).modalities_in_study = FORMS[form]
                 print(f"  {engine_name} plan of the date range + modality, {form}:")
                 for step in plans(conn, ds):
                     print(f"    {step}")
-            del store.dialect(conn).modalities_in_study
+            del store_dialects.dialect(conn).modalities_in_study
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
     finally:
         stop.set()

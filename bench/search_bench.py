@@ -36,7 +36,9 @@ from tests.support.orthanc import OrthancServer  # noqa: E402
 
 from corpus import PIXEL_BYTES, Series, plan_corpus  # noqa: E402
 from orthanc_nas.api import router  # noqa: E402
-from orthanc_nas.catalog import MIGRATIONS, Catalog, CatalogWriter, connect, migrate, series_key  # noqa: E402
+from orthanc_nas.catalog import Catalog, connect, migrate, series_key  # noqa: E402
+from orthanc_nas.catalog_migrations import MIGRATIONS  # noqa: E402
+from orthanc_nas.catalog_writer import CatalogWriter  # noqa: E402
 from orthanc_nas.http import Request, parse_query  # noqa: E402
 from orthanc_nas.sources import FileEntry  # noqa: E402
 

@@ -25,7 +25,8 @@ import threading
 import time
 
 from . import store
-from .catalog import CatalogWriter, transaction
+from .catalog import transaction
+from .catalog_writer import CatalogWriter
 from .errors import NasError
 from .indexer import Indexer, _Run
 from .sources.scope import WalkScope

@@ -15,7 +15,8 @@ from typing import Any
 
 from .errors import ConfigError
 from .schedule import parse_schedule
-from .store import POSTGRESQL, SQLITE, DatabaseSettings
+from .store import DatabaseSettings
+from .store_dialects import POSTGRESQL, SQLITE
 from .throttle import Throttle, parse_throttle
 
 CONNECTION_TYPES = ("local", "smb")

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .catalog import Catalog, CatalogWriter
+from .catalog import Catalog
+from .catalog_writer import CatalogWriter
 from .errors import Busy, NasError, NasNetworkError
 from .file_meta import NeedMore, NotDicom
 from .governor import BLOCK, CALM, NAS_GONE_AFTER, RAISE_AFTER, Governor, Stopped, with_retries

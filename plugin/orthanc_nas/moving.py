@@ -9,16 +9,16 @@ the SHA-256 of its token, copied as it is. Identity counters continue after the 
 
 A target that already holds rows of a part is refused (nothing is merged or overwritten). A path that
 is not valid UTF-8 (raw bytes in SQLite, see `pathnames`) goes as a `RawPath`, which PostgreSQL keeps in
-its escaped text form (`store.path_text`).
+its escaped text form (`store_dialects.path_text`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import store
-from .catalog import MIGRATIONS as INDEX_MIGRATIONS
+from . import store, store_dialects
 from .catalog import migrate, transaction
+from .catalog_migrations import MIGRATIONS as INDEX_MIGRATIONS
 from .dicom.audit import MIGRATIONS as DICOM_MIGRATIONS
 from .errors import Busy
 from .jobs import MIGRATIONS as JOBS_MIGRATIONS
@@ -64,7 +64,7 @@ def copy_part(source, target, part: str, progress: Callable[[str, int], None] = 
                 progress(table, copied)
             counts[table] = copied
             for column in identity:
-                store.dialect(target).continue_identity(target, table, column)
+                store_dialects.dialect(target).continue_identity(target, table, column)
     return {"tables": counts}
 
 

@@ -8,7 +8,7 @@ JSON and Orthanc's log refuse it. Here:
 - `stored`: what the index keeps: the path as text when it is valid UTF-8 (every usual name, unchanged),
   its raw bytes (`RawPath`) otherwise, so the file can be opened again from the index (zips, retrievals).
   SQLite keeps the bytes as a BLOB; PostgreSQL's text column keeps an escaped text form of them
-  (`store.path_text`: each undecodable byte as `MARK` and a private-use character), which reads back
+  (`store_dialects.path_text`: each undecodable byte as `MARK` and a private-use character), which reads back
   exactly. A name holding `MARK` itself (never seen on a NAS) is kept raw too, so the form is never
   ambiguous;
 - `loaded`: the path again from what the index holds (raw bytes, or PostgreSQL's escaped form);
@@ -45,7 +45,7 @@ def loaded(value: str | bytes) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "surrogateescape")
     if MARK in value:  # PostgreSQL's text form of a raw path
-        from .store import path_from_text
+        from .store_dialects import path_from_text
 
         return path_from_text(value)
     return value

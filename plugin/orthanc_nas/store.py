@@ -1,23 +1,18 @@
 """One storage layer, two engines: SQLite (the default, files in DataDirectory) or PostgreSQL (`Database`).
 
 The index, the shares and their audit, the DICOM node's audit and the jobs of retrieval keep one set of queries, written in
-SQLite's dialect with `?` placeholders. Where PostgreSQL differs, the difference lives here and only here:
+SQLite's dialect with `?` placeholders. Where PostgreSQL differs, the difference lives in the storage layer
+and only there: in the statements themselves (translation, search, matching, raw paths) in `store_dialects`;
+here, the engines and their connections:
 
 - connections: a `PgConnection` answers like `sqlite3.Connection` (`execute`, `executemany`, cursors with
   `fetchone`/`fetchall`/`rowcount`, rows by position or by column name, `in_transaction`); it borrows a
   connection of a psycopg pool for one statement, or from `BEGIN` to `COMMIT`/`ROLLBACK`;
-- statements (`pg_statement`): `?` → `%s`, `BEGIN IMMEDIATE` → `BEGIN`, and in DDL SQLite's types to
-  PostgreSQL's (`INTEGER PRIMARY KEY` → an identity column, `INTEGER` → `BIGINT`, `REAL` → `DOUBLE
-  PRECISION`, `BLOB` → `BYTEA`, no `WITHOUT ROWID`), so a migration is written once for both;
+- engines (`open_engine`): SQLite files in DataDirectory, or one PostgreSQL database for every part;
+  `ThreadConnections`: one connection per thread to one part;
 - the schema version: SQLite's `PRAGMA user_version` in each file; on PostgreSQL one database holds every
-  part, each part's version a row of `nas_migrations`, migrations serialised by an advisory lock;
-- search (`Dialect.contains`): SQLite's `instr`, PostgreSQL's `LIKE '%…%'` that a pg_trgm index serves;
-- file names that are not UTF-8 (`pathnames.RawPath`): SQLite keeps their bytes (a BLOB in the text
-  column), PostgreSQL's text column an escaped text form (`path_text`, read back by `path_from_text`):
-  the UTF-8 parts as they are, so prefixes of folders still match;
-- the DICOM node's matching (`Dialect.glob`, `fold_name`, `time_value`, `group_concat`,
-  `modalities_in_study`): SQLite's `GLOB` and the Python functions `query.prepare` adds to a connection;
-  PostgreSQL's `LIKE`, `lower` and string functions; each engine's best form of `ModalitiesInStudy`;
+  part, each part's version a row of `nas_migrations`, migrations serialised by an advisory lock
+  (`catalog.migrate` runs them);
 - a lost database (`DatabaseUnavailable`, 503 kind `database`): the pool reconnects by itself.
 
 PostgreSQL's connection string is libpq's (`postgresql://user@host:5432/dbname`); the password may be
@@ -27,15 +22,15 @@ given apart (`Database.Password`).
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from .errors import NasError
-from .pathnames import MARK, RawPath
+from .store_dialects import PG_DIALECT, SQLITE, SQLITE_DIALECT, Dialect, configure_pg, dialect, pg_statement
+
+# `dialect` serves the schema versions below; `cluster` and `cluster_indexing` call it as `store.dialect`
 
 try:  # a runtime dependency; SQLite alone keeps working without it
     import psycopg
@@ -43,7 +38,6 @@ try:  # a runtime dependency; SQLite alone keeps working without it
 except ImportError:  # pragma: no cover
     psycopg = psycopg_pool = None
 
-SQLITE, POSTGRESQL = "sqlite", "postgresql"
 #: seconds a request waits for a database connection before answering 503
 CONNECT_TIMEOUT = 5.0
 POOL_MAX = 16
@@ -68,166 +62,6 @@ class DatabaseSettings:
 
     def public(self) -> dict:
         return {"Type": self.Type, "Url": self.Url, "PasswordSet": bool(self.Password)}
-
-
-# -- the dialects ---------------------------------------------------------------------------------------
-
-class Dialect:
-    """What differs between the engines in the queries themselves."""
-
-    name = SQLITE
-    #: the errors a value of one record may raise (not the database's own trouble)
-    value_errors: tuple[type[BaseException], ...] = (sqlite3.InterfaceError, sqlite3.IntegrityError,
-                                                     sqlite3.DataError, sqlite3.ProgrammingError)
-    begin_snapshot = "BEGIN"  # WAL: the first read fixes the snapshot
-    #: the order of a search with words: `+` keeps SQLite's planner off the order's index (see `search`)
-    scan_prefix = "+"
-    #: a row read to be changed in the same transaction (SQLite's BEGIN IMMEDIATE locks the whole file)
-    for_update = ""
-    skip_locked = ""
-
-    def continue_identity(self, conn, table: str, column: str) -> None:
-        """After rows were inserted with their ids: new rows get ids above them (SQLite: by itself)."""
-
-    def contains(self, column: str, term: str) -> tuple[str, str]:
-        """A clause true when `term` occurs in `column` (`%` and `_` plain characters), and its argument."""
-        return f"instr({column}, ?) > 0", term
-
-    # -- the DICOM node's matching (PS3.4 C.2.2.2, see `dicom.query`) --
-    def glob(self, column: str, pattern: str) -> tuple[str, str]:
-        """A clause true when `column` matches a DICOM wild card pattern (`*`: any run, `?`: one
-        character, everything else literal and case-sensitive), and its argument."""
-        return f"{column} GLOB ?", pattern.replace("[", "[[]")
-
-    def fold_name(self, column: str) -> str:
-        """A person name folded for case-insensitive matching; `fold_value` folds the value alike."""
-        return f"nas_fold({column})"
-
-    def fold_value(self, value: str) -> str:
-        return value.casefold()
-
-    def time_value(self, column: str) -> str:
-        """A TM column as `HHMMSS.FFFFFF` text, null when empty (`dicom.query.time_value`)."""
-        return f"nas_tm({column})"
-
-    def group_concat(self, expression: str) -> str:
-        """The distinct values of a group joined by `,`."""
-        return f"group_concat(DISTINCT {expression})"
-
-    #: `ModalitiesInStudy` matching: a series of the same study has one of the modalities (`{marks}`: the
-    #: placeholders). SQLite: a correlated EXISTS, so the planner starts from the other keys (a date range
-    #: through `series_by_date`) and checks each study through `series_by_study`; as an `IN (SELECT …)` it
-    #: read every series of the modality first (docs/performance.md, "C-FIND")
-    modalities_in_study = ("EXISTS (SELECT 1 FROM series m WHERE m.StudyInstanceUID = s.StudyInstanceUID "
-                           "AND m.Modality IN ({marks}))")
-
-
-class PgDialect(Dialect):
-    name = POSTGRESQL
-    value_errors = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.DatatypeMismatch,
-                    psycopg.errors.UntranslatableCharacter) if psycopg else ()
-    begin_snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-    scan_prefix = ""
-    for_update = " FOR UPDATE"
-    skip_locked = " FOR UPDATE SKIP LOCKED"  # a row another node holds is passed over, not waited for
-
-    def continue_identity(self, conn, table: str, column: str) -> None:
-        conn.execute(f"SELECT setval(pg_get_serial_sequence(?, ?), coalesce(max({column}), 0) + 1, false) "
-                     f"FROM {table}", (table, column))
-
-    def contains(self, column: str, term: str) -> tuple[str, str]:
-        # LIKE with the term's own wildcards escaped: served by the trigram index (pg_trgm, gin_trgm_ops)
-        return f"{column} LIKE ?", f"%{_like_literal(term)}%"
-
-    def glob(self, column: str, pattern: str) -> tuple[str, str]:
-        literal = _like_literal(pattern)  # `*` and `?` are no LIKE wild cards: kept as they are, then turned
-        return f"{column} LIKE ?", literal.replace("*", "%").replace("?", "_")
-
-    def fold_name(self, column: str) -> str:
-        # lower() follows the database's locale (ctype); Python's lower() agrees for the letters of names
-        return f"lower({column})"
-
-    def fold_value(self, value: str) -> str:
-        return value.lower()
-
-    def time_value(self, column: str) -> str:
-        clean = f"replace(nullif(btrim({column}), ''), ':', '')"
-        return (f"rpad(split_part({clean}, '.', 1), 6, '0') || '.' || "
-                f"rpad(split_part({clean}, '.', 2), 6, '0')")
-
-    def group_concat(self, expression: str) -> str:
-        return f"string_agg(DISTINCT {expression}, ',')"
-
-    # PostgreSQL turns the IN into a semi-join planned from its statistics; the EXISTS above is as fast
-    # planned with its values, but psycopg prepares a statement run 5 times and the generic plan of the
-    # EXISTS, made without them, is slower (8 ms against 1 ms, docs/performance.md)
-    modalities_in_study = ("s.StudyInstanceUID IN (SELECT m.StudyInstanceUID FROM series m "
-                           "WHERE m.Modality IN ({marks}))")
-
-
-def _like_literal(text: str) -> str:
-    """`text` with LIKE's own wild cards and escape character escaped (PostgreSQL's default escape `\\`)."""
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-SQLITE_DIALECT, PG_DIALECT = Dialect(), PgDialect()
-
-
-def dialect(conn) -> Dialect:
-    """The dialect of a connection (an `sqlite3.Connection` or a `PgConnection`)."""
-    return getattr(conn, "dialect", SQLITE_DIALECT)
-
-
-_DDL_TYPES = [
-    (re.compile(r"\bINTEGER\s+PRIMARY\s+KEY\b", re.I), "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"),
-    (re.compile(r"\bINTEGER\b", re.I), "BIGINT"),
-    (re.compile(r"\bREAL\b", re.I), "DOUBLE PRECISION"),
-    (re.compile(r"\bBLOB\b", re.I), "BYTEA"),
-    (re.compile(r"\)\s*WITHOUT\s+ROWID", re.I), ")"),
-]
-
-
-@lru_cache(maxsize=512)
-def pg_statement(sql: str) -> str:
-    """An SQLite statement as PostgreSQL takes it (see the module's docstring)."""
-    text = sql.strip()
-    if re.match(r"BEGIN\s+(IMMEDIATE|DEFERRED|EXCLUSIVE)\b", text, re.I):
-        return "BEGIN"
-    if re.match(r"(CREATE|ALTER)\b", text, re.I):
-        for pattern, replacement in _DDL_TYPES:
-            text = pattern.sub(replacement, text)
-    return text.replace("%", "%%").replace("?", "%s")
-
-
-_RAW_CHARS = re.compile(f"[\udc80-\udcff{MARK}]")
-_ESCAPED = re.compile(f"{MARK}(.)", re.S)
-
-
-def path_text(raw: bytes) -> str:
-    """PostgreSQL's text form of a raw path: valid UTF-8 as it is; each other byte `xx` as `MARK` followed by
-    U+E0xx (private use), `MARK` itself doubled. Exactly reversed by `path_from_text`."""
-    return _RAW_CHARS.sub(lambda m: MARK + (MARK if m[0] == MARK else chr(ord(m[0]) - 0xDC00 + 0xE000)),
-                          raw.decode("utf-8", "surrogateescape"))
-
-
-def path_from_text(text: str) -> str:
-    """The path (as `os` functions take it: undecodable bytes as PEP 383 surrogates) of `path_text`'s form."""
-    return _ESCAPED.sub(lambda m: MARK if m[1] == MARK else chr(ord(m[1]) - 0xE000 + 0xDC00), text)
-
-
-if psycopg is not None:
-    class _RawPathDumper(psycopg.adapt.Dumper):
-        """A `RawPath` parameter, sent as text in `path_text`'s form."""
-
-        oid = psycopg.adapters.types["text"].oid
-
-        def dump(self, obj: bytes) -> bytes:
-            return path_text(obj).encode("utf-8")
-
-
-def _configure(conn) -> None:
-    """Each new pooled connection: raw paths go as text (see `path_text`)."""
-    conn.adapters.register_dumper(RawPath, _RawPathDumper)
 
 
 # -- PostgreSQL connections -----------------------------------------------------------------------------
@@ -426,7 +260,7 @@ class PostgresEngine(Engine):
             kwargs["password"] = password
         self.url = url
         self.pool = psycopg_pool.ConnectionPool(url, kwargs=kwargs, min_size=1, max_size=max_size, open=True,
-                                                timeout=CONNECT_TIMEOUT, name="orthanc-nas", configure=_configure)
+                                                timeout=CONNECT_TIMEOUT, name="orthanc-nas", configure=configure_pg)
         self._lock = threading.Lock()
 
     def connect(self, part: str) -> PgConnection:

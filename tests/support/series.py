@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from orthanc_nas.catalog import Catalog, CatalogWriter
+from orthanc_nas.catalog import Catalog
+from orthanc_nas.catalog_writer import CatalogWriter
 from orthanc_nas.headers import FIELDS
 from orthanc_nas.sources import FileEntry
 

@@ -4,7 +4,9 @@ import sqlite3
 
 import pytest
 
-from orthanc_nas.catalog import MIGRATIONS, Catalog, CatalogWriter, connect, migrate, series_key
+from orthanc_nas.catalog import Catalog, connect, migrate, series_key
+from orthanc_nas.catalog_migrations import MIGRATIONS
+from orthanc_nas.catalog_writer import CatalogWriter
 from orthanc_nas.sources import FileEntry
 from orthanc_nas.status import IndexStatus
 

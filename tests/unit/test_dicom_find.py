@@ -8,7 +8,7 @@ from pydicom.dataset import Dataset
 from tests.support.qr_corpus import LEVEL_KEYS, QUERIES, expected, write_qr_corpus
 from tests.support.series import record, write
 
-from orthanc_nas import store
+from orthanc_nas import store_dialects
 from orthanc_nas.catalog import Catalog
 from orthanc_nas.dicom.query import answer, parse, rows, sql
 from orthanc_nas.indexer import Indexer
@@ -41,7 +41,7 @@ def corpus(tmp_path, db_engine):
 
 def test_every_matching_rule_answers_as_the_standard_says(corpus, db_engine):
     conn, corpus_rows = corpus
-    assert store.dialect(conn).name == db_engine
+    assert store_dialects.dialect(conn).name == db_engine
     for model, level, keys in QUERIES:
         unique = LEVEL_KEYS[level]
         answers = find(conn, level, patient_root=model == "-P", **{unique: "", **keys})
@@ -101,8 +101,8 @@ def test_wild_cards_of_sql_are_plain_characters_and_times_compare_as_times(odd_n
 def test_the_sql_of_each_engine_is_its_own(odd_names):
     query = parse(identifier("STUDY", PatientName="A_B*", StudyTime="1000-", ModalitiesInStudy=""),
                   patient_root=False)
-    text, args = sql(query, store.dialect(odd_names))
-    if store.dialect(odd_names) is store.SQLITE_DIALECT:
+    text, args = sql(query, store_dialects.dialect(odd_names))
+    if store_dialects.dialect(odd_names) is store_dialects.SQLITE_DIALECT:
         assert "GLOB" in text and "nas_tm(" in text and "group_concat(" in text and "a_b*" in args
     else:
         assert "LIKE" in text and "nas_" not in text and "string_agg(" in text and "a\\_b%" in args

@@ -4,7 +4,7 @@ import pytest
 from pydicom.dataset import Dataset
 from tests.support.series import record, write
 
-from orthanc_nas import store
+from orthanc_nas import store_dialects
 from orthanc_nas.catalog import Catalog
 from orthanc_nas.config import parse_settings
 from orthanc_nas.dicom.peers import Peer, Peers
@@ -111,8 +111,8 @@ def catalog(tmp_path, db_engine):
 def test_queries_use_the_indexes_never_a_scan_of_files(catalog, level, keys):
     conn = prepare(catalog.reader())
     query = parse(identifier(level, **keys), patient_root=True)
-    text, args = sql(query, store.dialect(conn))
-    if store.dialect(conn) is store.SQLITE_DIALECT:
+    text, args = sql(query, store_dialects.dialect(conn))
+    if store_dialects.dialect(conn) is store_dialects.SQLITE_DIALECT:
         plan = " | ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + text, args))
         assert "SCAN f" not in plan and "SCAN files" not in plan, plan
         assert "USING INDEX" in plan or "USING COVERING INDEX" in plan, plan
@@ -132,7 +132,7 @@ def test_queries_use_the_indexes_never_a_scan_of_files(catalog, level, keys):
 def test_a_date_range_with_modalities_in_study_starts_from_the_dates(catalog):
     """Not from every series of the modality (SQLite's plan of an `IN (SELECT …)`: docs/performance.md)."""
     conn = prepare(catalog.reader())
-    if store.dialect(conn) is not store.SQLITE_DIALECT:
+    if store_dialects.dialect(conn) is not store_dialects.SQLITE_DIALECT:
         pytest.skip("PostgreSQL plans from its statistics (EXPLAIN ANALYZE figures in docs/performance.md)")
     query = parse(identifier("STUDY", StudyDate="20240101-20240131", ModalitiesInStudy="CT"), patient_root=False)
     plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql(query)[0], sql(query)[1])]

@@ -11,7 +11,8 @@ from pydicom import dcmread
 from pydicom.fileset import FileSet
 from tests.support.dicom import write_dicom, write_series
 
-from orthanc_nas.catalog import Catalog, CatalogWriter
+from orthanc_nas.catalog import Catalog
+from orthanc_nas.catalog_writer import CatalogWriter
 from orthanc_nas.dicomdir import DICOMDIR_NAME, Instance, MissingAttributes, file_set_archive, plan_file_set
 from orthanc_nas.errors import NotFound
 from orthanc_nas.headers import parse_head

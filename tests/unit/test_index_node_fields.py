@@ -15,7 +15,8 @@ from pydicom.uid import (
 )
 from tests.support.dicom import CT_IMAGE, write_dicom, write_series
 
-from orthanc_nas.catalog import MIGRATIONS, NODE_FILE_FIELDS, NODE_SERIES_FIELDS, RUN_FIELDS, Catalog, migrate
+from orthanc_nas.catalog import NODE_FILE_FIELDS, NODE_SERIES_FIELDS, RUN_FIELDS, Catalog, migrate
+from orthanc_nas.catalog_migrations import MIGRATIONS
 from orthanc_nas.headers import HEAD_SIZE, read_record
 from orthanc_nas.indexer import Indexer
 from orthanc_nas.sources.local import LocalSource

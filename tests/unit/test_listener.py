@@ -15,7 +15,7 @@ import pytest
 
 from orthanc_nas import share_server
 from orthanc_nas.app import NasApp
-from orthanc_nas.catalog import CatalogWriter
+from orthanc_nas.catalog_writer import CatalogWriter
 from orthanc_nas.config import parse_settings
 from orthanc_nas.errors import FileChanged
 from orthanc_nas.share_server import RedactingHandler, ShareListener, redact, route_waitress_logs

@@ -16,7 +16,8 @@ from tests.support.dicom import PIXEL_DATA_OB, write_dicom, write_series
 
 from orthanc_nas import cli
 from orthanc_nas.archive import series_archive
-from orthanc_nas.catalog import Catalog, CatalogWriter, sqlite_value
+from orthanc_nas.catalog import Catalog
+from orthanc_nas.catalog_writer import CatalogWriter, sqlite_value
 from orthanc_nas.dicomdir import file_set_archive
 from orthanc_nas.file_meta import NotDicom
 from orthanc_nas.headers import parse_head, read_record
@@ -26,7 +27,7 @@ from orthanc_nas.search import series_detail
 from orthanc_nas.sources import FileEntry
 from orthanc_nas.sources.local import LocalSource
 from orthanc_nas.status import IndexStatus, write_json_atomic
-from orthanc_nas.store import path_text
+from orthanc_nas.store_dialects import path_text
 
 LATIN1_SHOWN = "K\\xf6ln/M\\xfcller.dcm"
 
@@ -267,7 +268,8 @@ def test_a_run_over_every_case_mixed_ends_done_twice(tmp_path, cases):
 
 
 def test_dates_stored_by_an_older_version_are_made_dates(tmp_path):
-    from orthanc_nas.catalog import MIGRATIONS, connect, migrate
+    from orthanc_nas.catalog import connect, migrate
+    from orthanc_nas.catalog_migrations import MIGRATIONS
 
     conn = connect(str(tmp_path / "index.db"))
     migrate(conn, MIGRATIONS[:2])

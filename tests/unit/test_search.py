@@ -9,7 +9,8 @@ from tests.support.series import record, write
 
 from orthanc_nas import catalog as catalog_module
 from orthanc_nas.api import router
-from orthanc_nas.catalog import MIGRATIONS, Catalog, connect, migrate, series_key
+from orthanc_nas.catalog import Catalog, connect, migrate, series_key
+from orthanc_nas.catalog_migrations import MIGRATIONS
 from orthanc_nas.cli import main as cli
 from orthanc_nas.errors import BadRequest, NotFound
 from orthanc_nas.http import Request, parse_query

@@ -5,7 +5,8 @@ import time
 
 from tests.support.series import record, write
 
-from orthanc_nas.catalog import Catalog, CatalogWriter
+from orthanc_nas.catalog import Catalog
+from orthanc_nas.catalog_writer import CatalogWriter
 from orthanc_nas.search import SearchParams, search, series_detail
 
 STEADY = 20  # series that get one more file in every batch

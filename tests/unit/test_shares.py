@@ -11,7 +11,7 @@ import pytest
 
 from orthanc_nas.api import router
 from orthanc_nas.app import NasApp
-from orthanc_nas.catalog import CatalogWriter
+from orthanc_nas.catalog_writer import CatalogWriter
 from orthanc_nas.config import parse_settings
 from orthanc_nas.errors import BadRequest, NotFound
 from orthanc_nas.http import Request

@@ -13,7 +13,7 @@ matching series (`files_by_series`) or of the given SOP Instance UIDs (`files_by
 every file row. Answers are in UTF-8 (`ISO_IR 192`).
 
 The SQL runs on SQLite or PostgreSQL (the index's engine, `store`): wild cards, folding, times and the
-list of modalities are written by the connection's `store.Dialect`; on SQLite, `prepare` adds the Python
+list of modalities are written by the connection's `store_dialects.Dialect`; on SQLite, `prepare` adds the Python
 functions they use.
 """
 
@@ -27,7 +27,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from .. import store
+from .. import store_dialects
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
 LEVELS = (PATIENT, STUDY, SERIES, IMAGE)
@@ -110,7 +110,7 @@ def time_value(value: str | None) -> str | None:
 
 def prepare(conn):
     """Add the node's SQL functions to a connection of the index (SQLite; PostgreSQL needs none)."""
-    if store.dialect(conn) is not store.SQLITE_DIALECT:
+    if store_dialects.dialect(conn) is not store_dialects.SQLITE_DIALECT:
         return conn
     conn.create_function("nas_fold", 1, fold_name, deterministic=True)
     conn.create_function("nas_tm", 1, time_value, deterministic=True)
@@ -142,7 +142,7 @@ def _values(value) -> list[str]:
     return [str(value)]
 
 
-def _condition(key: Key, values: list[str], dialect: store.Dialect) -> tuple[str, list] | None:
+def _condition(key: Key, values: list[str], dialect: store_dialects.Dialect) -> tuple[str, list] | None:
     """The SQL condition of one non-empty key (PS3.4 C.2.2.2), None for universal matching."""
     column, vr = key.column, key.vr
     if vr == "UI":  # single value or list of UIDs (C.2.2.2.2)
@@ -234,7 +234,7 @@ def _dictionary_vr(tag) -> str | None:
     return vr if vr in _PLAIN_VRS else None
 
 
-def _conditions(query: Query, dialect: store.Dialect) -> tuple[list[str], list]:
+def _conditions(query: Query, dialect: store_dialects.Dialect) -> tuple[list[str], list]:
     """The SQL conditions of a query's matching keys and their arguments."""
     where, params = [], []
     for keyword, values in query.matches:
@@ -248,8 +248,8 @@ def _conditions(query: Query, dialect: store.Dialect) -> tuple[list[str], list]:
     return where, params
 
 
-def sql(query: Query, dialect: store.Dialect = store.SQLITE_DIALECT) -> tuple[str, list]:
-    """The SELECT of a query in `dialect` (`store.dialect(conn)`): one row per answer, columns named by
+def sql(query: Query, dialect: store_dialects.Dialect = store_dialects.SQLITE_DIALECT) -> tuple[str, list]:
+    """The SELECT of a query in `dialect` (`store_dialects.dialect(conn)`): one row per answer, columns named by
     keyword."""
     depth = query.depth()
     conditions, params = _conditions(query, dialect)
@@ -277,9 +277,9 @@ def sql(query: Query, dialect: store.Dialect = store.SQLITE_DIALECT) -> tuple[st
 
 def rows(conn, query: Query) -> Iterator[sqlite3.Row]:
     """The matching rows, read as they are answered (SQLite: a cursor, not a list), by column name."""
-    text, params = sql(query, store.dialect(conn))
+    text, params = sql(query, store_dialects.dialect(conn))
     cursor = prepare(conn).execute(text, params)
-    if store.dialect(conn) is store.SQLITE_DIALECT:
+    if store_dialects.dialect(conn) is store_dialects.SQLITE_DIALECT:
         cursor.row_factory = sqlite3.Row
     yield from cursor
 
