@@ -20,10 +20,12 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from . import store
 from .catalog import transaction
+from .errors import Busy
 from .status import MAX_ERROR_SAMPLES, RUNNING_PHASES, _parse_iso
 
 log = logging.getLogger("orthanc_nas")
@@ -164,6 +166,22 @@ class ClusterRun:
             self.run_id = run_id
 
     # -- any node ---------------------------------------------------------------
+    @contextmanager
+    def idle(self, busy_message: str, hint: str) -> Iterator[None]:
+        """Run a block while no other node runs the cluster's run, and keep one from starting meanwhile
+        (the row stays locked: a `claim` anywhere waits for the block). Busy (409) naming the run and its
+        node otherwise; `DatabaseUnavailable` (503) when the database cannot tell."""
+        with self._lock:
+            conn = self.conn()
+            with transaction(conn):
+                row = conn.execute("SELECT node, running, heartbeat, run_id FROM cluster_run WHERE id=1"
+                                   f"{store.dialect(conn).for_update}").fetchone()
+                if row and row[1] and row[0] != self.node and self.clock() - row[2] < self.lease:
+                    run = f"run {row[3]}" if row[3] is not None else "a run"
+                    raise Busy(f"{busy_message}: indexing {run} is running on another Orthanc node ({row[0]})",
+                               hint)
+                yield
+
     def run_to_help(self) -> tuple[int, bool, str] | None:
         """`(run_id, full, folder)` of a run another node leads, alive and not asked to stop; else None."""
         with self._lock:

@@ -69,6 +69,11 @@ class Outcome:
     read: bool = True
 
 
+#: what to do when settings cannot change because a run goes on
+IDLE_HINT = ("Stop indexing (Stop in the NAS panel, or DELETE /nas/index) or wait until it ends, "
+             "then try again.")
+
+
 class Indexer:
     """Runs indexing in the background (one run at a time) and keeps its status."""
 
@@ -121,12 +126,16 @@ class Indexer:
 
     @contextmanager
     def idle(self, busy_message: str) -> Iterator[None]:
-        """Run a block while no indexing runs, and keep one from starting meanwhile; Busy (409) otherwise."""
+        """Run a block while no indexing runs, and keep one from starting meanwhile; Busy (409) otherwise.
+        With several nodes, a run of the cluster on another node counts too (`ClusterRun.idle`)."""
         with self._lock:
             if self._busy():
-                raise Busy(busy_message, "Stop indexing (Stop in the NAS panel, or DELETE /nas/index) or wait "
-                                         "until it ends, then try again.")
-            yield
+                raise Busy(busy_message, IDLE_HINT)
+            if self.cluster is None:
+                yield
+            else:
+                with self.cluster.idle(busy_message, IDLE_HINT):
+                    yield
 
     def stop(self) -> bool:
         """Ask a running indexing to stop at the next file boundary. True if one was running."""

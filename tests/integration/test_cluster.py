@@ -88,12 +88,22 @@ def test_one_run_for_the_cluster_seen_and_stopped_from_any_node(orthanc_factory,
                     what="B to show A's run")
     assert seen["phase"] == "indexing" and seen["node"]
 
+    # the connection cannot change on either node while the cluster's run goes on
+    before = b.get("/nas/config").json()["Connection"]
+    for node in (a, b):
+        saved = node.put("/nas/config", json={"Connection": {"Type": "local", "Path": str(nas / "P0")}})
+        assert saved.status_code == 409 and saved.json()["kind"] == "busy", saved.text
+    assert seen["node"] in saved.json()["error"]  # B names the run's node
+    assert b.get("/nas/config").json()["Connection"] == before
+    assert not (tmp_path / "b" / "nasdata" / "nas-config.json").exists()
+
     stopped = b.delete("/nas/index").json()
     assert stopped["stopping"] is True
     assert a.wait_index(timeout=60)["phase"] == "cancelled"
     final = wait_for(lambda: (s := b.get("/nas/status").json())["phase"] == "cancelled" and s,
                      what="B to show the run cancelled")
     assert final["files_processed"] < 240  # it stopped before the end
+    assert b.put("/nas/config", json={"Connection": before}).status_code == 200  # the run ended: saved
 
     assert b.post("/nas/index", json={}).status_code == 202  # the cluster's run is free again: B takes it
     assert a.post("/nas/index", json={}).status_code == 409
