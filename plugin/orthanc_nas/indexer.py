@@ -375,7 +375,7 @@ class _Run:
         for item in chunk:
             if isinstance(item, WalkError):
                 self.walk_errors += 1
-                self.status.add_error(item.path, item.error.message)
+                self._error(item.path, item.error.message)
                 if isinstance(item.error, NasNetworkError):
                     governor.failure()
                 else:
@@ -397,6 +397,10 @@ class _Run:
                 todo = [e for e in entries if e.path not in seen]
         return [todo[i:i + READ_BATCH] for i in range(0, len(todo), READ_BATCH)]
 
+    def _error(self, path: str, message: str) -> None:
+        """Count a file (or folder) that could not be listed, read or indexed."""
+        self.status.add_error(path, message)
+
     def _write(self, writer: CatalogWriter) -> None:
         """Store the pending outcomes in one transaction (see `Outcome.read`)."""
         found, self.pending = self.pending, []
@@ -404,9 +408,9 @@ class _Run:
                                unread=[o.entry.path for o in found if not o.read])
         for o in found:
             if o.error is not None:
-                self.status.add_error(o.entry.path, o.error)
+                self._error(o.entry.path, o.error)
         for path, error in refused:  # a record the index refused: counted, the rest of the batch is written
-            self.status.add_error(path, error)
+            self._error(path, error)
         self.files_read += sum(o.read for o in found)
         if time.monotonic() - self.counted_at >= SERIES_COUNT_EVERY:
             self.status.update(series_count=writer.series_count())

@@ -145,13 +145,22 @@ def test_both_nodes_read_parts_of_one_run_and_a_node_killed_mid_run_loses_nothin
         return db.execute("SELECT count(*) FROM work_items w JOIN cluster_run c ON c.run_id=w.run_id "
                           "WHERE w.state=%s AND w.node<>c.node", (state,)).fetchone()[0]
 
+    def b_ahead() -> bool:  # B's counters (as B wrote them) hold files of a folder it has not finished
+        row = db.execute("SELECT r.status FROM run_nodes r JOIN cluster_run c ON c.run_id=r.run_id "
+                         "WHERE r.node<>c.node").fetchone()
+        finished = db.execute("SELECT coalesce(sum(w.files), 0) FROM work_items w JOIN cluster_run c ON "
+                              "c.run_id=w.run_id WHERE w.state='done' AND w.node<>c.node").fetchone()[0]
+        return bool(row) and json.loads(row[0])["files_processed"] > finished
+
     assert a.post("/nas/index", json={}).status_code == 202
-    wait_for(lambda: b_items("done") >= 1 and b_items("taken") >= 1, timeout=120,
-             what="node B to finish one folder and hold another")
-    b.kill9()  # B's folder returns to A once its lease expires
+    wait_for(lambda: b_items("done") >= 1 and b_items("taken") >= 1 and b_ahead(), timeout=120,
+             what="node B to finish one folder and be reading another")
+    b.kill9()  # B's folder returns to A once its lease expires; A reads it again
 
     final = a.wait_index(timeout=240)
     assert final["phase"] == "done", final
+    # the status counts each file once: not B's files of the folder A read again
+    assert (final["files_processed"], final["enumerated_files"], final["errors"]) == (240, 240, 0), final
     run_id, coordinator = db.execute("SELECT run_id, node FROM cluster_run").fetchone()
     states = db.execute("SELECT state, node FROM work_items WHERE run_id=%s", (run_id,)).fetchall()
     # the root's own files, each P* folder's own files and each P*/CT folder (split while under 32 items)
