@@ -11,14 +11,21 @@ script in the children.
 from __future__ import annotations
 
 import functools
+import logging
 import multiprocessing
 import os
 import sys
+import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from .file_meta import NeedMore, NotDicom
 from .headers import parse_head
+
+log = logging.getLogger("orthanc_nas")
+#: the outcome of a head whose parsing ended its worker process twice (killed, out of memory, a crash)
+PROCESS_ENDED = "the process parsing this header ended abruptly (out of memory, killed or crashed)"
 
 
 def parse_many(items: list[tuple[bytes, bool]]) -> list:
@@ -59,11 +66,19 @@ def default_processes() -> int:
 
 
 class ParsePool:
-    """Parses batches of heads in worker processes, or in the calling thread if there are none."""
+    """Parses batches of heads in worker processes, or in the calling thread if there are none.
+
+    A worker process that ends abruptly (the kernel's out-of-memory killer, a signal, a crash in a
+    library) breaks the whole `ProcessPoolExecutor`: the pool is then started again, and the batches it
+    held are parsed again head by head, so that only a head that ends its worker a second time is lost —
+    as an error of that file (`PROCESS_ENDED`), never of the run. Called from many reading threads.
+    """
 
     def __init__(self, processes: int | None = None):
         self.processes = default_processes() if processes is None else processes
         self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self.restarts = 0
         self.error: str | None = None
         if self.processes > 0:
             try:
@@ -87,14 +102,38 @@ class ParsePool:
         return pool
 
     def parse(self, items: list[tuple[bytes, bool]]) -> list:
-        if self._pool is None:
+        """One result per item, as `parse_many` gives them."""
+        pool = self._pool
+        if pool is None:
             return parse_many(items)
-        return self._pool.submit(parse_many, items).result()
+        try:
+            return pool.submit(parse_many, items).result()
+        except BrokenProcessPool:
+            pool = self._replace(pool)
+        results = []
+        for item in items:  # one by one: the head that ended the process shows itself
+            try:
+                results += pool.submit(parse_many, [item]).result()
+            except BrokenProcessPool:
+                pool = self._replace(pool)
+                results.append(PROCESS_ENDED)
+        return results
+
+    def _replace(self, broken: ProcessPoolExecutor) -> ProcessPoolExecutor:
+        """A working pool in place of `broken` (started once, whichever thread sees it broken first)."""
+        with self._lock:
+            if self._pool is broken:
+                broken.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._start()
+                self.restarts += 1
+                log.warning("a header parsing process ended abruptly; %d started again", self.processes)
+            return self._pool
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
 
 
 __all__ = ["NeedMore", "ParsePool", "parse_many"]

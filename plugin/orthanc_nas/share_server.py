@@ -135,11 +135,20 @@ class ShareListener:
             wasyncore.close_all(server._map)
             closed.set()
 
-        server.trigger.pull_trigger(close_all)
         deadline = time.monotonic() + timeout
+        try:
+            server.trigger.pull_trigger(close_all)
+        except OSError as exc:  # its wake-up pipe is gone
+            log.warning("share listener: its loop could not be woken to stop (%s)", exc)
         self._thread.join(timeout)
         if not closed.is_set():
-            wasyncore.close_all(server._map, ignore_all=True)
+            # Only once its loop has ended: closing the connections from here while that thread still polls
+            # them lets both threads close one descriptor number, the second time someone else's.
+            if self._thread.is_alive():
+                log.warning("share listener: its loop did not stop within %.0f s; it closes its connections "
+                            "when it does", timeout)
+            else:
+                wasyncore.close_all(server._map, ignore_all=True)
         server.task_dispatcher.shutdown(timeout=max(0.1, deadline - time.monotonic()))
         log.info("share listener stopped")
 
