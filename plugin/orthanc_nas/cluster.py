@@ -5,7 +5,9 @@ whether a stop was asked, its status (`GET /nas/status`'s object) and a heartbea
 rewrites the row whenever it rewrites its status file and at least every `HEARTBEAT` seconds; there it
 also learns of a stop asked on another node.
 Every other node taking part writes its own counters of the run into `run_nodes` (the index's migration 8), so
-`GET /nas/status` on any node shows the whole run's counts, summed over the nodes (`combined`). A node that stops beating for `LEASE` seconds (killed) no
+`GET /nas/status` on any node shows the whole run's counts, summed over the nodes (`combined`), less a node's counts of the work items another node took over
+from it (`settled`: each file counts once). While another node runs the cluster's run, settings from
+the web do not change on this one (`idle`, 409). A node that stops beating for `LEASE` seconds (killed) no
 longer holds the run: the next start anywhere takes it over, and the status shows the run `interrupted`.
 
 Used only with a shared engine (`Database.Type` postgresql); on SQLite one Orthanc owns its files.
@@ -20,10 +22,13 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from . import store
 from .catalog import transaction
+from .errors import Busy
 from .status import MAX_ERROR_SAMPLES, RUNNING_PHASES, _parse_iso
 
 log = logging.getLogger("orthanc_nas")
@@ -55,6 +60,22 @@ def combined(base: dict, parts: list[dict]) -> dict:
         began, ended = _parse_iso(base.get("started_at")), _parse_iso(base.get("finished_at"))
         if began and ended and ended > began:
             data["files_per_second"] = round(data.get("files_processed", 0) / (ended - began), 1)
+    return data
+
+
+def settled(part: dict, held: list[dict]) -> dict:
+    """A node's part of a run (`ClusterRunPart.part`) counting only what stays its own: its status's
+    `SUMMED` counters less those of the items it lost (`lost`) and of the items it was reading when
+    another node took them over (its `in_progress` but for `held`, the counters of the items it holds
+    still). The other node reads those again and counts them in its own part: each file counts once."""
+    data = {k: v for k, v in part.items() if k not in ("in_progress", "lost")}
+    dropped = Counter(part.get("lost") or {})
+    for *_, counts in part.get("in_progress") or []:
+        dropped.update(counts)
+    for counts in held:
+        dropped.subtract(counts)
+    for key in SUMMED:
+        data[key] = max(int(data.get(key) or 0) - dropped[key], 0)
     return data
 
 
@@ -164,6 +185,22 @@ class ClusterRun:
             self.run_id = run_id
 
     # -- any node ---------------------------------------------------------------
+    @contextmanager
+    def idle(self, busy_message: str, hint: str) -> Iterator[None]:
+        """Run a block while no other node runs the cluster's run, and keep one from starting meanwhile
+        (the row stays locked: a `claim` anywhere waits for the block). Busy (409) naming the run and its
+        node otherwise; `DatabaseUnavailable` (503) when the database cannot tell."""
+        with self._lock:
+            conn = self.conn()
+            with transaction(conn):
+                row = conn.execute("SELECT node, running, heartbeat, run_id FROM cluster_run WHERE id=1"
+                                   f"{store.dialect(conn).for_update}").fetchone()
+                if row and row[1] and row[0] != self.node and self.clock() - row[2] < self.lease:
+                    run = f"run {row[3]}" if row[3] is not None else "a run"
+                    raise Busy(f"{busy_message}: indexing {run} is running on another Orthanc node ({row[0]})",
+                               hint)
+                yield
+
     def run_to_help(self) -> tuple[int, bool, str] | None:
         """`(run_id, full, folder)` of a run another node leads, alive and not asked to stop; else None."""
         with self._lock:
@@ -188,13 +225,21 @@ class ClusterRun:
         return row is not None
 
     def parts(self, run_id: int | None, but: str) -> list[dict]:
-        """The counters the nodes other than `but` wrote for run `run_id`."""
+        """The counters the nodes other than `but` wrote for run `run_id`, each without the files of
+        items it no longer holds (`settled`): a node killed mid-run, its items taken over by another."""
         if run_id is None:
             return []
         with self._lock:
-            rows = self.conn().execute("SELECT status FROM run_nodes WHERE run_id=? AND node<>?",
-                                       (run_id, but)).fetchall()
-        return [json.loads(status) for status, in rows]
+            conn = self.conn()
+            parts = []
+            for node, status in conn.execute("SELECT node, status FROM run_nodes WHERE run_id=? AND node<>?",
+                                             (run_id, but)).fetchall():
+                part = json.loads(status)
+                held = [counts for folder, recursive, counts in part.get("in_progress") or []
+                        if conn.execute("SELECT 1 FROM work_items WHERE run_id=? AND folder=? AND recursive=? "
+                                        "AND node=?", (run_id, folder, int(recursive), node)).fetchone()]
+                parts.append(settled(part, held))
+        return parts
 
     def current(self) -> tuple[str, bool, dict] | None:
         """`(node, alive, status)` of the cluster's latest run, or None before the first: the status its

@@ -13,7 +13,9 @@ run's id, so the files it sees count as seen by the run wherever they were read.
 An item is taken with a lease, renewed while its node lives; it is `done` only once every file the
 walk of it listed is written. A node that dies (kill -9) leaves its items `taken`: when their lease
 expires, another node takes them and walks them again; what the dead node wrote is kept (unchanged
-files are only marked seen), so each file ends with one row. The coordinator ends the run when every
+files are only marked seen), so each file ends with one row. Each node publishes, with its counters,
+those of the items it holds and has not finished (`ClusterRunPart.part`): the status leaves out a node's
+counts of items another node took over (`cluster.settled`), so each file also counts once. The coordinator ends the run when every
 item is done; files no longer on the NAS are removed only when every item was walked without a
 listing error (the rule of one node, held for the cluster as a whole).
 """
@@ -23,6 +25,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import contextmanager
 
 from . import store
 from .catalog import transaction
@@ -75,10 +80,11 @@ class WorkItems:
         self.conn.execute("UPDATE work_items SET lease_until=? WHERE run_id=? AND node=? AND state='taken'",
                           (time.time() + self.lease, self.run_id, self.node))
 
-    def done(self, item: tuple[str, bool], files: int, walk_errors: int) -> None:
-        self.conn.execute("UPDATE work_items SET state='done', files=?, walk_errors=? "
+    def done(self, item: tuple[str, bool], files: int, walk_errors: int) -> bool:
+        """Mark `item` done; False when it is no longer this node's (its lease ran out, another took it)."""
+        return self.conn.execute("UPDATE work_items SET state='done', files=?, walk_errors=? "
                           "WHERE run_id=? AND folder=? AND recursive=? AND node=?",
-                          (files, walk_errors, self.run_id, item[0], int(item[1]), self.node))
+                          (files, walk_errors, self.run_id, item[0], int(item[1]), self.node)).rowcount > 0
 
     def totals(self) -> tuple[int, int, int]:
         """(items not done, files listed, listing errors) of the whole run."""
@@ -107,6 +113,14 @@ class ClusterRunPart(_Run):
         self.item_of: dict[str, list] = {}  # the item of each file dispatched, not written yet (a file
         # dispatched again, its item taken again after its lease ran out, is there twice)
         self.listed: dict[tuple[str, bool], tuple[int, int]] = {}  # walked items: (files, listing errors)
+        # This node's counters of the items it holds, not done yet, and of items it lost to another node:
+        # published with its part, so the sum over the nodes counts each file once (`cluster.settled`)
+        self.progress: dict[tuple[str, bool], Counter] = {}
+        self.lost: Counter = Counter()
+        self._item_of_batch: dict[str, tuple[str, bool]] = {}  # the files being written, while they are
+        self._share: Callable[[dict], None] | None = None  # writes this node's part (`publish_part`)
+        self._shareable = True  # the counters and `progress` agree (not in the middle of a count)
+        self._unshared: dict | None = None  # a status write that came while they did not
 
     # -- beginning and end ------------------------------------------------------
     def execute(self) -> None:
@@ -228,11 +242,57 @@ class ClusterRunPart(_Run):
         if item in self.listed and not self.outstanding.get(item):
             files, errors = self.listed.pop(item)
             self.outstanding.pop(item, None)
-            self.items.done(item, files, errors)
+            counts = self.progress.pop(item, Counter())
+            if not self.items.done(item, files, errors):
+                self.lost += counts  # read again by the node that holds it now: counted there
+            if self._share is not None:
+                self._share(self.status.snapshot())
+
+    # -- this node's part, as the other nodes sum it -----------------------------
+    def share_with(self, publish: Callable[[dict], None]) -> Callable[[dict], None]:
+        """Publish this node's part through `publish` (`ClusterRun.publish_part`); the answer is the
+        status's `on_write`: a write that comes in the middle of a count waits for its end."""
+        def on_write(snapshot: dict) -> None:
+            if self._shareable:
+                publish(self.part(snapshot))
+            else:
+                self._unshared = snapshot
+
+        self._share = lambda snapshot: publish(self.part(snapshot))
+        return on_write
+
+    def part(self, snapshot: dict) -> dict:
+        """`snapshot` with this node's `in_progress` (`[folder, recursive, counters]` of each item it holds)
+        and `lost` counters."""
+        return {**snapshot, "in_progress": [[*item, dict(c)] for item, c in self.progress.items() if item],
+                "lost": dict(self.lost)}
+
+    @contextmanager
+    def _counting(self):
+        self._shareable = False
+        try:
+            yield
+        finally:
+            self._shareable = True
+            if self._unshared is not None and self._share is not None:
+                self._unshared = None
+                self._share(self.status.snapshot())
+
+    def _tally(self) -> Counter:
+        s = self.status
+        return Counter(enumerated_files=s.enumerated_files, files_processed=s.files_processed,
+                       files_skipped=s.files_skipped)
+
+    def _error(self, path: str, message: str) -> None:
+        self.progress.setdefault(self._item_of_batch.get(path, self.walking), Counter())["errors"] += 1
+        super()._error(path, message)
 
     # -- what is read and written, per item -------------------------------------
     def _dispatch(self, chunk, writer, governor):
-        batches = super()._dispatch(chunk, writer, governor)
+        with self._counting():
+            before = self._tally()
+            batches = super()._dispatch(chunk, writer, governor)
+            self.progress.setdefault(self.walking, Counter()).update(self._tally() - before)
         for batch in batches:
             for entry in batch:
                 self.item_of.setdefault(entry.path, []).append(item := self.walking)
@@ -241,7 +301,14 @@ class ClusterRunPart(_Run):
 
     def _write(self, writer) -> None:
         written = [self._written(o.entry.path) for o in self.pending]
-        super()._write(writer)
+        with self._counting():
+            self._item_of_batch = {o.entry.path: item for o, item in zip(self.pending, written, strict=True)}
+            for item in written:
+                self.progress.setdefault(item, Counter())["files_processed"] += 1
+            try:
+                super()._write(writer)
+            finally:
+                self._item_of_batch = {}
         for item in written:
             self.outstanding[item] -= 1
         for item in set(written):
@@ -308,12 +375,13 @@ class ClusterHelper:
             return
         run_id, full, folder = self._last = found
         status = self.indexer.status
-        status.on_write = lambda snapshot: self.cluster.publish_part(run_id, snapshot)  # summed in GET /nas/status
+        part = ClusterRunPart(self.indexer, full, self.indexer.scope(folder), "cluster", self.cluster, run_id=run_id)
+        # this node's counters, summed in GET /nas/status
+        status.on_write = part.share_with(lambda snapshot: self.cluster.publish_part(run_id, snapshot))
         self.indexer._stop.clear()
         status.start(self.app.settings.Workers)
         try:
-            ClusterRunPart(self.indexer, full, self.indexer.scope(folder), "cluster", self.cluster,
-                           run_id=run_id).execute()
+            part.execute()
         except Exception as exc:  # this node's part failed: its items return to the others
             log.warning("NAS cluster: this node's part of run %s ended: %s", run_id, getattr(exc, "message", exc))
         status.set_phase("idle")

@@ -70,6 +70,11 @@ class Outcome:
     read: bool = True
 
 
+#: what to do when settings cannot change because a run goes on
+IDLE_HINT = ("Stop indexing (Stop in the NAS panel, or DELETE /nas/index) or wait until it ends, "
+             "then try again.")
+
+
 class Indexer:
     """Runs indexing in the background (one run at a time) and keeps its status."""
 
@@ -122,12 +127,16 @@ class Indexer:
 
     @contextmanager
     def idle(self, busy_message: str) -> Iterator[None]:
-        """Run a block while no indexing runs, and keep one from starting meanwhile; Busy (409) otherwise."""
+        """Run a block while no indexing runs, and keep one from starting meanwhile; Busy (409) otherwise.
+        With several nodes, a run of the cluster on another node counts too (`ClusterRun.idle`)."""
         with self._lock:
             if self._busy():
-                raise Busy(busy_message, "Stop indexing (Stop in the NAS panel, or DELETE /nas/index) or wait "
-                                         "until it ends, then try again.")
-            yield
+                raise Busy(busy_message, IDLE_HINT)
+            if self.cluster is None:
+                yield
+            else:
+                with self.cluster.idle(busy_message, IDLE_HINT):
+                    yield
 
     def stop(self) -> bool:
         """Ask a running indexing to stop at the next file boundary. True if one was running."""
@@ -367,7 +376,7 @@ class _Run:
         for item in chunk:
             if isinstance(item, WalkError):
                 self.walk_errors += 1
-                self.status.add_error(item.path, item.error.message)
+                self._error(item.path, item.error.message)
                 if isinstance(item.error, NasNetworkError):
                     governor.failure()
                 else:
@@ -389,6 +398,10 @@ class _Run:
                 todo = [e for e in entries if e.path not in seen]
         return [todo[i:i + READ_BATCH] for i in range(0, len(todo), READ_BATCH)]
 
+    def _error(self, path: str, message: str) -> None:
+        """Count a file (or folder) that could not be listed, read or indexed."""
+        self.status.add_error(path, message)
+
     def _write(self, writer: CatalogWriter) -> None:
         """Store the pending outcomes in one transaction (see `Outcome.read`)."""
         found, self.pending = self.pending, []
@@ -396,9 +409,9 @@ class _Run:
                                unread=[o.entry.path for o in found if not o.read])
         for o in found:
             if o.error is not None:
-                self.status.add_error(o.entry.path, o.error)
+                self._error(o.entry.path, o.error)
         for path, error in refused:  # a record the index refused: counted, the rest of the batch is written
-            self.status.add_error(path, error)
+            self._error(path, error)
         self.files_read += sum(o.read for o in found)
         if time.monotonic() - self.counted_at >= SERIES_COUNT_EVERY:
             self.status.update(series_count=writer.series_count())

@@ -88,12 +88,22 @@ def test_one_run_for_the_cluster_seen_and_stopped_from_any_node(orthanc_factory,
                     what="B to show A's run")
     assert seen["phase"] == "indexing" and seen["node"]
 
+    # the connection cannot change on either node while the cluster's run goes on
+    before = b.get("/nas/config").json()["Connection"]
+    for node in (a, b):
+        saved = node.put("/nas/config", json={"Connection": {"Type": "local", "Path": str(nas / "P0")}})
+        assert saved.status_code == 409 and saved.json()["kind"] == "busy", saved.text
+    assert seen["node"] in saved.json()["error"]  # B names the run's node
+    assert b.get("/nas/config").json()["Connection"] == before
+    assert not (tmp_path / "b" / "nasdata" / "nas-config.json").exists()
+
     stopped = b.delete("/nas/index").json()
     assert stopped["stopping"] is True
     assert a.wait_index(timeout=60)["phase"] == "cancelled"
     final = wait_for(lambda: (s := b.get("/nas/status").json())["phase"] == "cancelled" and s,
                      what="B to show the run cancelled")
     assert final["files_processed"] < 240  # it stopped before the end
+    assert b.put("/nas/config", json={"Connection": before}).status_code == 200  # the run ended: saved
 
     assert b.post("/nas/index", json={}).status_code == 202  # the cluster's run is free again: B takes it
     assert a.post("/nas/index", json={}).status_code == 409
@@ -135,13 +145,22 @@ def test_both_nodes_read_parts_of_one_run_and_a_node_killed_mid_run_loses_nothin
         return db.execute("SELECT count(*) FROM work_items w JOIN cluster_run c ON c.run_id=w.run_id "
                           "WHERE w.state=%s AND w.node<>c.node", (state,)).fetchone()[0]
 
+    def b_ahead() -> bool:  # B's counters (as B wrote them) hold files of a folder it has not finished
+        row = db.execute("SELECT r.status FROM run_nodes r JOIN cluster_run c ON c.run_id=r.run_id "
+                         "WHERE r.node<>c.node").fetchone()
+        finished = db.execute("SELECT coalesce(sum(w.files), 0) FROM work_items w JOIN cluster_run c ON "
+                              "c.run_id=w.run_id WHERE w.state='done' AND w.node<>c.node").fetchone()[0]
+        return bool(row) and json.loads(row[0])["files_processed"] > finished
+
     assert a.post("/nas/index", json={}).status_code == 202
-    wait_for(lambda: b_items("done") >= 1 and b_items("taken") >= 1, timeout=120,
-             what="node B to finish one folder and hold another")
-    b.kill9()  # B's folder returns to A once its lease expires
+    wait_for(lambda: b_items("done") >= 1 and b_items("taken") >= 1 and b_ahead(), timeout=120,
+             what="node B to finish one folder and be reading another")
+    b.kill9()  # B's folder returns to A once its lease expires; A reads it again
 
     final = a.wait_index(timeout=240)
     assert final["phase"] == "done", final
+    # the status counts each file once: not B's files of the folder A read again
+    assert (final["files_processed"], final["enumerated_files"], final["errors"]) == (240, 240, 0), final
     run_id, coordinator = db.execute("SELECT run_id, node FROM cluster_run").fetchone()
     states = db.execute("SELECT state, node FROM work_items WHERE run_id=%s", (run_id,)).fetchall()
     # the root's own files, each P* folder's own files and each P*/CT folder (split while under 32 items)
