@@ -30,6 +30,7 @@ from . import store
 from .catalog import transaction
 from .errors import Busy
 from .status import MAX_ERROR_SAMPLES, RUNNING_PHASES, _parse_iso
+from .store_dialects import dialect
 
 log = logging.getLogger("orthanc_nas")
 
@@ -121,7 +122,7 @@ class ClusterRun:
         now = self.clock()
         with transaction(conn):
             node, running, beat = conn.execute(
-                f"SELECT node, running, heartbeat FROM cluster_run WHERE id=1{store.dialect(conn).for_update}"
+                f"SELECT node, running, heartbeat FROM cluster_run WHERE id=1{dialect(conn).for_update}"
             ).fetchone()
             if running and node != self.node and now - beat < self.lease:
                 return node
@@ -194,7 +195,7 @@ class ClusterRun:
             conn = self.conn()
             with transaction(conn):
                 row = conn.execute("SELECT node, running, heartbeat, run_id FROM cluster_run WHERE id=1"
-                                   f"{store.dialect(conn).for_update}").fetchone()
+                                   f"{dialect(conn).for_update}").fetchone()
                 if row and row[1] and row[0] != self.node and self.clock() - row[2] < self.lease:
                     run = f"run {row[3]}" if row[3] is not None else "a run"
                     raise Busy(f"{busy_message}: indexing {run} is running on another Orthanc node ({row[0]})",

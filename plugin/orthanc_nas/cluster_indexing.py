@@ -36,6 +36,7 @@ from .errors import NasError
 from .indexer import Indexer, _Run
 from .sources.scope import WalkScope
 from .sources.walk import WalkError
+from .store_dialects import dialect
 
 log = logging.getLogger("orthanc_nas")
 
@@ -68,7 +69,7 @@ class WorkItems:
             row = self.conn.execute(
                 "SELECT folder, recursive FROM work_items WHERE run_id=? AND (state='todo' OR "
                 "(state='taken' AND lease_until<?)) ORDER BY state DESC, folder LIMIT 1"
-                f"{store.dialect(self.conn).skip_locked}", (self.run_id, now)).fetchone()
+                f"{dialect(self.conn).skip_locked}", (self.run_id, now)).fetchone()
             if row is None:
                 return None
             self.conn.execute("UPDATE work_items SET state='taken', node=?, lease_until=? "

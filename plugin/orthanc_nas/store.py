@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from .errors import NasError
 from .store_dialects import PG_DIALECT, SQLITE, SQLITE_DIALECT, Dialect, configure_pg, dialect, pg_statement
 
-# `dialect` serves the schema versions below; `cluster` and `cluster_indexing` call it as `store.dialect`
-
 try:  # a runtime dependency; SQLite alone keeps working without it
     import psycopg
     import psycopg_pool
