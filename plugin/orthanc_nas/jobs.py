@@ -223,6 +223,12 @@ class JobStore:
         rows = self._conn().execute("SELECT * FROM jobs ORDER BY created_at DESC, id LIMIT ?", (limit,))
         return [self._answer(row) for row in rows]
 
+    def totals(self) -> list[tuple[str, int, int, int, int]]:
+        """Per state: `(state, jobs, files done, files failed, bytes)` (for Orthanc's metrics)."""
+        rows = self._conn().execute("SELECT state, count(*), coalesce(sum(files_done), 0), "
+                                    "coalesce(sum(files_failed), 0), coalesce(sum(bytes), 0) FROM jobs GROUP BY state")
+        return [tuple(row) for row in rows]
+
     def _answer(self, row: sqlite3.Row) -> dict:
         started, finished = row["started_at"], row["finished_at"]
         elapsed = ((finished or self.clock()) - started) if started else 0

@@ -18,7 +18,6 @@ import threading
 from collections.abc import Callable
 
 from .jobs import CANCELLED, DONE, FAILED, PENDING, RUNNING
-from .shares import COMPLETE
 
 log = logging.getLogger("orthanc_nas")
 
@@ -38,8 +37,7 @@ def figures(app) -> dict[str, float]:
         "orthanc_nas_files_per_second": float(s["files_per_second"]),
         "orthanc_nas_workers": float(s["workers"]),
         "orthanc_nas_throttled": float(s["throttled"]),
-        "orthanc_nas_share_downloads": float(app.shares._conn().execute(
-            "SELECT count(*) FROM audit WHERE outcome=?", (COMPLETE,)).fetchone()[0]),
+        "orthanc_nas_share_downloads": float(app.shares.completed_downloads()),
     }
     if started and finished and finished >= started and not s["running"]:
         values["orthanc_nas_last_run_seconds"] = finished - started
@@ -54,10 +52,9 @@ def job_figures(jobs) -> dict[str, float]:
     """The jobs of retrieval of a `JobStore`: how many in each state, and their files and bytes."""
     values = {f"orthanc_nas_retrieval_jobs_{state}": 0.0 for state in (PENDING, RUNNING, DONE, FAILED, CANCELLED)}
     totals = [0, 0, 0]
-    for state, count, done, failed, size in jobs._conn().execute(
-            "SELECT state, count(*), sum(files_done), sum(files_failed), sum(bytes) FROM jobs GROUP BY state"):
+    for state, count, done, failed, size in jobs.totals():
         values[f"orthanc_nas_retrieval_jobs_{state}"] = float(count)
-        totals = [totals[0] + (done or 0), totals[1] + (failed or 0), totals[2] + (size or 0)]
+        totals = [totals[0] + done, totals[1] + failed, totals[2] + size]
     values["orthanc_nas_retrieval_files_done"] = float(totals[0])
     values["orthanc_nas_retrieval_files_failed"] = float(totals[1])
     values["orthanc_nas_retrieval_bytes"] = float(totals[2])
@@ -66,9 +63,7 @@ def job_figures(jobs) -> dict[str, float]:
 
 def node_figures(audit) -> dict[str, float]:
     """The C-MOVE and C-GET of the DICOM node (a `RetrievalAudit`): how many, files sent and failed."""
-    with audit._lock:  # the audit's one connection is shared under its lock
-        count, sent, failed = audit._conn().execute(
-            "SELECT count(*), coalesce(sum(sent), 0), coalesce(sum(failed), 0) FROM retrievals").fetchone()
+    count, sent, failed = audit.totals()
     return {"orthanc_nas_dicom_retrievals": float(count), "orthanc_nas_dicom_files_sent": float(sent),
             "orthanc_nas_dicom_files_failed": float(failed)}
 

@@ -275,6 +275,10 @@ class ShareStore:
         rows = self._conn().execute(f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?", (*args, limit))
         return [dict(row) for row in rows]
 
+    def completed_downloads(self) -> int:
+        """How many downloads of any share ran to their end (for Orthanc's metrics)."""
+        return self._conn().execute("SELECT count(*) FROM audit WHERE outcome=?", (COMPLETE,)).fetchone()[0]
+
     def close(self) -> None:
         self._connections.close()
 

@@ -128,6 +128,12 @@ class RetrievalAudit:
             found.append(item)
         return found
 
+    def totals(self) -> tuple[int, int, int]:
+        """`(retrievals, files sent, files failed)` over the whole audit (for Orthanc's metrics)."""
+        with self._lock:
+            return tuple(self._conn().execute(
+                "SELECT count(*), coalesce(sum(sent), 0), coalesce(sum(failed), 0) FROM retrievals").fetchone())
+
     def close(self) -> None:
         with self._lock:
             conn, self._connection = self._connection, None
