@@ -29,11 +29,11 @@ import os
 import secrets
 import socket
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 
 from . import store
+from .background import BackgroundThread
 from .errors import BadRequest, NotFound
 from .status import iso
 
@@ -278,19 +278,16 @@ class JobStore:
         self._connections.close()
 
 
-class JobWatch:
+class JobWatch(BackgroundThread):
     """A thread of one node, every `WATCH` seconds: while `live()` names jobs this node runs or queues,
     `cancel(id)` those a node asked to cancel, and `JobStore.beat` them every `BEAT` seconds; with several nodes,
     `JobStore.orphaned` every `SWEEP_EVERY` seconds. Database trouble is logged; the next turn tries again."""
 
-    def __init__(self, jobs: JobStore, live: Callable[[], Sequence[str]], cancel: Callable[[str], None]):
-        self.jobs, self.live, self.cancel = jobs, live, cancel
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="nas-job-watch", daemon=True)
+    name = "nas-job-watch"
 
-    def start(self) -> JobWatch:
-        self._thread.start()
-        return self
+    def __init__(self, jobs: JobStore, live: Callable[[], Sequence[str]], cancel: Callable[[str], None]):
+        super().__init__()
+        self.jobs, self.live, self.cancel = jobs, live, cancel
 
     def _loop(self) -> None:
         beaten, swept = time.monotonic(), 0.0
@@ -311,8 +308,3 @@ class JobWatch:
                 log.warning("jobs of retrieval: %s", exc.message)
             except Exception:
                 log.exception("jobs of retrieval: the watch failed; it goes on")
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)

@@ -14,9 +14,9 @@ when the node runs. All are totals since the DataDirectory (or the shared databa
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
+from .background import BackgroundThread
 from .jobs import CANCELLED, DONE, FAILED, PENDING, RUNNING
 
 log = logging.getLogger("orthanc_nas")
@@ -68,26 +68,18 @@ def node_figures(audit) -> dict[str, float]:
             "orthanc_nas_dicom_files_failed": float(failed)}
 
 
-class MetricsPusher:
+class MetricsPusher(BackgroundThread):
     """Hands `figures(app)` to `push(name, value)` every `every` seconds until stopped.
 
     Orthanc's Python plugins (4.0, 5.0) have `SetMetricsValue` but no refresh callback, so the
     figures are pushed: while a run goes on and after it, at most `every` seconds old.
     """
 
+    name = "nas-metrics"
+
     def __init__(self, app, push: Callable[[str, float], None], every: float = PUSH_EVERY):
+        super().__init__()
         self.app, self.push, self.every = app, push, every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="nas-metrics", daemon=True)
-
-    def start(self) -> MetricsPusher:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():  # never started when Orthanc stops before it ran
-            self._thread.join(timeout=10)
 
     def push_once(self) -> None:
         try:

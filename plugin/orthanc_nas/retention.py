@@ -11,10 +11,10 @@ never touched.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 
+from .background import BackgroundThread
 from .jobs import JobStore
 
 log = logging.getLogger("orthanc_nas")
@@ -43,19 +43,16 @@ def sweep(store: JobStore, host, hours: float, now: float | None = None) -> int:
     return deleted
 
 
-class RetentionSweeper:
+class RetentionSweeper(BackgroundThread):
     """A thread sweeping every tenth of the retention time (at least every second, at most `MAX_PAUSE`)."""
 
+    name, join_timeout = "nas-retention", 30.0
+
     def __init__(self, store: JobStore, host, hours: Callable[[], float | None]):
+        super().__init__()
         self.store = store
         self.host = host
         self.hours = hours
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="nas-retention", daemon=True)
-        self._thread.start()
 
     def _loop(self) -> None:
         while True:
@@ -68,8 +65,3 @@ class RetentionSweeper:
                     sweep(self.store, self.host, hours)
                 except Exception:
                     log.exception("retention: the sweep failed; it runs again later")
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)

@@ -7,13 +7,13 @@ time comes makes that turn skip; the next time is in the status as `next_run_at`
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
 
 from croniter import croniter
 
+from .background import BackgroundThread
 from .errors import Busy, ConfigError, NasError
 
 log = logging.getLogger("orthanc_nas")
@@ -35,26 +35,22 @@ def next_time(expression: str, after: float) -> float:
     return croniter(expression, start).get_next(float)
 
 
-class Scheduler:
+class Scheduler(BackgroundThread):
     """A thread that calls `start()` at each time of the expression; `Busy` from it skips that turn.
 
     `on_next(t)` is told each next time (epoch seconds), or None once stopped.
     """
 
+    name, join_timeout = "nas-schedule", 5.0
+
     def __init__(self, expression: str, start: Callable[[], None], on_next: Callable[[float | None], None]):
+        super().__init__()
         self.expression = expression
         self._start = start
         self._on_next = on_next
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="nas-schedule", daemon=True)
-
-    def start(self) -> Scheduler:
-        self._thread.start()
-        return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        super().stop()
         self._on_next(None)
 
     def _loop(self) -> None:
