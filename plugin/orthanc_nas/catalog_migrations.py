@@ -43,6 +43,69 @@ def _add_search_columns(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE INDEX series_search ON series USING gin (search_text gin_trgm_ops)")
 
 
+#: derived from `series` by triggers (`_search_table`): filled on the target, never copied (`moving`)
+DERIVED_TABLES = ("series_text", "series_words")
+
+_SERIES_TEXT = """
+    CREATE TABLE series_text (
+        id INTEGER PRIMARY KEY,
+        series_key TEXT NOT NULL UNIQUE,
+        search_text TEXT NOT NULL
+    )"""
+
+# SQLite: `series` keeps `series_text` in step, which keeps its FTS5 table in step (SQLite's recipe for an
+# external content table); an upsert that leaves the text as it was changes neither
+_SQLITE_SEARCH_TABLE = [
+    "CREATE VIRTUAL TABLE series_words USING fts5(search_text, content='series_text', content_rowid='id', "
+    "tokenize='trigram case_sensitive 1')",
+    "INSERT INTO series_words(series_words) VALUES ('rebuild')",
+    "CREATE TRIGGER series_text_added AFTER INSERT ON series BEGIN "
+    "INSERT INTO series_text(series_key, search_text) VALUES (new.series_key, new.search_text); END",
+    "CREATE TRIGGER series_text_changed AFTER UPDATE OF search_text ON series "
+    "WHEN old.search_text IS NOT new.search_text BEGIN "
+    "UPDATE series_text SET search_text = new.search_text WHERE series_key = new.series_key; END",
+    "CREATE TRIGGER series_text_removed AFTER DELETE ON series BEGIN "
+    "DELETE FROM series_text WHERE series_key = old.series_key; END",
+    "CREATE TRIGGER series_words_added AFTER INSERT ON series_text BEGIN "
+    "INSERT INTO series_words(rowid, search_text) VALUES (new.id, new.search_text); END",
+    "CREATE TRIGGER series_words_removed AFTER DELETE ON series_text BEGIN "
+    "INSERT INTO series_words(series_words, rowid, search_text) VALUES ('delete', old.id, old.search_text); END",
+    "CREATE TRIGGER series_words_changed AFTER UPDATE ON series_text BEGIN "
+    "INSERT INTO series_words(series_words, rowid, search_text) VALUES ('delete', old.id, old.search_text); "
+    "INSERT INTO series_words(rowid, search_text) VALUES (new.id, new.search_text); END",
+]
+
+# PostgreSQL: a trigram index on the narrow `series_text` too, where matches are counted (a third of the
+# pages of `series` to read when a term has no trigram or matches thousands of series); `series` keeps its
+# own, from which the planner reads a page of sparse matches. One trigger function keeps it in step.
+_PG_SEARCH_TABLE = [
+    "CREATE INDEX series_text_search ON series_text USING gin (search_text gin_trgm_ops)",
+    """CREATE FUNCTION series_text_sync() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            INSERT INTO series_text(series_key, search_text) VALUES (NEW.series_key, NEW.search_text);
+        ELSIF TG_OP = 'DELETE' THEN
+            DELETE FROM series_text WHERE series_key = OLD.series_key;
+        ELSIF NEW.search_text IS DISTINCT FROM OLD.search_text THEN
+            UPDATE series_text SET search_text = NEW.search_text WHERE series_key = NEW.series_key;
+        END IF;
+        RETURN NULL;
+    END $$""",
+    "CREATE TRIGGER series_text_sync AFTER INSERT OR UPDATE OR DELETE ON series "
+    "FOR EACH ROW EXECUTE FUNCTION series_text_sync()",
+]
+
+
+def _search_table(conn: sqlite3.Connection) -> None:
+    """Migration 9: each series' folded text also in the narrow table `series_text`, which each engine
+    indexes by trigrams (SQLite: FTS5, PostgreSQL: pg_trgm), kept in step with `series` by triggers.
+    Searches count their matches there (docs/performance.md, "3 and 10 million files")."""
+    conn.execute(_SERIES_TEXT)
+    conn.execute("INSERT INTO series_text(series_key, search_text) SELECT series_key, search_text FROM series")
+    for statement in _PG_SEARCH_TABLE if dialect(conn) is PG_DIALECT else _SQLITE_SEARCH_TABLE:
+        conn.execute(statement)
+
+
 def _dates_as_dates(conn: sqlite3.Connection) -> None:
     """Migration 5: dates stored by an older version as the file gave them (`2024.01.02`, `20240230`) are
     stored as `YYYYMMDD` or null, so that they compare and sort as dates (see `dicom_values.date`)."""
@@ -156,4 +219,6 @@ MIGRATIONS: list[Migration] = [
         PRIMARY KEY (run_id, node)
     );
     """,
+    # 9: the series' folded text in a narrow table indexed by trigrams on each engine (search)
+    _search_table,
 ]

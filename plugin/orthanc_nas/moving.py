@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from . import store, store_dialects
 from .catalog import migrate, transaction
+from .catalog_migrations import DERIVED_TABLES
 from .catalog_migrations import MIGRATIONS as INDEX_MIGRATIONS
 from .dicom.audit import MIGRATIONS as DICOM_MIGRATIONS
 from .errors import Busy
@@ -30,8 +31,11 @@ CHUNK = 2000
 
 
 def _tables(conn) -> list[str]:
-    return [row[0] for row in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    """The tables to copy: not SQLite's own, nor those the target's triggers fill (and their FTS5 shadow
+    tables, `series_words_data`…)."""
+    return [name for (name,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        if not any(name == derived or name.startswith(derived + "_") for derived in DERIVED_TABLES)]
 
 
 def copy_part(source, target, part: str, progress: Callable[[str, int], None] = lambda table, n: None) -> dict:

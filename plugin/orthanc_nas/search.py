@@ -2,10 +2,11 @@
 
 Pure functions over a connection of the index (SQLite or PostgreSQL, see
 `store`), shared by the REST routes and the command line. Terms are folded like
-the stored `series.search_text` (see `normalize`) and each must occur in it
-(`Dialect.contains`: `%` and `_` in a term are plain characters; on PostgreSQL
-a trigram index finds the rows). One row per series: 20,000 rows for a million files, a scan
-of which takes a few milliseconds (figures in docs/performance.md).
+the stored `series.search_text` (see `normalize`) and each must occur in it as
+a substring (`%`, `_`, `*`, `"` in a term are plain characters). One row per
+series (20,000 for a million files); the series' text is also in the narrow
+table `series_text`, indexed by trigrams on each engine (`Dialect.text_match`),
+where matches are counted (figures in docs/performance.md).
 
 Each answer is read from one snapshot of the index (WAL), so a search made
 while indexing writes sees every series either before or after a batch, with
@@ -39,10 +40,9 @@ FILE_FIELDS = ("path", "size", "SOPInstanceUID", "InstanceNumber")
 
 # StudyDate newest first, then PatientName (folded, so case and accents do not scatter a patient),
 # then SeriesNumber; the key last makes pages stable. Index `series_by_date` has this order: a search
-# without terms reads its first page straight off it. With terms every row is read anyway, and walking
-# the index then costs a table lookup per row (3× slower than a plain scan and a sort of the matches,
-# measured on 20,000 series), so `+` keeps SQLite's planner off it (`Dialect.scan_prefix`; PostgreSQL's
-# planner chooses by its statistics).
+# without terms, or with terms most series match, reads its first page straight off it. Sparse matches
+# are read and sorted instead: `+` keeps SQLite's planner off the index then (`Dialect.scan_prefix`,
+# a table lookup per row walked; PostgreSQL's planner chooses by its statistics).
 # NULLS as SQLite places them by default (PostgreSQL's default is the opposite): the same order on both.
 _ORDER = "StudyDate DESC NULLS LAST, sort_name, SeriesNumber NULLS FIRST, series_key"
 _SELECT = ", ".join(ANSWER_FIELDS)
@@ -113,38 +113,64 @@ class SearchResult:
     series: list[dict]
 
 
-def _where(params: SearchParams, dialect: Dialect) -> tuple[str, list]:
-    clauses: list[str] = []
-    args: list = []
-    for term in params.terms:
-        clause, arg = dialect.contains("search_text", term)
-        clauses.append(clause)
-        args.append(arg)
-    for clause, value in (("Modality = ?", params.modality), ("StudyDate >= ?", params.date_from),
-                          ("StudyDate <= ?", params.date_to)):
-        if value is not None:
-            clauses.append(clause)
-            args.append(value)
-    return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+def _filters(params: SearchParams) -> tuple[list[str], list]:
+    """The clauses on `series` of the filters other than terms, and their arguments."""
+    found = [(clause, value) for clause, value in (
+        ("Modality = ?", params.modality), ("StudyDate >= ?", params.date_from), ("StudyDate <= ?", params.date_to))
+        if value is not None]
+    return [clause for clause, _ in found], [value for _, value in found]
 
 
 def _dicts(cursor: sqlite3.Cursor, fields: tuple[str, ...]) -> list[dict]:
     return [dict(zip(fields, row, strict=True)) for row in cursor]
 
 
+def _where(clauses: list[str]) -> str:
+    return (" WHERE " + " AND ".join(clauses)) if clauses else ""
+
+
 def search(conn: sqlite3.Connection, params: SearchParams) -> SearchResult:
-    """The page of series matching `params`, in the spec's order, and the total number of matches."""
+    """The page of series matching `params`, in the spec's order, and the total number of matches.
+
+    The total is counted first, in the narrow table `series_text` through each engine's trigram index
+    (`Dialect.text_match`). The page then comes one of two ways, whichever reads fewer rows: when
+    matches are dense, by walking the series in the answer's order (index `series_by_date`) and checking
+    the terms on each until the page is full (about (offset + limit) × series / matches rows); when they
+    are sparse, by reading the matches found through the index and sorting them. PostgreSQL's planner
+    makes that choice itself (its trigram index on `series` finds sparse matches)."""
     engine = dialect(conn)
-    where, args = _where(params, engine)
-    order = engine.scan_prefix + _ORDER if params.terms else _ORDER
+    filters, filter_args = _filters(params)
     with read_snapshot(conn):
-        rows = _dicts(conn.execute(f"SELECT {_SELECT} FROM series{where} ORDER BY {order} LIMIT ? OFFSET ?",
-                                   [*args, params.limit, params.offset]), ANSWER_FIELDS)
-        if len(rows) < params.limit and (rows or params.offset == 0):
-            total = params.offset + len(rows)  # the last page: no need to count
+        if params.terms and engine.custom_plans:
+            conn.execute(engine.custom_plans)
+        matching, match_args = engine.text_match(params.terms) if params.terms else ("", [])
+        if not filters:  # the narrow table alone
+            total = conn.execute(f"SELECT count(*) FROM series_text{_where([matching] if matching else [])}",
+                                 match_args).fetchone()[0]
         else:
-            total = conn.execute(f"SELECT count(*) FROM series{where}", args).fetchone()[0]
+            within = [f"series_key IN (SELECT series_key FROM series_text WHERE {matching})"] if matching else []
+            total = conn.execute(f"SELECT count(*) FROM series{_where([*filters, *within])}",
+                                 [*filter_args, *match_args]).fetchone()[0]
+        if total <= params.offset:
+            return SearchResult(total, [])
+        clauses, args, order = filters, filter_args, _ORDER
+        if params.terms and (engine.plans_by_statistics or _dense(conn, total, params)):
+            found = [engine.contains("search_text", term) for term in params.terms]
+            clauses, args = [*filters, *(clause for clause, _ in found)], [*filter_args, *(arg for _, arg in found)]
+        elif params.terms:
+            clauses = [*filters, f"series_key IN (SELECT series_key FROM series_text WHERE {matching})"]
+            args, order = [*filter_args, *match_args], engine.scan_prefix + _ORDER
+        rows = _dicts(conn.execute(f"SELECT {_SELECT} FROM series{_where(clauses)} ORDER BY {order} LIMIT ? OFFSET ?",
+                                   [*args, params.limit, params.offset]), ANSWER_FIELDS)
     return SearchResult(total, rows)
+
+
+def _dense(conn: sqlite3.Connection, total: int, params: SearchParams) -> bool:
+    """Whether walking the series in order finds the page reading fewer rows than the `total` matches:
+    (offset + limit) × series / total < total. The series are counted from above by the last id of
+    `series_text` (an index's last entry: no count)."""
+    series = conn.execute("SELECT max(id) FROM series_text").fetchone()[0] or 0
+    return total * total > (params.offset + params.limit) * series
 
 
 def series_detail(conn: sqlite3.Connection, key: str) -> dict:

@@ -6,7 +6,9 @@ module holds what PostgreSQL needs otherwise:
 - statements (`pg_statement`): `?` → `%s`, `BEGIN IMMEDIATE` → `BEGIN`, and in DDL SQLite's types to
   PostgreSQL's (`INTEGER PRIMARY KEY` → an identity column, `INTEGER` → `BIGINT`, `REAL` → `DOUBLE
   PRECISION`, `BLOB` → `BYTEA`, no `WITHOUT ROWID`), so a migration is written once for both;
-- search (`Dialect.contains`): SQLite's `instr`, PostgreSQL's `LIKE '%…%'` that a pg_trgm index serves;
+- search: a term in one series' text (`Dialect.contains`: SQLite's `instr`, PostgreSQL's `LIKE '%…%'`),
+  and the series whose text holds every term found through each engine's index of `series_text`
+  (`Dialect.text_match`: SQLite's FTS5 trigram table `series_words`, PostgreSQL's pg_trgm index);
 - file names that are not UTF-8 (`pathnames.RawPath`): SQLite keeps their bytes (a BLOB in the text
   column), PostgreSQL's text column an escaped text form (`path_text`, read back by `path_from_text`):
   the UTF-8 parts as they are, so prefixes of folders still match;
@@ -32,6 +34,8 @@ except ImportError:  # pragma: no cover
     psycopg = None
 
 SQLITE, POSTGRESQL = "sqlite", "postgresql"
+#: the fewest characters an index of trigrams can find
+TRIGRAM = 3
 
 class Dialect:
     """What differs between the engines in the queries themselves."""
@@ -41,7 +45,10 @@ class Dialect:
     value_errors: tuple[type[BaseException], ...] = (sqlite3.InterfaceError, sqlite3.IntegrityError,
                                                      sqlite3.DataError, sqlite3.ProgrammingError)
     begin_snapshot = "BEGIN"  # WAL: the first read fixes the snapshot
-    #: the order of a search with words: `+` keeps SQLite's planner off the order's index (see `search`)
+    #: whether the planner chooses between walking a search's order and reading its matches by itself, from
+    #: statistics of the values (PostgreSQL); otherwise `search` chooses from the number of matches
+    plans_by_statistics = False
+    #: the order of sparse matches: `+` keeps SQLite's planner off the order's index (see `search`)
     scan_prefix = "+"
     #: a row read to be changed in the same transaction (SQLite's BEGIN IMMEDIATE locks the whole file)
     for_update = ""
@@ -50,9 +57,30 @@ class Dialect:
     def continue_identity(self, conn, table: str, column: str) -> None:
         """After rows were inserted with their ids: new rows get ids above them (SQLite: by itself)."""
 
+    #: run first in a search's snapshot, or None: plans made for the values at hand (see `PgDialect`)
+    custom_plans: str | None = None
+
     def contains(self, column: str, term: str) -> tuple[str, str]:
         """A clause true when `term` occurs in `column` (`%` and `_` plain characters), and its argument."""
         return f"instr({column}, ?) > 0", term
+
+    def text_match(self, terms: tuple[str, ...]) -> tuple[str, list]:
+        """A clause on `series_text` true when its `search_text` holds every term, and its arguments.
+
+        Terms of 3 characters or more are looked up in the FTS5 table `series_words` (trigram tokenizer:
+        a term is the phrase of its trigrams, so a match is an exact substring, no recheck); shorter
+        ones, which no trigram holds, are checked on each row (`instr`)."""
+        clauses, args = [], []
+        indexed = [term for term in terms if len(term) >= TRIGRAM]
+        if indexed:  # FTS5 strings: every character literal, `"` doubled
+            clauses.append("id IN (SELECT rowid FROM series_words WHERE series_words MATCH ?)")
+            args.append(" AND ".join('"' + term.replace('"', '""') + '"' for term in indexed))
+        for term in terms:
+            if len(term) < TRIGRAM:
+                clause, arg = self.contains("search_text", term)
+                clauses.append(clause)
+                args.append(arg)
+        return " AND ".join(clauses), args
 
     # -- the DICOM node's matching (PS3.4 C.2.2.2, see `dicom.query`) --
     def glob(self, column: str, pattern: str) -> tuple[str, str]:
@@ -88,6 +116,7 @@ class PgDialect(Dialect):
     value_errors = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.DatatypeMismatch,
                     psycopg.errors.UntranslatableCharacter) if psycopg else ()
     begin_snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+    plans_by_statistics = True
     scan_prefix = ""
     for_update = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"  # a row another node holds is passed over, not waited for
@@ -96,9 +125,20 @@ class PgDialect(Dialect):
         conn.execute(f"SELECT setval(pg_get_serial_sequence(?, ?), coalesce(max({column}), 0) + 1, false) "
                      f"FROM {table}", (table, column))
 
+    # A search's statements are the same text for any term, so psycopg prepares them and PostgreSQL would
+    # then plan them once for all values: the trigram index even for a one-letter term, which it must then
+    # read whole (200 ms at 200,000 series against 20 ms for a scan, docs/performance.md)
+    custom_plans = "SET LOCAL plan_cache_mode = force_custom_plan"
+
     def contains(self, column: str, term: str) -> tuple[str, str]:
-        # LIKE with the term's own wildcards escaped: served by the trigram index (pg_trgm, gin_trgm_ops)
+        # LIKE with the term's own wildcards escaped: served by a trigram index (pg_trgm, gin_trgm_ops)
         return f"{column} LIKE ?", f"%{_like_literal(term)}%"
+
+    def text_match(self, terms: tuple[str, ...]) -> tuple[str, list]:
+        # every term through the trigram index on series_text.search_text (a term of fewer than 3
+        # characters has no trigram: the planner scans the table instead)
+        found = [self.contains("search_text", term) for term in terms]
+        return " AND ".join(clause for clause, _ in found), [arg for _, arg in found]
 
     def glob(self, column: str, pattern: str) -> tuple[str, str]:
         literal = _like_literal(pattern)  # `*` and `?` are no LIKE wild cards: kept as they are, then turned

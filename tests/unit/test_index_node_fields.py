@@ -91,6 +91,10 @@ def as_written_by_version_2(db: str) -> None:
     conn.execute("DROP TABLE IF EXISTS cluster_run")  # migration 7's
     conn.execute("DROP TABLE IF EXISTS work_items")
     conn.execute("DROP TABLE IF EXISTS run_nodes")  # migration 8's
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+        conn.execute(f"DROP TRIGGER {name}")  # migration 9's, then its tables
+    conn.execute("DROP TABLE IF EXISTS series_words")
+    conn.execute("DROP TABLE IF EXISTS series_text")
     conn.execute("PRAGMA user_version=2")  # later migrations run again when the index opens
     conn.commit()
     conn.close()
