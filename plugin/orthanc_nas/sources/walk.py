@@ -61,8 +61,9 @@ def parallel_walk(list_folder: ListFolder, stop: threading.Event, threads: int =
     """Stream every file under the folder `top` (`""`: the root), listing folders on `threads` threads.
 
     Yields `FileEntry | WalkError` items; with `chunks`, lists of them as the listing threads hand
-    them over, and an empty list whenever nothing came for a moment (so the consumer can do other
-    work meanwhile). Ends early, without error, when `stop` is set or the consumer stops iterating.
+    them over (those waiting already joined, up to `CHUNK` entries or so: a consumer slower than the
+    walk, such as indexing looking up each list in the index, then makes fewer, larger lookups), and an
+    empty list whenever nothing came for a moment (so the consumer can do other work meanwhile). Ends early, without error, when `stop` is set or the consumer stops iterating.
     """
     threads = max(1, threads)
     out: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
@@ -149,10 +150,22 @@ def parallel_walk(list_folder: ListFolder, stop: threading.Event, threads: int =
                 continue
             if item is _DONE:
                 return
-            if chunks:
-                yield item
-            else:
+            if not chunks:
                 yield from item
+                continue
+            ended = False
+            while len(item) < CHUNK:  # the chunks already waiting go as one (never waits for more)
+                try:
+                    more = out.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _DONE:
+                    ended = True
+                    break
+                item = [*item, *more]
+            yield item
+            if ended:
+                return
     finally:
         halt.set()
         with cond:
