@@ -43,8 +43,13 @@ FILE_FIELDS = ("path", "size", "SOPInstanceUID", "InstanceNumber")
 # without terms, or with terms most series match, reads its first page straight off it. Sparse matches
 # are read and sorted instead: `+` keeps SQLite's planner off the index then (`Dialect.scan_prefix`,
 # a table lookup per row walked; PostgreSQL's planner chooses by its statistics).
-# NULLS as SQLite places them by default (PostgreSQL's default is the opposite): the same order on both.
-_ORDER = "StudyDate DESC NULLS LAST, sort_name, SeriesNumber NULLS FIRST, series_key"
+# NULLS as SQLite places them by default (PostgreSQL's default is the opposite), and text by code points
+# (`Dialect.by_code_points`, whatever the database's locale): the same order, page for page, on both.
+def _order(engine: Dialect) -> str:
+    text = engine.by_code_points
+    return f"StudyDate DESC NULLS LAST, sort_name{text}, SeriesNumber NULLS FIRST, series_key{text}"
+
+
 _SELECT = ", ".join(ANSWER_FIELDS)
 
 
@@ -168,13 +173,13 @@ def search(conn: sqlite3.Connection, params: SearchParams) -> SearchResult:
                                  [*filter_args, *match_args]).fetchone()[0]
         if total <= params.offset:
             return SearchResult(total, [])
-        clauses, args, order = filters, filter_args, _ORDER
+        clauses, args, order = filters, filter_args, _order(engine)
         if params.terms and (engine.plans_by_statistics or _dense(conn, total, params)):
             found = [engine.contains("search_text", term) for term in params.terms]
             clauses, args = [*filters, *(clause for clause, _ in found)], [*filter_args, *(arg for _, arg in found)]
         elif params.terms:
             clauses = [*filters, f"series_key IN (SELECT series_key FROM series_text WHERE {matching})"]
-            args, order = [*filter_args, *match_args], engine.scan_prefix + _ORDER
+            args, order = [*filter_args, *match_args], engine.scan_prefix + _order(engine)
         rows = _dicts(conn.execute(f"SELECT {_SELECT} FROM series{_where(clauses)} ORDER BY {order} LIMIT ? OFFSET ?",
                                    [*args, params.limit, params.offset]), ANSWER_FIELDS)
     return SearchResult(total, rows)
@@ -206,5 +211,6 @@ def series_detail(conn: sqlite3.Connection, key: str) -> dict:
 def patient_series(conn: sqlite3.Connection, patient_id: str, limit: int = MAX_LIMIT) -> list[dict]:
     """The series of one PatientID (exact match), in the search's order: StudyDate newest first."""
     with read_snapshot(conn):
-        return _dicts(conn.execute(f"SELECT {_SELECT} FROM series WHERE PatientID = ? ORDER BY {_ORDER} LIMIT ?",
+        order = _order(dialect(conn))
+        return _dicts(conn.execute(f"SELECT {_SELECT} FROM series WHERE PatientID = ? ORDER BY {order} LIMIT ?",
                                    (patient_id, limit)), ANSWER_FIELDS)

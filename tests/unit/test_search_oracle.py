@@ -6,8 +6,10 @@ PostgreSQL by `migrate` answering like its SQLite source."""
 from __future__ import annotations
 
 import json
+import os
 from types import SimpleNamespace
 
+import psycopg
 import pytest
 from tests.support.search_oracle import catalog_series, files_of, oracle, queries, stored_series
 from tests.support.series import write
@@ -20,7 +22,7 @@ from orthanc_nas.catalog_writer import CatalogWriter
 from orthanc_nas.cli import main as cli
 from orthanc_nas.http import Request, parse_query
 from orthanc_nas.search import MAX_TERMS, SearchParams, search
-from orthanc_nas.store_dialects import PgDialect
+from orthanc_nas.store_dialects import PG_DIALECT, PgDialect
 
 SERIES = catalog_series()
 FILES = files_of(SERIES)
@@ -203,5 +205,37 @@ def test_an_index_moved_by_migrate_answers_like_its_source(tmp_path, pg_database
                                                                             SeriesDescription="brand new")]))
         text_tables_agree(moved)
         assert search(moved, SearchParams.parse({"q": "brand new"})).total == 1
+    finally:
+        engine.close()
+
+
+
+@pytest.fixture
+def pg_locale_database(postgres):
+    """A database collating by a language's rules (en_US), as `CREATE DATABASE` makes it on most servers."""
+    name = f"nas_test_{os.getpid()}_en_us"
+    with psycopg.connect(postgres.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE \"{name}\" TEMPLATE template0 LC_COLLATE 'en_US.utf8' LC_CTYPE 'en_US.utf8'")
+    yield postgres.url(name)
+    postgres.drop_database(name)
+
+
+def test_a_database_collating_by_locale_orders_like_sqlite(tmp_path, pg_locale_database):
+    """en_US skips punctuation and spaces (`a-b` between `ab` and `ac`): names and keys still go by code points,
+    and `series_by_date` still gives that order without a sort."""
+    engine = store.PostgresEngine(pg_locale_database)
+    try:
+        catalog = Catalog(str(tmp_path), engine)
+        write(catalog, FILES)
+        conn = catalog.reader()
+        assert answers(conn, STORED, QUERIES) == []
+        conn.execute("BEGIN")
+        try:
+            conn.execute("SET LOCAL enable_sort = off")
+            plan = " | ".join(row[0] for row in conn.execute(
+                f"EXPLAIN SELECT series_key FROM series ORDER BY {search_module._order(PG_DIALECT)} LIMIT 100"))
+        finally:
+            conn.execute("ROLLBACK")
+        assert "series_by_date" in plan and "Sort" not in plan, plan
     finally:
         engine.close()
