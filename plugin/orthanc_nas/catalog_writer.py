@@ -19,6 +19,7 @@ from .catalog import (
     NODE_FILE_FIELDS,
     NODE_SERIES_FIELDS,
     RUNS_KEPT,
+    SERIES_COUNTED,
     SERIES_FIELDS,
     Catalog,
     chunks,
@@ -224,7 +225,7 @@ class CatalogWriter:
             self.conn.execute(f"DELETE FROM series WHERE file_count=0 AND series_key IN ({marks})", chunk)
 
     def series_count(self) -> int:
-        return self.conn.execute("SELECT count(*) FROM series").fetchone()[0]
+        return self.conn.execute(f"SELECT count(*) FROM {SERIES_COUNTED}").fetchone()[0]
 
     def close(self) -> None:
         self.conn.close()

@@ -227,15 +227,18 @@ class ClusterRun:
 
     def parts(self, run_id: int | None, but: str) -> list[dict]:
         """The counters the nodes other than `but` wrote for run `run_id`, each without the files of
-        items it no longer holds (`settled`): a node killed mid-run, its items taken over by another."""
+        items it no longer holds (`settled`): a node killed mid-run, its items taken over by another. A node
+        silent for `lease` seconds adds no speed (the run's files/s and ETA are those of the living)."""
         if run_id is None:
             return []
         with self._lock:
             conn = self.conn()
             parts = []
-            for node, status in conn.execute("SELECT node, status FROM run_nodes WHERE run_id=? AND node<>?",
-                                             (run_id, but)).fetchall():
+            for node, updated_at, status in conn.execute(
+                    "SELECT node, updated_at, status FROM run_nodes WHERE run_id=? AND node<>?", (run_id, but)).fetchall():
                 part = json.loads(status)
+                if self.clock() - updated_at > self.lease:  # gone (killed): its last speed no longer counts
+                    part["files_per_second"] = 0
                 held = [counts for folder, recursive, counts in part.get("in_progress") or []
                         if conn.execute("SELECT 1 FROM work_items WHERE run_id=? AND folder=? AND recursive=? "
                                         "AND node=?", (run_id, folder, int(recursive), node)).fetchone()]

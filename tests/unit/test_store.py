@@ -59,6 +59,28 @@ def test_a_lost_server_is_a_503_database_error(postgres):
         postgres.drop_database("lost")
 
 
+def test_a_silent_nodes_speed_leaves_the_runs_speed_and_eta(engine):
+    now = [1000.0]
+    a = ClusterRun(engine, "node-a", lease=30, clock=lambda: now[0])
+    b = ClusterRun(engine, "node-b", lease=30, clock=lambda: now[0])
+    a.claim({"phase": "indexing", "running": True})
+    a.publish({"phase": "indexing", "running": True, "enumerated_files": 1000, "files_processed": 100,
+               "files_per_second": 10.0})
+    a.set_run(7, True, "")
+    b.publish_part(7, {"phase": "indexing", "enumerated_files": 0, "files_processed": 200,
+                            "files_per_second": 30.0})
+    status = a.current()[2]
+    assert (status["files_per_second"], status["eta_seconds"]) == (40.0, 17.5)  # (1000 - 300) / 40
+    now[0] += 20
+    a.publish({"phase": "indexing", "running": True, "enumerated_files": 1000, "files_processed": 100,
+               "files_per_second": 10.0})
+    now[0] += 15  # B wrote nothing for 35 s (killed): its files count, its speed no longer does
+    a.publish({"phase": "indexing", "running": True, "enumerated_files": 1000, "files_processed": 100,
+               "files_per_second": 10.0})
+    status = b.current()[2]
+    assert (status["files_processed"], status["files_per_second"], status["eta_seconds"]) == (300, 10.0, 70.0)
+
+
 def test_one_run_for_the_cluster_and_a_dead_nodes_run_is_taken_over(engine):
     now = [1000.0]
     a = ClusterRun(engine, "node-a", lease=30, clock=lambda: now[0])
