@@ -93,13 +93,14 @@ def oracle(series: dict[str, dict], params: SearchParams) -> tuple[int, list[str
 
 
 def queries(series: dict[str, dict], count: int = 150, seed: int = 4) -> list[dict[str, str]]:
-    """`count` raw query strings for `SearchParams.parse`: terms cut from stored values (so most find
-    something), fragments as they are, words found nowhere, with filters and pages, deep ones too."""
+    """Raw queries for `SearchParams.parse`: each fragment alone, then `count` drawn ones: terms cut from
+    stored values (so most find something), fragments, words found nowhere, with filters and pages, deep
+    ones too."""
     rng = random.Random(seed)
     texts = [fold(attrs.get(field)) for attrs in series.values() for field in SEARCHED_FIELDS]
     texts = [t for t in texts if t]
-    made = []
-    for n in range(count):
+    made = [{"q": fragment} for fragment in FRAGMENTS]  # each as it is, first
+    for _ in range(count):
         words = []
         for _ in range(rng.choice([0, 1, 1, 1, 2, 2, 3])):
             kind = rng.random()

@@ -17,7 +17,8 @@ from tests.support.series import write
 from orthanc_nas import search as search_module
 from orthanc_nas import store
 from orthanc_nas.api import router
-from orthanc_nas.catalog import Catalog
+from orthanc_nas.catalog import SERIES_FIELDS, Catalog, migrate, transaction
+from orthanc_nas.catalog_migrations import MIGRATIONS, search_columns
 from orthanc_nas.catalog_writer import CatalogWriter
 from orthanc_nas.cli import main as cli
 from orthanc_nas.http import Request, parse_query
@@ -138,6 +139,22 @@ def test_updates_removals_and_readds_keep_series_text_in_step(data_dir, monkeypa
     assert conn.execute("SELECT count(*) FROM series_text").fetchone()[0] == 0
     assert search(conn, SearchParams.parse({"q": "thorax"})).total == 0
 
+
+
+def test_an_index_made_before_migration_9_is_searchable_once_opened(tmp_path, db_engine, monkeypatch):
+    """Series written at schema 8 (no `series_text`): opening the index fills it and its trigram index."""
+    conn = store.default_engine(str(tmp_path)).connect("index")
+    migrate(conn, MIGRATIONS[:8])
+    columns = ("series_key", *SERIES_FIELDS, "search_text", "sort_name", "file_count")
+    with transaction(conn):
+        conn.executemany(f"INSERT INTO series({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                         [(key, *(attrs.get(f) for f in SERIES_FIELDS), *search_columns(attrs), 2)
+                          for key, attrs in STORED.items()])
+    conn.close()
+    reader = Catalog(str(tmp_path)).reader()
+    assert store.schema_version(reader, "index") == len(MIGRATIONS)
+    text_tables_agree(reader)
+    both_page_ways(monkeypatch, reader, STORED, QUERIES)
 
 # -- hostile requests through the router --------------------------------------------------------
 
