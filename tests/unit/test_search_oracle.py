@@ -205,7 +205,7 @@ def test_a_long_term_finds_its_series(data_dir):
 def test_an_index_moved_by_migrate_answers_like_its_source(tmp_path, pg_database, capsys):
     write(Catalog(str(tmp_path), store.SqliteEngine(str(tmp_path))), FILES)
     source = Catalog(str(tmp_path), store.SqliteEngine(str(tmp_path))).reader()
-    assert source.execute("PRAGMA user_version").fetchone()[0] >= 9
+    source.execute("PRAGMA user_version = 9")  # as the version that brought `series_text` left it
     assert cli(["migrate", "--from", str(tmp_path), "--to", pg_database]) == 0
     capsys.readouterr()
     engine = store.PostgresEngine(pg_database)
