@@ -25,7 +25,7 @@ from .catalog import FILE_ORDER, SERIES_FIELDS, read_snapshot
 from .errors import BadRequest, NotFound, shown
 from .normalize import terms as fold_terms
 from .pathnames import escaped, loaded
-from .store_dialects import Dialect, dialect
+from .store_dialects import dialect
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -160,26 +160,27 @@ def search(conn: sqlite3.Connection, params: SearchParams) -> SearchResult:
     makes that choice itself (its trigram index on `series` finds sparse matches)."""
     engine = dialect(conn)
     filters, filter_args = _filters(params)
+    matching, match_args = engine.text_match(params.terms) if params.terms else ("", [])
+    in_matches = f"series_key IN (SELECT series_key FROM series_text WHERE {matching})"
     with read_snapshot(conn):
         if params.terms and engine.custom_plans:
             conn.execute(engine.custom_plans)
-        matching, match_args = engine.text_match(params.terms) if params.terms else ("", [])
         if not filters:  # the narrow table alone
             total = conn.execute(f"SELECT count(*) FROM series_text{_where([matching] if matching else [])}",
                                  match_args).fetchone()[0]
         else:
-            within = [f"series_key IN (SELECT series_key FROM series_text WHERE {matching})"] if matching else []
-            total = conn.execute(f"SELECT count(*) FROM series{_where([*filters, *within])}",
+            within = [*filters, in_matches] if matching else filters
+            total = conn.execute(f"SELECT count(*) FROM series{_where(within)}",
                                  [*filter_args, *match_args]).fetchone()[0]
         if total <= params.offset:
             return SearchResult(total, [])
         clauses, args, order = filters, filter_args, _order(engine)
-        if params.terms and (engine.plans_by_statistics or _dense(conn, total, params)):
-            found = [engine.contains("search_text", term) for term in params.terms]
-            clauses, args = [*filters, *(clause for clause, _ in found)], [*filter_args, *(arg for _, arg in found)]
-        elif params.terms:
-            clauses = [*filters, f"series_key IN (SELECT series_key FROM series_text WHERE {matching})"]
-            args, order = [*filter_args, *match_args], engine.scan_prefix + _order(engine)
+        if params.terms and (engine.plans_by_statistics or _dense(conn, total, params)):  # walk the order
+            for term in params.terms:
+                clause, arg = engine.contains("search_text", term)
+                clauses, args = [*clauses, clause], [*args, arg]
+        elif params.terms:  # read the matches, then sort them
+            clauses, args, order = [*filters, in_matches], [*filter_args, *match_args], engine.scan_prefix + order
         rows = _dicts(conn.execute(f"SELECT {_SELECT} FROM series{_where(clauses)} ORDER BY {order} LIMIT ? OFFSET ?",
                                    [*args, params.limit, params.offset]), ANSWER_FIELDS)
     return SearchResult(total, rows)
