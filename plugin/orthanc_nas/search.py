@@ -25,7 +25,7 @@ from .catalog import FILE_ORDER, SERIES_FIELDS, read_snapshot
 from .errors import BadRequest, NotFound, shown
 from .normalize import terms as fold_terms
 from .pathnames import escaped, loaded
-from .store_dialects import dialect
+from .store_dialects import Dialect, dialect
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
