@@ -106,6 +106,15 @@ def _search_table(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _order_by_code_points(conn: sqlite3.Connection) -> None:
+    """Migration 10: PostgreSQL's `series_by_date` sorts its text by code points (`Dialect.by_code_points`),
+    as the search's order now does whatever the database's locale; SQLite's always did (BINARY)."""
+    if dialect(conn) is PG_DIALECT:
+        conn.execute("DROP INDEX series_by_date")
+        conn.execute('CREATE INDEX series_by_date ON series(StudyDate DESC NULLS LAST, sort_name COLLATE "C", '
+                     'SeriesNumber NULLS FIRST, series_key COLLATE "C")')
+
+
 def _dates_as_dates(conn: sqlite3.Connection) -> None:
     """Migration 5: dates stored by an older version as the file gave them (`2024.01.02`, `20240230`) are
     stored as `YYYYMMDD` or null, so that they compare and sort as dates (see `dicom_values.date`)."""
@@ -221,4 +230,6 @@ MIGRATIONS: list[Migration] = [
     """,
     # 9: the series' folded text in a narrow table indexed by trigrams on each engine (search)
     _search_table,
+    # 10: the search's order by code points on PostgreSQL too, whatever the database's locale
+    _order_by_code_points,
 ]

@@ -25,7 +25,7 @@ from .catalog import FILE_ORDER, SERIES_FIELDS, read_snapshot
 from .errors import BadRequest, NotFound, shown
 from .normalize import terms as fold_terms
 from .pathnames import escaped, loaded
-from .store_dialects import dialect
+from .store_dialects import Dialect, dialect
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -43,8 +43,13 @@ FILE_FIELDS = ("path", "size", "SOPInstanceUID", "InstanceNumber")
 # without terms, or with terms most series match, reads its first page straight off it. Sparse matches
 # are read and sorted instead: `+` keeps SQLite's planner off the index then (`Dialect.scan_prefix`,
 # a table lookup per row walked; PostgreSQL's planner chooses by its statistics).
-# NULLS as SQLite places them by default (PostgreSQL's default is the opposite): the same order on both.
-_ORDER = "StudyDate DESC NULLS LAST, sort_name, SeriesNumber NULLS FIRST, series_key"
+# NULLS as SQLite places them by default (PostgreSQL's default is the opposite), and text by code points
+# (`Dialect.by_code_points`, whatever the database's locale): the same order, page for page, on both.
+def _order(engine: Dialect) -> str:
+    text = engine.by_code_points
+    return f"StudyDate DESC NULLS LAST, sort_name{text}, SeriesNumber NULLS FIRST, series_key{text}"
+
+
 _SELECT = ", ".join(ANSWER_FIELDS)
 
 
@@ -61,8 +66,11 @@ class SearchParams:
 
     @classmethod
     def parse(cls, query: Mapping[str, str]) -> SearchParams:
-        """Validate decoded query parameters; an empty value counts as absent. 400 naming a bad one."""
+        """Validate decoded query parameters; an empty value counts as absent. 400 naming a bad one, also
+        one holding what no indexed text holds and no engine takes (see `_text`)."""
         given = {k: v.strip() for k, v in query.items() if v is not None and v.strip()}
+        for name, text in given.items():
+            _text(name, text)
         words = tuple(fold_terms(given.get("q")))
         if len(words) > MAX_TERMS:
             raise BadRequest(f"parameter q has {len(words)} words; at most {MAX_TERMS} are allowed")
@@ -89,6 +97,18 @@ def integer_parameter(given: Mapping[str, str], name: str, default: int, low: in
         return int(text)
     raise BadRequest(f"parameter {name} must be an integer between {low} and {high}, not {text!r}"[:200],
                      field=name)
+
+
+#: a NUL (values lose theirs when stored, PostgreSQL's text refuses it, FTS5 ends its query there) or a
+#: lone UTF-16 surrogate (not text: no UTF-8 database holds it; a CLI argument not in UTF-8 gives one)
+_NOT_TEXT = re.compile("[\0\ud800-\udfff]")
+
+
+def _text(name: str, text: str) -> None:
+    if found := _NOT_TEXT.search(text):
+        raise BadRequest(f"parameter {name} holds {'a NUL character' if found[0] == chr(0) else 'a lone surrogate'}, "
+                         "which no indexed value holds", "Send the text as UTF-8 without control characters.",
+                         field=name)
 
 
 def _date(given: Mapping[str, str], name: str) -> str | None:
@@ -154,13 +174,13 @@ def search(conn: sqlite3.Connection, params: SearchParams) -> SearchResult:
                                  [*filter_args, *match_args]).fetchone()[0]
         if total <= params.offset:
             return SearchResult(total, [])
-        clauses, args, order = filters, filter_args, _ORDER
+        clauses, args, order = filters, filter_args, _order(engine)
         if params.terms and (engine.plans_by_statistics or _dense(conn, total, params)):  # walk the order
             for term in params.terms:
                 clause, arg = engine.contains("search_text", term)
                 clauses, args = [*clauses, clause], [*args, arg]
         elif params.terms:  # read the matches, then sort them
-            clauses, args, order = [*filters, in_matches], [*filter_args, *match_args], engine.scan_prefix + _ORDER
+            clauses, args, order = [*filters, in_matches], [*filter_args, *match_args], engine.scan_prefix + order
         rows = _dicts(conn.execute(f"SELECT {_SELECT} FROM series{_where(clauses)} ORDER BY {order} LIMIT ? OFFSET ?",
                                    [*args, params.limit, params.offset]), ANSWER_FIELDS)
     return SearchResult(total, rows)
@@ -192,5 +212,6 @@ def series_detail(conn: sqlite3.Connection, key: str) -> dict:
 def patient_series(conn: sqlite3.Connection, patient_id: str, limit: int = MAX_LIMIT) -> list[dict]:
     """The series of one PatientID (exact match), in the search's order: StudyDate newest first."""
     with read_snapshot(conn):
-        return _dicts(conn.execute(f"SELECT {_SELECT} FROM series WHERE PatientID = ? ORDER BY {_ORDER} LIMIT ?",
+        order = _order(dialect(conn))
+        return _dicts(conn.execute(f"SELECT {_SELECT} FROM series WHERE PatientID = ? ORDER BY {order} LIMIT ?",
                                    (patient_id, limit)), ANSWER_FIELDS)

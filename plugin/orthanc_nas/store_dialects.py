@@ -50,6 +50,9 @@ class Dialect:
     plans_by_statistics = False
     #: the order of sparse matches: `+` keeps SQLite's planner off the order's index (see `search`)
     scan_prefix = "+"
+    #: after a text column in an order: by code points, as SQLite's BINARY compares (PostgreSQL's default is
+    #: the database's locale, which skips punctuation and spaces: `a-b` between `ab` and `ac`)
+    by_code_points = ""
     #: a row read to be changed in the same transaction (SQLite's BEGIN IMMEDIATE locks the whole file)
     for_update = ""
     skip_locked = ""
@@ -118,6 +121,7 @@ class PgDialect(Dialect):
     begin_snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
     plans_by_statistics = True
     scan_prefix = ""
+    by_code_points = ' COLLATE "C"'  # UTF-8 bytes compared as they are: code point order
     for_update = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"  # a row another node holds is passed over, not waited for
 
