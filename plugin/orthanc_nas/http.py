@@ -100,6 +100,19 @@ def check_json_shape(body: bytes) -> None:
             depth -= 1
 
 
+#: a NUL (values lose theirs when stored, PostgreSQL's text refuses it, FTS5 ends its query there) or a
+#: lone UTF-16 surrogate (not text: no UTF-8 database holds it; a CLI argument not in UTF-8 gives one)
+_NOT_TEXT = re.compile("[\0\ud800-\udfff]")
+
+
+def check_plain_text(text: str, what: str, field: str | None = None) -> None:
+    """BadRequest naming `what` (a parameter, a part of the path) when `text` holds a NUL or a lone surrogate."""
+    if found := _NOT_TEXT.search(text):
+        raise BadRequest(f"{what} holds {'a NUL character' if found[0] == chr(0) else 'a lone surrogate'}, "
+                         "which no indexed value holds", "Send the text as UTF-8 without control characters.",
+                         field=field)
+
+
 def _check_text(value, where: str) -> None:
     """BadRequest naming the field whose text is not Unicode: JSON's `\\ud800` escapes give lone surrogates,
     which no UTF-8 file, database or answer can hold. (Depth is bounded by check_json_shape.)"""
@@ -258,6 +271,8 @@ class Router:
                     raise MethodNotAllowed(f"{request.method} is not allowed on {shown(request.path, 200)}",
                                            f"Use {allowed}.", allow=allowed)
                 handler, accepted = entry
+                for part in match.groups():
+                    check_plain_text(part, f"the path segment {shown(part, 60)}")
                 if request.method not in SAFE_METHODS:
                     check_same_origin(request)
                 elif accepted is not ANY_QUERY:

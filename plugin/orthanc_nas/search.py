@@ -23,6 +23,7 @@ from datetime import datetime
 
 from .catalog import FILE_ORDER, SERIES_FIELDS, read_snapshot
 from .errors import BadRequest, NotFound, shown
+from .http import check_plain_text
 from .normalize import terms as fold_terms
 from .pathnames import escaped, loaded
 from .store_dialects import Dialect, dialect
@@ -67,10 +68,10 @@ class SearchParams:
     @classmethod
     def parse(cls, query: Mapping[str, str]) -> SearchParams:
         """Validate decoded query parameters; an empty value counts as absent. 400 naming a bad one, also
-        one holding what no indexed text holds and no engine takes (see `_text`)."""
+        one holding what no indexed text holds and no engine takes (`http.check_plain_text`)."""
         given = {k: v.strip() for k, v in query.items() if v is not None and v.strip()}
         for name, text in given.items():
-            _text(name, text)
+            check_plain_text(text, f"parameter {name}", field=name)
         words = tuple(fold_terms(given.get("q")))
         if len(words) > MAX_TERMS:
             raise BadRequest(f"parameter q has {len(words)} words; at most {MAX_TERMS} are allowed")
@@ -97,18 +98,6 @@ def integer_parameter(given: Mapping[str, str], name: str, default: int, low: in
         return int(text)
     raise BadRequest(f"parameter {name} must be an integer between {low} and {high}, not {text!r}"[:200],
                      field=name)
-
-
-#: a NUL (values lose theirs when stored, PostgreSQL's text refuses it, FTS5 ends its query there) or a
-#: lone UTF-16 surrogate (not text: no UTF-8 database holds it; a CLI argument not in UTF-8 gives one)
-_NOT_TEXT = re.compile("[\0\ud800-\udfff]")
-
-
-def _text(name: str, text: str) -> None:
-    if found := _NOT_TEXT.search(text):
-        raise BadRequest(f"parameter {name} holds {'a NUL character' if found[0] == chr(0) else 'a lone surrogate'}, "
-                         "which no indexed value holds", "Send the text as UTF-8 without control characters.",
-                         field=name)
 
 
 def _date(given: Mapping[str, str], name: str) -> str | None:

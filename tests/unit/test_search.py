@@ -239,6 +239,14 @@ def test_route_errors(data_dir, tmp_path_factory):
     assert dispatch(data_dir, "/nas/series/unknownkey").status == 404
 
 
+@pytest.mark.parametrize("path", ["/nas/series/ab\0cd", "/nas/series/\ud800", "/nas/patients/PID\0/series",
+                                  "/nas/patients/\udcff/series"])
+def test_a_path_segment_that_is_not_text_is_a_400_naming_it(data_dir, path):
+    answer = dispatch(data_dir, path)
+    error = json.loads(answer.body)
+    assert answer.status == 400 and "path segment" in error["error"] and error["hint"]
+
+
 def test_series_route(data_dir, conn):
     key = find(conn, q="muller")[0].series[0]["series_key"]
     answer = dispatch(data_dir, f"/nas/series/{key}")
