@@ -217,12 +217,12 @@ class CatalogWriter:
     def _recount(self, keys: set[str]) -> None:
         for chunk in chunks(sorted(keys)):
             marks = ",".join("?" * len(chunk))
-            self.conn.execute(
+            empty = [key for key, count in self.conn.execute(
                 f"UPDATE series SET file_count=(SELECT count(*) FROM files WHERE files.series_key=series.series_key) "
-                f"WHERE series_key IN ({marks})", chunk)
-            self.removed.update(row[0] for row in self.conn.execute(
-                f"SELECT series_key FROM series WHERE file_count=0 AND series_key IN ({marks})", chunk))
-            self.conn.execute(f"DELETE FROM series WHERE file_count=0 AND series_key IN ({marks})", chunk)
+                f"WHERE series_key IN ({marks}) RETURNING series_key, file_count", chunk).fetchall() if count == 0]
+            if empty:  # one statement less per batch when none empties (a round trip on PostgreSQL)
+                self.removed.update(empty)
+                self.conn.execute(f"DELETE FROM series WHERE series_key IN ({','.join('?' * len(empty))})", empty)
 
     def series_count(self) -> int:
         return self.conn.execute(f"SELECT count(*) FROM {SERIES_COUNTED}").fetchone()[0]
