@@ -7,6 +7,10 @@ One place (`api.error_response`) turns them into the spec's error object
 from __future__ import annotations
 
 MAX_SHOWN = 64  # characters of a client's identifier quoted back in an error message
+#: failure statuses of a C-FIND (PS3.4 C.4.1.1.4): "Refused: Out of Resources" (the node lacks, for now,
+#: something it needs: retry later) and "Failed: Unable to process" (any other reason)
+DICOM_OUT_OF_RESOURCES, DICOM_UNABLE_TO_PROCESS = 0xA700, 0xC000
+DICOM_COMMENT_LENGTH = 64  # Error Comment (0000,0902) is LO: at most 64 characters (PS3.7 Annex C)
 
 
 def shown(value: object, limit: int = MAX_SHOWN) -> str:
@@ -23,6 +27,11 @@ class NasError(Exception):
     kind = "internal"
     default_hint = "See Orthanc's log for details."
     headers: dict[str, str] = {}  # HTTP headers the answer needs besides the error object
+    #: the failure status of a C-FIND this error ends (PS3.4 C.4.1.1.4; `dicom.query.failure` maps it for
+    #: C-MOVE and C-GET) and its Error Comment for the peer's user (at most 64 ASCII characters; None: the
+    #: message, cut)
+    dicom_status = DICOM_UNABLE_TO_PROCESS
+    dicom_comment: str | None = None
 
     def __init__(self, message: str, hint: str | None = None, *, status: int | None = None,
                  field: str | None = None):
@@ -39,6 +48,11 @@ class NasError(Exception):
         if self.field:
             data["field"] = self.field
         return data
+
+    def error_comment(self) -> str:
+        """The Error Comment (0000,0902) of a DICOM failure response: ASCII, at most 64 characters."""
+        text = (self.dicom_comment or self.message).encode("ascii", "replace").decode("ascii")
+        return text[:DICOM_COMMENT_LENGTH]
 
 
 class ConfigError(NasError):
@@ -96,6 +110,7 @@ class NasUnavailable(NasError):
     """Base of the errors met while talking to the NAS (answered as 502 by the REST routes)."""
 
     status = 502
+    dicom_status = DICOM_OUT_OF_RESOURCES
 
 
 class NasNetworkError(NasUnavailable):

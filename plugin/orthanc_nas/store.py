@@ -27,7 +27,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .errors import NasError
+from .errors import DICOM_OUT_OF_RESOURCES, NasError
 from .store_dialects import PG_DIALECT, SQLITE, SQLITE_DIALECT, Dialect, configure_pg, dialect, pg_statement
 
 try:  # a runtime dependency; SQLite alone keeps working without it
@@ -38,6 +38,11 @@ except ImportError:  # pragma: no cover
 
 #: seconds a request waits for a database connection before answering 503
 CONNECT_TIMEOUT = 5.0
+#: seconds the pool keeps trying to replace a lost connection (psycopg_pool's `reconnect_timeout`; it waits
+#: 1 s, then 2 s, doubling, between attempts); then the next request tries again at once. With its default
+#: (300 s) the waits grew to a minute or more in a long outage, and requests went on failing that long after
+#: the database was back; with 5 s, a request after it is back gets a connection within about 2 s.
+RECONNECT_WITHIN = 5.0
 POOL_MAX = 16
 
 
@@ -48,6 +53,8 @@ class DatabaseUnavailable(NasError):
     kind = "database"
     default_hint = ("The NAS index's PostgreSQL database cannot be reached: check that it runs and that "
                     "Nas.Database.Url is right. The plugin reconnects by itself when it is back.")
+    dicom_status = DICOM_OUT_OF_RESOURCES  # the DICOM node refuses C-FIND, C-MOVE, C-GET until it is back
+    dicom_comment = "the NAS index's database cannot be reached: try again later"
 
 
 @dataclass(frozen=True)
@@ -258,7 +265,8 @@ class PostgresEngine(Engine):
             kwargs["password"] = password
         self.url = url
         self.pool = psycopg_pool.ConnectionPool(url, kwargs=kwargs, min_size=1, max_size=max_size, open=True,
-                                                timeout=CONNECT_TIMEOUT, name="orthanc-nas", configure=configure_pg)
+                                                timeout=CONNECT_TIMEOUT, reconnect_timeout=RECONNECT_WITHIN,
+                                                name="orthanc-nas", configure=configure_pg)
         self._lock = threading.Lock()
 
     def connect(self, part: str) -> PgConnection:

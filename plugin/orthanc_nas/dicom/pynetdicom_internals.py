@@ -17,6 +17,11 @@ C-STOREs of 132 KB files to storescp 204-255 -> 270-320 files/s, with less CPU p
 `fewer_pendings(assoc)`: at most one pending C-MOVE/C-GET response every `PENDING_EVERY` seconds, not one
 per file. `encode_command_sets_once()`: each command set encoded once, not twice. `quiet(assoc)`: no
 standard logging handlers on a sending association when their output would be dropped anyway.
+
+`failure_response(assoc, status)`: pynetdicom 3.0 lets a C-MOVE or C-GET handler give no status of its own
+before its sub-operations (the first yield is the destination, resp. the count): an exception there is
+answered 0xC514 or 0xC413 ("Unable to process"), without a comment. This puts the handler's status and
+comment on that response.
 """
 
 from __future__ import annotations
@@ -84,6 +89,27 @@ def fewer_pendings(assoc, every: float | None = None):
         dimse.__dict__.pop("send_msg", None)
 
     return restore
+
+
+def failure_response(assoc, status) -> None:
+    """Give the next C-MOVE/C-GET failure response ("Unable to process", 0xCxxx) that pynetdicom sends on
+    `assoc` the Status and ErrorComment of `status` (a Dataset); one message, then `send_msg` is as before.
+    Call it just before the handler raises."""
+    dimse = assoc.dimse
+    send_msg = dimse.send_msg
+    own = "send_msg" in dimse.__dict__  # another wrapper (`fewer_pendings`) is in place
+
+    def send(primitive, context_id):
+        if isinstance(primitive, (C_MOVE, C_GET)) and 0xC000 <= (primitive.Status or 0) <= 0xCFFF:
+            primitive.Status = int(status.Status)
+            primitive.ErrorComment = str(status.get("ErrorComment", "")) or None
+            if own:
+                dimse.send_msg = send_msg
+            else:
+                dimse.__dict__.pop("send_msg", None)
+        send_msg(primitive, context_id)
+
+    dimse.send_msg = send
 
 
 _encode = dimse_messages.encode

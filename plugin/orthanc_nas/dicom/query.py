@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from .. import store_dialects
+from ..errors import DICOM_OUT_OF_RESOURCES, NasError
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
 LEVELS = (PATIENT, STUDY, SERIES, IMAGE)
@@ -43,6 +44,20 @@ class QueryError(Exception):
     def __init__(self, message: str, status: int = 0xA900):  # A900: identifier does not match SOP class
         super().__init__(message)
         self.status = status
+
+
+#: C-MOVE and C-GET have no plain "Refused: Out of Resources": before any sub-operation, theirs is "Unable
+#: to calculate number of matches" (PS3.4 C.4.2.1.5, C.4.3.1.4)
+_RETRIEVE_STATUS = {DICOM_OUT_OF_RESOURCES: 0xA701}
+
+
+def failure(exc: NasError, *, retrieve: bool = False) -> Dataset:
+    """The status of a C-FIND (or, `retrieve`, a C-MOVE/C-GET) that `exc` ends: Status (0000,0900), the
+    error's DICOM status (`NasError.dicom_status`), and Error Comment (0000,0902), what a person can do."""
+    status = Dataset()
+    status.Status = _RETRIEVE_STATUS.get(exc.dicom_status, exc.dicom_status) if retrieve else exc.dicom_status
+    status.ErrorComment = exc.error_comment()
+    return status
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,8 +37,8 @@ from ..errors import NasError, NasNetworkError
 from ..indexer import with_retries
 from ..pathnames import loaded
 from .audit import Retrieval, RetrievalAudit
-from .pynetdicom_internals import fewer_pendings, prompt, quiet, sender_only
-from .query import IMAGE, UNIQUE_KEYS, QueryError, parse, rows
+from .pynetdicom_internals import fewer_pendings, failure_response, prompt, quiet, sender_only
+from .query import IMAGE, UNIQUE_KEYS, QueryError, failure, parse, rows
 
 log = logging.getLogger("orthanc_nas")
 
@@ -198,6 +198,18 @@ def no_delay(event) -> None:
             pass
 
 
+def answering_failures(event, handler: Iterator):
+    """A C-MOVE or C-GET handler whose `NasError` (e.g. the index's database is down) is answered with the
+    error's status and comment (`query.failure`: A701 "Out of Resources - Unable to calculate number of
+    matches" for a database or NAS that cannot be reached, PS3.4 C.4.2.1.5, C.4.3.1.4), not pynetdicom's
+    bare "Unable to process"."""
+    try:
+        yield from handler
+    except NasError as exc:
+        failure_response(event.assoc, failure(exc, retrieve=True))
+        raise
+
+
 class Stores:
     """Counts the C-STORE responses of a retrieval's sub-operations (success and warning count as sent)."""
 
@@ -325,6 +337,11 @@ class Retriever:
             record.fail(str(exc))
             log.warning("DICOM node: %s from %s refused: %s", record.operation, record.caller_aet, exc)
             raise
+        except NasError as exc:  # the index cannot be read (its database is down): nothing is sent
+            record.fail(exc.message)
+            log.warning("DICOM node: %s from %s failed: %s %s", record.operation, record.caller_aet, exc.message,
+                        exc.hint)
+            raise
         record.level, record.keys, record.files = level, keys, len(files)
         return files
 
@@ -377,6 +394,9 @@ class Retriever:
             record.outcome = "done_with_failures"
         try:
             self.audit.record(record)
+        except NasError as exc:  # its database is down: the line below is all that is kept of this retrieval
+            log.warning("DICOM node: the audit of a %s could not be written: %s %s", record.operation, exc.message,
+                        exc.hint)
         except Exception:  # the audit must not break the association; say so loudly
             log.exception("DICOM node: could not write the audit of a %s", record.operation)
         log.info("DICOM node: %s from %s (%s) to %s, %s %s: %d files, %d sent, %d failed, %s", record.operation,

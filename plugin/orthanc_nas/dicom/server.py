@@ -27,12 +27,12 @@ from pynetdicom.sop_class import (
 
 from ..catalog import Catalog
 from ..config import DicomServer
-from ..errors import NotFound
+from ..errors import NasError, NotFound
 from .audit import RetrievalAudit
 from .peers import Peers
 from .pynetdicom_internals import encode_command_sets_once
-from .query import QueryError, answer, parse, rows
-from .retrieve import CANCELLED, PENDING, Cancels, Retriever, no_delay
+from .query import QueryError, answer, failure, parse, rows
+from .retrieve import CANCELLED, PENDING, Cancels, Retriever, answering_failures, no_delay
 
 log = logging.getLogger("orthanc_nas")
 
@@ -143,17 +143,22 @@ class DicomNode:
             yield exc.status, None
             return
         try:
-            conn = self.catalog.reader()
-        except NotFound:  # no index yet: nothing matches
-            return
-        for row in rows(conn, query):
-            if self.cancels.cancelled(event):
-                yield CANCELLED, None
+            try:
+                conn = self.catalog.reader()
+            except NotFound:  # no index yet: nothing matches
                 return
-            yield PENDING, answer(query, row, self.settings.AET)
+            for row in rows(conn, query):
+                if self.cancels.cancelled(event):
+                    yield CANCELLED, None
+                    return
+                yield PENDING, answer(query, row, self.settings.AET)
+        except NasError as exc:  # e.g. the index's database is down: A700 with what to do (PS3.4 C.4.1.1.4)
+            log.warning("DICOM node: C-FIND from %s failed: %s %s", event.assoc.requestor.ae_title, exc.message,
+                        exc.hint)
+            yield failure(exc), None
 
     def _on_move(self, event):
-        return self.retriever.on_move(event, _patient_root(event))
+        return answering_failures(event, self.retriever.on_move(event, _patient_root(event)))
 
     def _on_get(self, event):
-        return self.retriever.on_get(event, _patient_root(event))
+        return answering_failures(event, self.retriever.on_get(event, _patient_root(event)))
