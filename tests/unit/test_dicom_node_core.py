@@ -162,6 +162,14 @@ def test_the_pynetdicom_internals_the_node_relies_on_are_still_there():
     for scp in (QueryRetrieveServiceClass._move_scp, QueryRetrieveServiceClass._get_scp):
         assert "self.dimse.send_msg(rsp, cx_id)" in inspect.getsource(scp)
     assert list(inspect.signature(DIMSEServiceProvider.send_msg).parameters) == ["self", "primitive", "context_id"]
+    # `failure_response`: an exception before the first sub-operation is answered 0xCxxx through `attempt`,
+    # which sends the response primitive through `dimse.send_msg` (and C_MOVE/C_GET carry an ErrorComment)
+    from pynetdicom.dimse_primitives import C_GET, C_MOVE
+    from pynetdicom.service_class import attempt
+    assert "self._dimse.send_msg(self._rsp, self._cx_id)" in inspect.getsource(attempt)
+    assert "ctx.error_status = 0xC514" in inspect.getsource(QueryRetrieveServiceClass._move_scp)
+    assert "ctx.error_status = 0xC413" in inspect.getsource(QueryRetrieveServiceClass._get_scp)
+    assert "ErrorComment" in C_MOVE.STATUS_OPTIONAL_KEYWORDS and "ErrorComment" in C_GET.STATUS_OPTIONAL_KEYWORDS
     # `encode_command_sets_once`: the group length, then the whole command set, through the module's `encode`
     from pynetdicom import dimse_messages
 

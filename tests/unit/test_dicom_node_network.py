@@ -20,9 +20,11 @@ from orthanc_nas.catalog import Catalog
 from orthanc_nas.config import parse_dicom_server
 from orthanc_nas.dicom import DicomNode, Peers, RetrievalAudit
 from orthanc_nas.dicom import server as server_mod
+from orthanc_nas.errors import Internal
 from orthanc_nas.indexer import Indexer
 from orthanc_nas.sources.local import LocalSource
 from orthanc_nas.status import IndexStatus
+from orthanc_nas.store import DatabaseUnavailable
 
 
 def free_port():
@@ -239,3 +241,42 @@ def test_a_get_sends_pending_responses_at_most_every_pending_every(make_node, mo
     assoc.release()
     assert [r.Status for r in responses] == [0x0000]
     assert responses[0].NumberOfCompletedSuboperations == 12 and len(set(received)) == 12
+
+
+@pytest.mark.parametrize("error, find_status, retrieve_status, comment", [
+    (DatabaseUnavailable("the NAS index's database cannot be reached (couldn't get a connection after 5.00 sec)"),
+     0xA700, 0xA701, "the NAS index's database cannot be reached: try again later"),
+    (Internal("the index is not readable: disk I/O error on a very long path " + "x" * 80),  # the message, cut
+     0xC000, 0xC000, "the index is not readable: disk I/O error on a very long path xx"),
+])
+def test_an_index_that_cannot_be_read_is_answered_with_the_error_s_status_and_comment(
+        make_node, monkeypatch, error, find_status, retrieve_status, comment):
+    """PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4: the domain error's DICOM status (a database down: "Refused: Out of
+    Resources") and an Error Comment of at most 64 characters, on C-FIND, C-MOVE and C-GET alike; the
+    association goes on (C-ECHO) and is released; nothing is sent; the audit says why."""
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+    node = make_node(files=2, Destinations={"WS1": ["127.0.0.1", free_port()]})
+    study = node.catalog.reader().execute("SELECT StudyInstanceUID FROM series").fetchone()[0]
+
+    def unreadable():
+        raise error
+
+    monkeypatch.setattr(node.catalog, "reader", unreadable)
+    models = (StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelMove,
+              StudyRootQueryRetrieveInformationModelGet, Verification)
+    assoc = client(*models).associate("127.0.0.1", node.port, ae_title="NAS")
+    assert assoc.is_established
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = study
+    found = [s for s, _ in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind)]
+    moved = [s for s, _ in assoc.send_c_move(identifier, "WS1", StudyRootQueryRetrieveInformationModelMove)]
+    got = [s for s, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)]
+    assert [(r.Status, r.ErrorComment.rstrip()) for r in found] == [(find_status, comment)]
+    assert [(r.Status, r.ErrorComment.rstrip()) for r in moved + got] == [(retrieve_status, comment)] * 2
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    audit = node.audit.latest()
+    assert [(r["operation"], r["outcome"], r["sent"], r["detail"]) for r in audit] == [
+        ("C-GET", "failed", 0, error.message), ("C-MOVE", "failed", 0, error.message)]
