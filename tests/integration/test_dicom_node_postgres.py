@@ -83,7 +83,8 @@ def test_with_postgresql_down_the_node_refuses_for_lack_of_resources_then_answer
         orthanc_factory, tmp_path, pg_database, postgres):
     """SPEC "a dropped NAS or database is retried, then reported": C-FIND A700, C-MOVE and C-GET A701 (PS3.4
     C.4.1.1.4, C.4.2.1.5, C.4.3.1.4) with a comment saying what is wrong, associations released, C-ECHO and
-    REST still answered; the same C-FIND answers once PostgreSQL is back, Orthanc untouched."""
+    REST still answered; the same C-FIND answers once PostgreSQL is back, Orthanc untouched, and the audit
+    then holds the refused retrievals."""
     nas = tmp_path / "nas"
     write_series(nas / "CT", 2, PatientName="DOWN^TEST", PatientID="DOWN1", Modality="CT")
     node_port, ws_port = free_port(), free_port()
@@ -115,10 +116,13 @@ def test_with_postgresql_down_the_node_refuses_for_lack_of_resources_then_answer
         assert "Releasing Association" in output and "Abort" not in output, output[-3000:]
     log = a.log()
     assert "C-FIND from WS1 failed" in log and "C-MOVE from WS1 failed" in log and "C-GET from WS1 failed" in log
-    assert "the audit of a C-MOVE could not be written" in log
+    assert "the audit of a C-GET is kept back until its database answers" in log
 
-    # back by itself: the same C-FIND answers at once; the audit holds no row of the refused retrievals
+    # back by itself: the same C-FIND answers at once; the audit, read again, has both refusals, once each
     assert [ds.StudyInstanceUID for ds in find(node_port, query, tmp_path / "find")] == [study]
+    audit = a.get("/nas/dicom/retrievals").json()
+    assert [(r["operation"], r["outcome"], r["files"], r["sent"]) for r in audit] == \
+        [("C-GET", "failed", 0, 0), ("C-MOVE", "failed", 0, 0)]
+    assert all("the NAS index's database" in r["detail"] for r in audit)
     with psycopg.connect(pg_database) as conn:
-        if conn.execute("SELECT to_regclass('retrievals')").fetchone()[0] is not None:
-            assert conn.execute("SELECT count(*) FROM retrievals").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM retrievals").fetchone()[0] == 2

@@ -59,3 +59,46 @@ def test_the_retrievals_newest_first_with_what_was_sent_and_failed(app):
 def test_bad_parameters_are_refused_naming_them(app, query, field):
     status, body = get(app, query)
     assert status == 400 and field in body["error"] and body["field"] == field, body
+
+
+def test_retrievals_finished_while_the_database_is_down_are_written_once_it_answers(tmp_path):
+    """The audit's database lost (`DatabaseUnavailable`): each row waits in memory, in order, and is written
+    before the next retrieval or by the next read; none twice."""
+    from orthanc_nas.store import DatabaseUnavailable, SqliteEngine
+
+    class Flaky(SqliteEngine):
+        down = False
+
+        def connect(self, part):
+            conn = super().connect(part)
+            engine = self
+
+            class Conn:  # the connection, failing while the engine is down
+                def __getattr__(self, name):
+                    return getattr(conn, name)
+
+                def __setattr__(self, name, value):
+                    setattr(conn, name, value)
+
+                def execute(self, *args):
+                    if engine.down:
+                        raise DatabaseUnavailable("the NAS index's database cannot be reached")
+                    return conn.execute(*args)
+
+            return Conn()
+
+    engine = Flaky(str(tmp_path))
+    audit = RetrievalAudit(str(tmp_path), engine)
+    audit.record(Retrieval("WS1", "127.0.0.1", "C-MOVE", "WS1", "STUDY", {}, outcome="done"))
+    engine.down = True
+    for operation in ("C-GET", "C-MOVE"):
+        with pytest.raises(DatabaseUnavailable):
+            audit.record(Retrieval("WS1", "127.0.0.1", operation, None, None, {}, outcome="failed"))
+    with pytest.raises(DatabaseUnavailable):
+        audit.latest()
+    engine.down = False
+    assert [(r["id"], r["operation"], r["outcome"]) for r in audit.latest()] == [
+        (3, "C-MOVE", "failed"), (2, "C-GET", "failed"), (1, "C-MOVE", "done")]
+    assert audit.record(Retrieval("WS1", "127.0.0.1", "C-GET", "WS1", "STUDY", {}, outcome="done")) == 4
+    assert audit.totals()[0] == 4
+    audit.close()

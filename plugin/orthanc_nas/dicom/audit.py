@@ -4,10 +4,15 @@ or the `Database` PostgreSQL (see `store`).
 One row per retrieval: when, who asked (calling AE title and address), the operation and its
 destination, the level and the keys of the identifier, how many files it selected, sent and failed,
 how it ended (`done`, `cancelled`, `failed`, `refused`) and the first failure reasons.
+
+While the database is down (PostgreSQL: `store.DatabaseUnavailable`), finished retrievals wait in memory
+(at most `MAX_UNWRITTEN`, the oldest dropped first; lost if Orthanc stops meanwhile) and are written, in
+their order, before the next one or by the next read of the audit.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sqlite3
@@ -47,6 +52,10 @@ MIGRATIONS: list[str] = [
 MAX_REASONS = 5
 #: `GET /nas/dicom/retrievals?limit=`: default and largest
 LIST_LIMIT, MAX_LIST_LIMIT = 100, 1000
+#: finished retrievals kept in memory while the audit's database cannot be reached
+MAX_UNWRITTEN = 1000
+_INSERT = ("INSERT INTO retrievals(started_at, finished_at, caller_aet, caller_address, operation, destination, "
+           "level, keys, files, sent, failed, outcome, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id")
 
 
 def parse_listing(query: dict[str, str]) -> int:
@@ -95,6 +104,7 @@ class RetrievalAudit:
         self.engine = engine or store.default_engine(data_dir)
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
+        self._unwritten: collections.deque[tuple] = collections.deque(maxlen=MAX_UNWRITTEN)
 
     def _conn(self) -> sqlite3.Connection:
         """The connection, opened (and migrated) on first use; call with the lock held."""
@@ -106,20 +116,34 @@ class RetrievalAudit:
         return self._connection
 
     def record(self, r: Retrieval) -> int:
-        """Write one finished retrieval; returns its id."""
+        """Write one finished retrieval (after any kept back); returns its id. Raises
+        `store.DatabaseUnavailable` when the database is down: the row is kept, to be written later."""
+        row = (r.started_at, time.time(), r.caller_aet, r.caller_address, r.operation, r.destination, r.level,
+               json.dumps(r.keys, ensure_ascii=False), r.files, r.sent, r.failed, r.outcome,
+               "; ".join(r.reasons) or None)
         with self._lock:
-            cur = self._conn().execute(
-                "INSERT INTO retrievals(started_at, finished_at, caller_aet, caller_address, operation, "
-                "destination, level, keys, files, sent, failed, outcome, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
-                "RETURNING id",
-                (r.started_at, time.time(), r.caller_aet, r.caller_address, r.operation, r.destination, r.level,
-                 json.dumps(r.keys, ensure_ascii=False), r.files, r.sent, r.failed, r.outcome,
-                 "; ".join(r.reasons) or None))
-            return cur.fetchone()[0]
+            self._unwritten.append(row)
+            try:
+                return self._write_unwritten()
+            except store.DatabaseUnavailable:
+                raise
+            except Exception:  # not a lost database: this row is not kept
+                if row in self._unwritten:
+                    self._unwritten.remove(row)
+                raise
+
+    def _write_unwritten(self) -> int | None:
+        """Write the rows kept back, oldest first; the id of the last. Call with the lock held."""
+        last = None
+        while self._unwritten:
+            last = self._conn().execute(_INSERT, self._unwritten[0]).fetchone()[0]
+            self._unwritten.popleft()
+        return last
 
     def latest(self, limit: int = LIST_LIMIT) -> list[dict]:
         """The latest retrievals, newest first, `keys` as an object; times in seconds since the epoch."""
         with self._lock:
+            self._write_unwritten()
             rows = self._conn().execute("SELECT * FROM retrievals ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         found = []
         for row in rows:
@@ -131,6 +155,7 @@ class RetrievalAudit:
     def totals(self) -> tuple[int, int, int]:
         """`(retrievals, files sent, files failed)` over the whole audit (for Orthanc's metrics)."""
         with self._lock:
+            self._write_unwritten()
             return tuple(self._conn().execute(
                 "SELECT count(*), coalesce(sum(sent), 0), coalesce(sum(failed), 0) FROM retrievals").fetchone())
 

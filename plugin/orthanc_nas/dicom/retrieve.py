@@ -394,9 +394,9 @@ class Retriever:
             record.outcome = "done_with_failures"
         try:
             self.audit.record(record)
-        except NasError as exc:  # its database is down: the line below is all that is kept of this retrieval
-            log.warning("DICOM node: the audit of a %s could not be written: %s %s", record.operation, exc.message,
-                        exc.hint)
+        except NasError as exc:  # its database is down: the row waits in memory (`RetrievalAudit.record`)
+            log.warning("DICOM node: the audit of a %s is kept back until its database answers: %s %s",
+                        record.operation, exc.message, exc.hint)
         except Exception:  # the audit must not break the association; say so loudly
             log.exception("DICOM node: could not write the audit of a %s", record.operation)
         log.info("DICOM node: %s from %s (%s) to %s, %s %s: %d files, %d sent, %d failed, %s", record.operation,
