@@ -37,7 +37,7 @@ from ..errors import NasError, NasNetworkError
 from ..indexer import with_retries
 from ..pathnames import loaded
 from .audit import Retrieval, RetrievalAudit
-from .pynetdicom_internals import fewer_pendings, failure_response, prompt, quiet, sender_only
+from .pynetdicom_internals import failure_response, fewer_pendings, prompt, quiet, sender_only
 from .query import IMAGE, UNIQUE_KEYS, QueryError, failure, parse, rows
 
 log = logging.getLogger("orthanc_nas")
