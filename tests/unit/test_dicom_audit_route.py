@@ -97,8 +97,10 @@ def test_retrievals_finished_while_the_database_is_down_are_written_once_it_answ
     with pytest.raises(DatabaseUnavailable):
         audit.latest()
     engine.down = False
+    with pytest.raises(DatabaseUnavailable):  # the retrieval found the database down: not tried again
+        audit.record(Retrieval("WS1", "127.0.0.1", "C-GET", None, None, {}, outcome="failed", keep_back=True))
     assert [(r["id"], r["operation"], r["outcome"]) for r in audit.latest()] == [
-        (3, "C-MOVE", "failed"), (2, "C-GET", "failed"), (1, "C-MOVE", "done")]
-    assert audit.record(Retrieval("WS1", "127.0.0.1", "C-GET", "WS1", "STUDY", {}, outcome="done")) == 4
-    assert audit.totals()[0] == 4
+        (4, "C-GET", "failed"), (3, "C-MOVE", "failed"), (2, "C-GET", "failed"), (1, "C-MOVE", "done")]
+    assert audit.record(Retrieval("WS1", "127.0.0.1", "C-GET", "WS1", "STUDY", {}, outcome="done")) == 5
+    assert audit.totals()[0] == 5
     audit.close()

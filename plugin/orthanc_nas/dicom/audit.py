@@ -89,6 +89,7 @@ class Retrieval:
     # once its C-MOVE/C-GET ended finds the row)
     reasons: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
+    keep_back: bool = False  # the retrieval found the database down: its row is kept back without trying
 
     def fail(self, reason: str) -> None:
         if len(self.reasons) < MAX_REASONS and reason not in self.reasons:
@@ -117,12 +118,15 @@ class RetrievalAudit:
 
     def record(self, r: Retrieval) -> int:
         """Write one finished retrieval (after any kept back); returns its id. Raises
-        `store.DatabaseUnavailable` when the database is down: the row is kept, to be written later."""
+        `store.DatabaseUnavailable` when the database is down, or `r.keep_back` says so (no second wait of
+        `store.CONNECT_TIMEOUT` before the peer's answer): the row is kept, to be written later."""
         row = (r.started_at, time.time(), r.caller_aet, r.caller_address, r.operation, r.destination, r.level,
                json.dumps(r.keys, ensure_ascii=False), r.files, r.sent, r.failed, r.outcome,
                "; ".join(r.reasons) or None)
         with self._lock:
             self._unwritten.append(row)
+            if r.keep_back:
+                raise store.DatabaseUnavailable("the NAS index's database could not be reached by this retrieval")
             try:
                 return self._write_unwritten()
             except store.DatabaseUnavailable:

@@ -339,6 +339,7 @@ class Retriever:
             raise
         except NasError as exc:  # the index cannot be read (its database is down): nothing is sent
             record.fail(exc.message)
+            record.keep_back = exc.kind == "database"  # the audit is in the same database
             log.warning("DICOM node: %s from %s failed: %s %s", record.operation, record.caller_aet, exc.message,
                         exc.hint)
             raise
