@@ -44,6 +44,9 @@ CONNECT_TIMEOUT = 5.0
 #: the database was back; with 5 s, a request after it is back gets a connection within about 2 s.
 RECONNECT_WITHIN = 5.0
 POOL_MAX = 16
+#: connections a statement may try: every one the pool may hold idle (each dropped while the server
+#: restarted) and a new one; once more only was too few: after a restart, the first statements failed
+STALE_TRIES = POOL_MAX + 1
 
 
 class DatabaseUnavailable(NasError):
@@ -144,12 +147,12 @@ class PgConnection:
         if word == "BEGIN":
             if self._held is not None:
                 return self._run(self._held, statement, args)
-            for attempt in (1, 2):  # a connection dropped while idle: once more on a fresh one (see `_alone`)
+            for attempt in range(STALE_TRIES):  # connections dropped while idle: another one (see `_alone`)
                 self._held = conn = self._borrow()
                 try:
                     return self._run(conn, statement, args)
                 except DatabaseUnavailable:
-                    if attempt == 2 or not conn.closed:
+                    if attempt == STALE_TRIES - 1 or not conn.closed:
                         raise
         if self._held is not None:
             conn = self._held
@@ -164,13 +167,14 @@ class PgConnection:
 
     def _alone(self, statement: str, args, *, many: bool = False) -> Result:
         """One statement outside a transaction. A pooled connection the server dropped while it was idle
-        (the server restarted) fails before the statement runs: it is tried once more on a fresh one."""
-        for attempt in (1, 2):
+        (the server restarted) fails at once, before the statement runs: the statement is tried on another
+        one, until one works or none is left (the pool discards each closed one; then it connects anew)."""
+        for attempt in range(STALE_TRIES):
             conn = self._borrow()
             try:
                 return self._run(conn, statement, args, many=many)
             except DatabaseUnavailable:
-                if attempt == 2 or not conn.closed:
+                if attempt == STALE_TRIES - 1 or not conn.closed:
                     raise
             finally:
                 self.pool.putconn(conn)

@@ -59,6 +59,28 @@ def test_a_lost_server_is_a_503_database_error(postgres):
         postgres.drop_database("lost")
 
 
+def test_after_a_restart_of_the_server_the_first_statements_work(postgres, pg_database):
+    """Every idle connection of the pool was dropped by the restart: each statement goes past them, in a
+    transaction too, and none fails (not only the first stale connection skipped)."""
+    engine = store.PostgresEngine(pg_database, max_size=4)
+    try:
+        conns = [engine.connect("index") for _ in range(4)]
+        for conn in conns:  # four connections lent at once, then idle in the pool
+            conn.execute("BEGIN")
+        for conn in conns:
+            conn.execute("COMMIT")
+        assert len(engine.pool._pool) == 4
+        postgres.stop()
+        postgres.start()
+        conn = engine.connect("index")
+        assert conn.execute("SELECT 1").fetchone()[0] == 1
+        conn.execute("BEGIN")
+        assert conn.execute("SELECT 2").fetchone()[0] == 2
+        conn.execute("COMMIT")
+    finally:
+        engine.close()
+
+
 def test_a_silent_nodes_speed_leaves_the_runs_speed_and_eta(engine):
     now = [1000.0]
     a = ClusterRun(engine, "node-a", lease=30, clock=lambda: now[0])
