@@ -831,7 +831,7 @@
 
   // what retrieve.js (Open, Send to…, the jobs) uses of this file
   window.nasPanel = { api: api, ApiError: ApiError, el: el, clear: clear, showError: showError, hide: hide, number: number,
-                      plural: plural, bytes: bytes, localTime: localTime, seriesLine: seriesLine,
+                      plural: plural, labelCells: labelCells, bytes: bytes, localTime: localTime, seriesLine: seriesLine,
                       showTab: showTab };
 
   // -- start -----------------------------------------------------------------------------------------------

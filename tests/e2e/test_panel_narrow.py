@@ -91,7 +91,7 @@ def test_a_narrow_window_a_new_search_and_unlabelled_shares(browser, orthanc, sc
 #: no visible header: each cell then carries its column's name (`data-label`, drawn before its value).
 READABLE = """(table, named) => {
   const wrap = table.closest('.table-wrap');
-  const row = table.querySelector('tbody tr[data-id], tbody tr[data-key]');
+  const row = table.querySelector('tbody tr:is([data-id], [data-key], [data-job])');
   const cards = getComputedStyle(row).display !== 'table-row';
   const all = [...table.tHead.rows[0].cells], heads = all.filter(th => th.textContent.trim());
   const cells = cards ? heads.map(th => row.querySelector(`td[data-label="${th.textContent.trim()}"]`))
@@ -126,13 +126,14 @@ READABLE = """(table, named) => {
 
 
 @pytest.mark.parametrize("width", [1280, 800, 390])
-def test_every_column_of_the_shares_and_results_can_be_read(browser, orthanc, screenshots, width):
+def test_every_column_of_the_shares_results_and_jobs_can_be_read(browser, orthanc, screenshots, width):
     keys = [row["series_key"] for row in orthanc.get("/nas/search").json()]
     kept = orthanc.post("/nas/shares", json={"series": keys, "label": "Dr. Martin, second opinion",
                                               "passphrase": "by phone 42", "max_downloads": 3})
     ended = orthanc.post("/nas/shares", json={"series": keys[:1]})
     assert kept.status_code == ended.status_code == 201, (kept.text, ended.text)
     assert orthanc.delete(f"/nas/shares/{ended.json()['id']}").status_code in (200, 204)
+    assert orthanc.post("/nas/retrieve", json={"series": keys[:1], "to": "orthanc"}).status_code == 202
 
     context = browser.new_context(viewport={"width": width, "height": 700}, locale="en-GB",
                                   timezone_id="Europe/Brussels")
@@ -157,6 +158,11 @@ def test_every_column_of_the_shares_and_results_can_be_read(browser, orthanc, sc
         box = rows.nth(0).get_by_role("button", name="Share").bounding_box()
         assert box and box["x"] >= 0 and box["x"] + box["width"] <= width, box
         assert page.locator("#results").evaluate(READABLE, "Modality") == []
+
+        page.get_by_role("link", name="Jobs").click()
+        expect(page.locator("#jobs tbody tr[data-job]")).to_have_count(1)
+        screenshots(page, f"jobs-{width}px")
+        assert page.locator("#jobs").evaluate(READABLE, "State") == []
         # the page itself never scrolls sideways: the tabs, the toolbars and the tables fit the window
         assert page.evaluate("document.documentElement.scrollWidth") <= width
     finally:
