@@ -1,6 +1,7 @@
 """The panel in a narrow window (800 px) against a real Orthanc: a new search starts with no selection,
 every row's Share button can be reached without scrolling sideways, and the Shares tab tells links
-without a label apart by what they hold."""
+without a label apart by what they hold. At 1280, 800 and 390 px every column of the share links, the
+search results and the jobs can be read: none lies beneath the sticky column of buttons."""
 
 from __future__ import annotations
 
