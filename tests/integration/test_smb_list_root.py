@@ -60,6 +60,15 @@ def test_a_folder_lists_its_names_folders_marked_as_the_local_source_does(share,
     assert smb.list_root(100, f"{TOP}/Ünïcode 检查/deeper") == []
 
 
+def test_folders_are_below_the_connection_s_path(share, smb):
+    below = SmbSource(share[1].connection(Path=f"/{TOP}/"))
+    try:
+        assert below.list_root(100, "Ünïcode 检查") == smb.list_root(100, f"{TOP}/Ünïcode 检查")
+        assert below.list_root(100, "") == smb.list_root(100, TOP)
+    finally:
+        below.close()
+
+
 def test_limit_keeps_the_first_names_in_order(smb):
     every = smb.list_root(100, TOP)
     assert smb.list_root(3, TOP) == every[:3]
