@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import time
 import zipfile
 
@@ -12,6 +14,7 @@ import pytest
 import requests
 from tests.support.dicom import write_series
 from tests.support.orthanc import free_port
+from tests.support.smbd import SambaServer, make_share_dir
 
 pytestmark = pytest.mark.integration
 
@@ -260,16 +263,11 @@ def test_a_job_started_on_one_node_is_listed_and_cancelled_on_the_other(orthanc_
 def smb_nas():
     """A Samba share (tests/support/smbd.py) four folder levels deep, with files at every level and names with
     spaces, non-ASCII letters and `%`; its files (paths relative to the share) with it."""
-    import os
-    import shutil
-
-    from tests.support.smbd import SambaServer, make_share_dir
-
     root = make_share_dir("nas-cluster-smb-")
     folders = ["", "archive 2024"] + [f"archive 2024/P{n} Ünï {n}0%" for n in range(8)]
     folders += [f"{p}/{s}" for p in folders[2:] for s in ("CT 检查", "MR t2")]
     folders += [f"{f}/more" for f in folders[10:]]
-    count = {0: 2, 1: 1, 2: 1, 3: 3, 4: 2}  # files of each folder by its depth
+    count = {0: 2, 1: 1, 2: 1, 3: 3, 4: 10}  # files of each folder by its depth
     files = []
     for n, folder in enumerate(folders):
         depth = folder.count("/") + 1 if folder else 0
@@ -293,7 +291,7 @@ def test_a_cluster_run_over_smb_splits_the_share_below_its_top_and_indexes_every
     server, folders, files = smb_nas
     share = {"Type": "smb", "Host": server.host, "Port": server.port, "Share": server.share,
              "Username": server.user, "Password": server.password}
-    a = start_node(orthanc_factory, tmp_path, "a", share, pg_database)
+    a = start_node(orthanc_factory, tmp_path, "a", share, pg_database, Throttle=SLOW)  # B joins before A is done
     start_node(orthanc_factory, tmp_path, "b", share, pg_database)
     final = a.index(timeout=120)
     assert final["phase"] == "done", final
@@ -304,9 +302,12 @@ def test_a_cluster_run_over_smb_splits_the_share_below_its_top_and_indexes_every
     items = db.execute("SELECT folder, recursive, state FROM work_items WHERE run_id=%s", (run_id,)).fetchall()
     # every folder down to the series folders its own item (listed over SMB to split further); `more` whole
     assert {s for _, _, s in items} == {"done"}
+    nodes = db.execute("SELECT count(DISTINCT node) FROM work_items WHERE run_id=%s", (run_id,)).fetchone()[0]
+    assert nodes == 2  # each node walked items of the share
     assert sorted((f, r) for f, r, _ in items) == sorted((f, f.endswith("/more")) for f in folders), items
-    indexed = db.execute("SELECT path FROM files WHERE seen_run=%s AND error IS NULL", (run_id,)).fetchall()
-    assert sorted(p for (p,) in indexed) == sorted(files)  # each file once, by its path on the share
+    indexed = db.execute("SELECT path, seen_run, error FROM files").fetchall()
+    assert sorted(p for p, _, _ in indexed) == sorted(files)  # each file once, by its path on the share
+    assert {(seen, error) for _, seen, error in indexed} == {(run_id, None)}
     db.close()
     found = a.get("/nas/search", params={"limit": 1000})
     assert int(found.headers["X-Total-Count"]) == len(folders)  # one series per folder
