@@ -259,10 +259,14 @@ def test_a_job_started_on_one_node_is_listed_and_cancelled_on_the_other(orthanc_
     assert len(a.get("/instances").json()) == final["files_done"]  # Orthanc had none before
 
 
+DENIED = "archive 2024/zz denied"
+
+
 @pytest.fixture(scope="module")
 def smb_nas():
     """A Samba share (tests/support/smbd.py) four folder levels deep, with files at every level and names with
-    spaces, non-ASCII letters and `%`; its files (paths relative to the share) with it."""
+    spaces, non-ASCII letters and `%`, and a folder the NAS account may not list (`DENIED`); its readable
+    folders and files (paths relative to the share) with it."""
     root = make_share_dir("nas-cluster-smb-")
     folders = ["", "archive 2024"] + [f"archive 2024/P{n} Ünï {n}0%" for n in range(8)]
     folders += [f"{p}/{s}" for p in folders[2:] for s in ("CT 检查", "MR t2")]
@@ -278,6 +282,8 @@ def smb_nas():
         os.chmod(folder, 0o755)
         for name in names:
             os.chmod(os.path.join(folder, name), 0o644)
+    write_series(os.path.join(root, DENIED, "CT"), 2)
+    os.chmod(os.path.join(root, DENIED), 0)  # nasuser may not list it
     server = SambaServer(root).start()
     yield server, folders, files
     server.cleanup()
@@ -295,16 +301,18 @@ def test_a_cluster_run_over_smb_splits_the_share_below_its_top_and_indexes_every
     start_node(orthanc_factory, tmp_path, "b", share, pg_database)
     final = a.index(timeout=120)
     assert final["phase"] == "done", final
-    assert (final["files_processed"], final["enumerated_files"], final["errors"]) == (len(files),) * 2 + (0,), final
+    assert (final["files_processed"], final["enumerated_files"], final["errors"]) == (len(files),) * 2 + (1,), final
+    assert [e["path"] for e in final["error_samples"]] == [DENIED], final
 
     db = psycopg.connect(pg_database, autocommit=True)
     run_id = db.execute("SELECT run_id FROM cluster_run").fetchone()[0]
     items = db.execute("SELECT folder, recursive, state FROM work_items WHERE run_id=%s", (run_id,)).fetchall()
-    # every folder down to the series folders its own item (listed over SMB to split further); `more` whole
+    # every folder down to the series folders its own item (listed over SMB to split further); `more` whole,
+    # and the folder that could not be listed, whose walk counted the error
     assert {s for _, _, s in items} == {"done"}
     nodes = db.execute("SELECT count(DISTINCT node) FROM work_items WHERE run_id=%s", (run_id,)).fetchone()[0]
     assert nodes == 2  # each node walked items of the share
-    assert sorted((f, r) for f, r, _ in items) == sorted((f, f.endswith("/more")) for f in folders), items
+    assert sorted((f, r) for f, r, _ in items) == sorted([(f, f.endswith("/more")) for f in folders] + [(DENIED, 1)])
     indexed = db.execute("SELECT path, seen_run, error FROM files").fetchall()
     assert sorted(p for p, _, _ in indexed) == sorted(files)  # each file once, by its path on the share
     assert {(seen, error) for _, seen, error in indexed} == {(run_id, None)}
