@@ -82,6 +82,17 @@
     return parts[4] ? name + ' ' + parts[4] : name;
   }
 
+  /** Names each body cell of `table` after its column's header (`data-label`): a narrow window draws the
+   *  rows as cards and shows that name before each value (app.css). A cell spanning columns gets none. */
+  function labelCells(table) {
+    var names = Array.prototype.map.call(table.tHead.rows[0].cells, function (th) { return th.textContent.trim(); });
+    Array.prototype.forEach.call(table.tBodies[0].rows, function (row) {
+      Array.prototype.forEach.call(row.cells, function (cell, i) {
+        if (names[i] && cell.colSpan === 1) { cell.setAttribute('data-label', names[i]); }
+      });
+    });
+  }
+
   function localTime(iso) {
     if (!iso) { return ''; }
     return new Date(iso).toLocaleString([], { year: 'numeric', month: '2-digit', day: '2-digit',
@@ -555,6 +566,7 @@
       });
       tbody.appendChild(row);
     });
+    labelCells($('results'));
 
     var first = state.total ? params.offset + 1 : 0;
     var last = params.offset + state.rows.length;
@@ -804,6 +816,7 @@
         el('td', null, el('span', { className: 'state state-' + status.replace(' ', '-'), text: status })),
         el('td', { className: 'actions' }, action)));
     });
+    labelCells($('shares'));
   }
 
   function revoke(share) {
@@ -818,7 +831,7 @@
 
   // what retrieve.js (Open, Send to…, the jobs) uses of this file
   window.nasPanel = { api: api, ApiError: ApiError, el: el, clear: clear, showError: showError, hide: hide, number: number,
-                      plural: plural, bytes: bytes, localTime: localTime, seriesLine: seriesLine,
+                      plural: plural, labelCells: labelCells, bytes: bytes, localTime: localTime, seriesLine: seriesLine,
                       showTab: showTab };
 
   // -- start -----------------------------------------------------------------------------------------------

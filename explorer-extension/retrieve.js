@@ -211,6 +211,7 @@
         el('td', { text: job.files_per_second ? job.files_per_second + ' files/s' : '–' }),
         actions));
     });
+    panel.labelCells($('jobs'));
   }
 
   $('refresh-jobs').addEventListener('click', loadJobs);

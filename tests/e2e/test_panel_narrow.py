@@ -1,6 +1,7 @@
 """The panel in a narrow window (800 px) against a real Orthanc: a new search starts with no selection,
 every row's Share button can be reached without scrolling sideways, and the Shares tab tells links
-without a label apart by what they hold."""
+without a label apart by what they hold. At 1280, 800 and 390 px every column of the share links, the
+search results and the jobs can be read: none lies beneath the sticky column of buttons."""
 
 from __future__ import annotations
 
@@ -80,5 +81,90 @@ def test_a_narrow_window_a_new_search_and_unlabelled_shares(browser, orthanc, sc
             about = shares.nth(i).locator(".about").evaluate("e => e.scrollWidth <= e.clientWidth")
             box = shares.nth(i).get_by_role("button", name="Revoke").bounding_box()
             assert about and box and box["x"] + box["width"] <= NARROW["width"], box
+    finally:
+        context.close()
+
+
+#: Whether a table cell can be read: the browser scrolls it into view as it would for a keyboard or a
+#: find-in-page (`scrollIntoView`, nearest edge); then the cell must lie inside the window and inside its
+#: table's frame, and the points just inside its corners and its centre must hit the cell itself (or what
+#: it holds), not a cell of the sticky column nor anything else drawn over it. A table shown as cards has
+#: no visible header: each cell then carries its column's name (`data-label`, drawn before its value).
+READABLE = """(table, named) => {
+  const wrap = table.closest('.table-wrap');
+  const row = table.querySelector('tbody tr:is([data-id], [data-key], [data-job])');
+  const cards = getComputedStyle(row).display !== 'table-row';
+  const all = [...table.tHead.rows[0].cells], heads = all.filter(th => th.textContent.trim());
+  const cells = cards ? heads.map(th => row.querySelector(`td[data-label="${th.textContent.trim()}"]`))
+                      : heads.concat([row.cells[all.findIndex(th => th.textContent.trim() === named)]]);
+  const problems = [];
+  cells.forEach((cell, i) => {
+    const what = i < heads.length ? heads[i].textContent.trim() : named + ' cell';
+    if (!cell) { problems.push(what + ': no cell'); return; }
+    if (cards && getComputedStyle(cell, '::before').content !== JSON.stringify(heads[i].textContent.trim())) {
+      problems.push(what + ': its card shows no label');
+    }
+    cell.scrollIntoView({block: 'nearest', inline: 'nearest'});
+    const r = cell.getBoundingClientRect(), w = wrap.getBoundingClientRect();
+    if (!r.width || !r.height) { problems.push(what + ': not shown'); return; }
+    if (r.left < Math.max(0, w.left) - 0.5 || r.right > Math.min(innerWidth, w.right) + 0.5) {
+      problems.push(`${what}: ${Math.round(r.left)}..${Math.round(r.right)} px, outside the frame`);
+    }
+    const inset = Math.min(3, r.width / 4, r.height / 4);
+    for (const [x, y] of [[r.left + r.width / 2, r.top + r.height / 2], [r.left + inset, r.top + inset],
+                          [r.right - inset, r.top + inset], [r.left + inset, r.bottom - inset],
+                          [r.right - inset, r.bottom - inset]]) {
+      const hit = document.elementFromPoint(x, y);
+      if (!hit || !(hit === cell || cell.contains(hit))) {
+        problems.push(`${what}: covered at (${Math.round(x)}, ${Math.round(y)}) by ` +
+                      (hit ? hit.tagName.toLowerCase() + '.' + hit.className : 'nothing'));
+        break;
+      }
+    }
+  });
+  return problems;
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 800, 390])
+def test_every_column_of_the_shares_results_and_jobs_can_be_read(browser, orthanc, screenshots, width):
+    keys = [row["series_key"] for row in orthanc.get("/nas/search").json()]
+    kept = orthanc.post("/nas/shares", json={"series": keys, "label": "Dr. Martin, second opinion",
+                                              "passphrase": "by phone 42", "max_downloads": 3})
+    ended = orthanc.post("/nas/shares", json={"series": keys[:1]})
+    assert kept.status_code == ended.status_code == 201, (kept.text, ended.text)
+    assert orthanc.delete(f"/nas/shares/{ended.json()['id']}").status_code in (200, 204)
+    assert orthanc.post("/nas/retrieve", json={"series": keys[:1], "to": "orthanc"}).status_code == 202
+
+    context = browser.new_context(viewport={"width": width, "height": 700}, locale="en-GB",
+                                  timezone_id="Europe/Brussels")
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        page.goto(f"{orthanc.url}/nas/app/index.html#shares")
+        shares = page.locator("#shares tbody tr[data-id]")
+        expect(shares).to_have_count(2)
+        expect(shares.nth(0).locator(".state")).to_have_text("revoked")  # newest first; no Revoke button
+        screenshots(page, f"shares-{width}px")
+        assert page.locator("#shares").evaluate(READABLE, "State") == []
+        box = shares.nth(1).get_by_role("button", name="Revoke").bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= width, box  # without scrolling sideways
+
+        page.get_by_role("link", name="Search").click()
+        search(page, "doe")
+        rows = page.locator("#results tbody tr[data-key]")
+        expect(rows).to_have_count(1)
+        screenshots(page, f"results-{width}px")
+        page.locator("#results").evaluate("t => t.closest('.table-wrap').scrollLeft = 0")
+        box = rows.nth(0).get_by_role("button", name="Share").bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= width, box
+        assert page.locator("#results").evaluate(READABLE, "Modality") == []
+
+        page.get_by_role("link", name="Jobs").click()
+        expect(page.locator("#jobs tbody tr[data-job]")).to_have_count(1)
+        screenshots(page, f"jobs-{width}px")
+        assert page.locator("#jobs").evaluate(READABLE, "State") == []
+        # the page itself never scrolls sideways: the tabs, the toolbars and the tables fit the window
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
     finally:
         context.close()

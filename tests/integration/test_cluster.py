@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import time
 import zipfile
 
@@ -12,6 +14,7 @@ import pytest
 import requests
 from tests.support.dicom import write_series
 from tests.support.orthanc import free_port
+from tests.support.smbd import SambaServer, make_share_dir
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +40,10 @@ def archive_nas(tmp_path_factory):
 
 
 def start_node(orthanc_factory, tmp_path, name: str, nas, url: str, extra: dict | None = None, **more):
+    """A node on `url` indexing `nas`: a local folder, or a `Connection` of its own (e.g. an SMB share)."""
     port = free_port()
-    node = orthanc_factory({"Connection": {"Type": "local", "Path": str(nas)},
+    connection = nas if isinstance(nas, dict) else {"Type": "local", "Path": str(nas)}
+    node = orthanc_factory({"Connection": connection,
                             "DataDirectory": str(tmp_path / name / "nasdata"),
                             "Database": {"Type": "postgresql", "Url": url},
                             "ShareServer": {"Port": port}, **more}, workdir=tmp_path / name, extra=extra)
@@ -252,3 +257,66 @@ def test_a_job_started_on_one_node_is_listed_and_cancelled_on_the_other(orthanc_
     assert final["state"] == "cancelled" and final["files_done"] < 240, final
     assert b.get(f"/nas/jobs/{job_id}").json()["state"] == "cancelled"
     assert len(a.get("/instances").json()) == final["files_done"]  # Orthanc had none before
+
+
+DENIED = "archive 2024/zz denied"
+
+
+@pytest.fixture(scope="module")
+def smb_nas():
+    """A Samba share (tests/support/smbd.py) four folder levels deep, with files at every level and names with
+    spaces, non-ASCII letters and `%`, and a folder the NAS account may not list (`DENIED`); its readable
+    folders and files (paths relative to the share) with it."""
+    root = make_share_dir("nas-cluster-smb-")
+    folders = ["", "archive 2024"] + [f"archive 2024/P{n} Ünï {n}0%" for n in range(8)]
+    folders += [f"{p}/{s}" for p in folders[2:] for s in ("CT 检查", "MR t2")]
+    folders += [f"{f}/more" for f in folders[10:]]
+    count = {0: 2, 1: 1, 2: 1, 3: 3, 4: 10}  # files of each folder by its depth
+    files = []
+    for n, folder in enumerate(folders):
+        depth = folder.count("/") + 1 if folder else 0
+        written = write_series(os.path.join(root, folder), count[depth], names=f"IM {n} {{:02d}}.dcm",
+                               PatientName=f"SMB^{n}", PatientID=f"S{n}", Modality="CT")
+        files += [os.path.relpath(path, root) for path in written]
+    for folder, _dirs, names in os.walk(root):  # smbd reads as nasuser
+        os.chmod(folder, 0o755)
+        for name in names:
+            os.chmod(os.path.join(folder, name), 0o644)
+    write_series(os.path.join(root, DENIED, "CT"), 2)
+    os.chmod(os.path.join(root, DENIED), 0)  # nasuser may not list it
+    server = SambaServer(root).start()
+    yield server, folders, files
+    server.cleanup()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_cluster_run_over_smb_splits_the_share_below_its_top_and_indexes_every_file_once(
+        orthanc_factory, tmp_path, smb_nas, pg_database):
+    import psycopg
+
+    server, folders, files = smb_nas
+    share = {"Type": "smb", "Host": server.host, "Port": server.port, "Share": server.share,
+             "Username": server.user, "Password": server.password}
+    a = start_node(orthanc_factory, tmp_path, "a", share, pg_database, Throttle=SLOW)  # B joins before A is done
+    start_node(orthanc_factory, tmp_path, "b", share, pg_database)
+    final = a.index(timeout=120)
+    assert final["phase"] == "done", final
+    assert (final["files_processed"], final["enumerated_files"], final["errors"]) == (len(files),) * 2 + (1,), final
+    assert [e["path"] for e in final["error_samples"]] == [DENIED], final
+
+    db = psycopg.connect(pg_database, autocommit=True)
+    run_id = db.execute("SELECT run_id FROM cluster_run").fetchone()[0]
+    items = db.execute("SELECT folder, recursive, state FROM work_items WHERE run_id=%s", (run_id,)).fetchall()
+    # every folder down to the series folders its own item (listed over SMB to split further); `more` whole,
+    # and the folder that could not be listed, whose walk counted the error
+    assert {s for _, _, s in items} == {"done"}
+    nodes = db.execute("SELECT count(DISTINCT node) FROM work_items WHERE run_id=%s", (run_id,)).fetchone()[0]
+    assert nodes == 2  # each node walked items of the share
+    assert sorted((f, r) for f, r, _ in items) == sorted([(f, f.endswith("/more")) for f in folders] + [(DENIED, 1)])
+    indexed = db.execute("SELECT path, seen_run, error FROM files").fetchall()
+    assert sorted(p for p, _, _ in indexed) == sorted(files)  # each file once, by its path on the share
+    assert {(seen, error) for _, seen, error in indexed} == {(run_id, None)}
+    db.close()
+    found = a.get("/nas/search", params={"limit": 1000})
+    assert int(found.headers["X-Total-Count"]) == len(folders)  # one series per folder
+    assert sum(s["file_count"] for s in found.json()) == len(files)

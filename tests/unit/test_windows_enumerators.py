@@ -301,6 +301,73 @@ def test_reading_files_is_the_local_sources(tmp_path):
         WindowsListingSource(str(tmp_path), "dir")
 
 
+# The attributes Windows gives each entry of a folder's listing (WIN32_FIND_DATAW.dwFileAttributes, which
+# Python keeps as DirEntry.stat().st_file_attributes): a folder 0x10; hidden 0x12; a junction (mklink /J), or a
+# DFS link seen through its share, a folder and a reparse point, 0x410.
+WINDOWS_ATTRIBUTES = {"plain": 0x10, "hidden": 0x12, "junction": 0x410}
+
+
+class _WindowsListing:
+    """`os.scandir` as on Windows: the real entries of a folder, with `WINDOWS_ATTRIBUTES` in their stat."""
+
+    def __init__(self, scandir, path):
+        self._it = scandir(path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._it.close()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return _WindowsEntry(next(self._it))
+
+
+class _WindowsEntry:
+    def __init__(self, entry):
+        self._entry, self.name, self.path = entry, entry.name, entry.path
+
+    def is_dir(self, follow_symlinks=True):  # as Python on Windows: true for a junction, false for a link
+        return self._entry.is_dir(follow_symlinks=follow_symlinks)
+
+    def stat(self, follow_symlinks=True):
+        st = self._entry.stat(follow_symlinks=follow_symlinks)
+        return type("stat_result", (), {"st_mode": st.st_mode,
+                                        "st_file_attributes": WINDOWS_ATTRIBUTES.get(self.name, 0x20)})
+
+
+@pytest.mark.parametrize("kind", ["robocopy", "powershell"])
+def test_list_root_marks_as_folders_only_those_the_lister_enters(tmp_path, monkeypatch, kind):
+    """robocopy (/XJ) and the script never enter a junction: a cluster run must not split the NAS by one
+    (it would walk it as an item of its own, through to where it leads)."""
+    for name in ("plain/deeper", "hidden", "junction/inside"):
+        (tmp_path / "top" / name).mkdir(parents=True)
+    (tmp_path / "top" / "IM1.dcm").write_bytes(b"x")
+    (tmp_path / "top" / "link").symlink_to(tmp_path / "top" / "plain")
+    monkeypatch.setattr(os, "scandir", lambda path, real=os.scandir: _WindowsListing(real, path))
+    src = WindowsListingSource(str(tmp_path), kind)
+    assert src.list_root(100, "top") == ["IM1.dcm", "hidden/", "junction", "link", "plain/"]
+    assert src.list_root(2, "top") == ["IM1.dcm", "hidden/"]
+    assert src.list_root(100, "top/plain") == ["deeper/"]
+    with pytest.raises(NasNotFound):
+        src.list_root(100, "top/IM1.dcm")
+    # the scandir walk does enter a junction, so the local source lists it as a folder
+    assert LocalSource(str(tmp_path)).list_root(100, "top") == ["IM1.dcm", "hidden/", "junction/", "link", "plain/"]
+
+
+@pytest.mark.skipif(sys.platform != "win32", reason="a real junction needs Windows")
+def test_list_root_leaves_a_real_junction_unmarked(tmp_path):
+    import _winapi
+
+    (tmp_path / "target" / "inside").mkdir(parents=True)
+    _winapi.CreateJunction(str(tmp_path / "target"), str(tmp_path / "junction"))
+    assert WindowsListingSource(str(tmp_path), "robocopy").list_root() == ["junction", "target/"]
+    assert LocalSource(str(tmp_path)).list_root() == ["junction/", "target/"]
+
+
 def test_auto_picks_robocopy_for_unc_paths_on_windows_only(monkeypatch):
     unc = Connection(Type="local", Path="\\\\nas01\\dicom")
     monkeypatch.setattr(sys, "platform", "win32")

@@ -125,8 +125,14 @@ class LocalSource:
             raise os_error(exc, f"folder {folder}") from exc
         with it:
             for entry in it:
-                names.append(entry.name + ("/" if entry.is_dir(follow_symlinks=False) else ""))
+                names.append(entry.name + ("/" if self._enters(entry) else ""))
         return sorted(names)[:limit]
+
+    @staticmethod
+    def _enters(entry: os.DirEntry) -> bool:
+        """Whether the walk lists this entry as a folder (marked `/` by `list_root`, what a cluster run splits
+        by): as in `walk`, a symbolic link is not followed."""
+        return entry.is_dir(follow_symlinks=False)
 
     # -- walk -----------------------------------------------------------------
     def walk(self, stop: threading.Event, scope: WalkScope | None = None, chunks: bool = False) -> Iterator:

@@ -3,7 +3,8 @@
 Each lister runs as a child process (no shell) and prints one line per file while it goes; the
 lines are read as they come (memory stays bounded) and each becomes a `FileEntry` or a
 `WalkError`. Files are read through the file system (a UNC path opens with plain `open()`), so
-everything but `walk` is `LocalSource`'s. Recorded outputs and the stand-in executable that
+everything but `walk` is `LocalSource`'s; `list_root` too, but it marks as folders only those the lister
+enters (no junctions). Recorded outputs and the stand-in executable that
 replays them for the tests: tests/fixtures/windows/README.md.
 """
 
@@ -17,6 +18,7 @@ import ntpath
 import os
 import queue
 import re
+import stat
 import subprocess
 import sys
 import tempfile
@@ -324,6 +326,21 @@ class WindowsListingSource(LocalSource):
             ["robocopy.exe"] if kind == "robocopy" else ["WindowsPowerShell", "v1.0", "powershell.exe"]))
         self.executable = [executable] if isinstance(executable, str) else list(executable)
         self.description = f"folder {self.root} (listed by {kind})"
+
+    @staticmethod
+    def _enters(entry: os.DirEntry) -> bool:
+        """`list_root` marks as a folder only what the lister enters: not a junction, nor any folder that is a
+        reparse point (robocopy's /XJ, the script's ReparsePoint test). Python's `is_dir(follow_symlinks=False)`
+        is true for a junction (only folder symbolic links count as links); a cluster run that split the NAS
+        by such a folder would walk it as an item of its own, and list through it what one node never does
+        (the folder it leads to, then twice).
+
+        `st_file_attributes` (Windows only) comes with the folder's listing (FindNextFileW): no round trip.
+        """
+        if not entry.is_dir(follow_symlinks=False):
+            return False
+        attributes = getattr(entry.stat(follow_symlinks=False), "st_file_attributes", 0)
+        return not attributes & stat.FILE_ATTRIBUTE_REPARSE_POINT
 
     def walk(self, stop: threading.Event, scope: WalkScope | None = None, chunks: bool = False) -> Iterator:
         """See `Source.walk`."""
