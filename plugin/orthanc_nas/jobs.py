@@ -199,13 +199,22 @@ class JobStore:
 
     def update(self, job_id: str, **values) -> None:
         """Set columns of a job; lists and dicts are stored as JSON."""
+        self._update(job_id, "", (), values)
+
+    def save_progress(self, job_id: str, **values) -> None:
+        """Set a running job's progress; nothing once it ended. One statement: a progress read before the
+        job's last file (a request's view of a live job) never lands over the final counts."""
+        self._update(job_id, " AND state=?", (RUNNING,), values)
+
+    def _update(self, job_id: str, condition: str, condition_args: tuple, values: dict) -> None:
         if not values:
             return
         for key in ("error_samples", "failure", "orthanc", "viewers"):
             if key in values and values[key] is not None:
                 values[key] = json.dumps(values[key], ensure_ascii=False)
         columns = ", ".join(f"{name}=?" for name in values)
-        self._conn().execute(f"UPDATE jobs SET {columns} WHERE id=?", (*values.values(), job_id))
+        self._conn().execute(f"UPDATE jobs SET {columns} WHERE id=?{condition}",
+                             (*values.values(), job_id, *condition_args))
 
     def state(self, job_id: str) -> str | None:
         row = self._conn().execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .errors import NasError, NasNetworkError, NotFound
-from .jobs import CANCELLED, DONE, FAILED, MAX_SAMPLES, ORTHANC, RUNNING, JobStore, JobWatch
+from .jobs import CANCELLED, DONE, FAILED, MAX_SAMPLES, ORTHANC, JobStore, JobWatch
 from .store import DatabaseUnavailable
 from .viewers import OrthancSeries, viewer_links
 
@@ -197,14 +197,14 @@ class Retrievals:
 
     def _save_live(self, job_id: str) -> None:
         job = self._jobs.get(job_id)
-        if job is not None and self.store.state(job_id) == RUNNING:
-            self.store.update(job_id, **job.progress())
+        if job is not None:
+            self.store.save_progress(job_id, **job.progress())
 
     def _tick(self, job: Job) -> None:
         now = time.monotonic()
         if now - job.saved_at >= SAVE_EVERY:
             job.saved_at = now
-            self.store.update(job.id, **job.progress())
+            self.store.save_progress(job.id, **job.progress())
 
     # -- running ------------------------------------------------------------------
     def _run(self, job: Job) -> None:

@@ -46,6 +46,19 @@ def test_jobs_cut_off_by_a_stop_are_failed_at_the_next_start(tmp_path, db_engine
     again.close()
 
 
+def test_a_live_jobs_progress_read_before_its_end_never_lands_over_its_final_counts(tmp_path, db_engine):
+    store = JobStore(str(tmp_path))
+    job = store.create(["k"], "orthanc", 240)
+    assert store.start(job)
+    store.save_progress(job, files_done=22)
+    seen_live = {"files_done": 23}  # what a request read of the running job, an instant before its last store
+    store.update(job, state="cancelled", finished_at=1.0, files_done=24)  # the job's own end, all stores counted
+    store.save_progress(job, **seen_live)  # the request's save lands afterwards
+    final = store.describe(job)
+    assert (final["state"], final["files_done"]) == ("cancelled", 24)
+    store.close()
+
+
 def test_imported_instances_expire_from_their_last_retrieval(tmp_path, db_engine):
     now = [1000.0]
     store = JobStore(str(tmp_path), clock=lambda: now[0])
