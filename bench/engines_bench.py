@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -176,6 +177,7 @@ def main() -> int:
     pg = PostgresCluster()
     pg.start()
     report: dict = {"files": args.files, "series_size": args.series_size}
+    scratch = tempfile.tempdir = tempfile.mkdtemp(prefix="nas-engines-")  # every folder below, removed at the end
     try:
         # -- search -------------------------------------------------------------------------------------
         plan = plan_corpus(args.files, args.series_size)
@@ -227,6 +229,7 @@ def main() -> int:
                                                              / mean_rate(writes["sqlite"]), 2)
     finally:
         pg.close()
+        shutil.rmtree(scratch, ignore_errors=True)
     print(json.dumps(report, indent=2))
     return 0
 
