@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import requests
+
+from tests.support.ports import free_port  # noqa: F401 (the tests import it from here too)
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN_SCRIPT = REPO / "plugin" / "nas_plugin.py"
@@ -57,12 +58,6 @@ def installed_versions() -> dict[str, str]:
                             capture_output=True, text=True).stdout.strip()
     return {"Orthanc": versions.get("orthanc", "?"), "Python plugin": versions.get("orthanc-python", "?"),
             "Python": python or "?"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class OrthancServer:

@@ -15,6 +15,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 from tests.support.dicom import write_series
+from tests.support.ports import free_port
 
 from orthanc_nas.catalog import Catalog
 from orthanc_nas.config import parse_dicom_server
@@ -25,13 +26,6 @@ from orthanc_nas.indexer import Indexer
 from orthanc_nas.sources.local import LocalSource
 from orthanc_nas.status import IndexStatus
 from orthanc_nas.store import DatabaseUnavailable
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
