@@ -117,3 +117,11 @@ def test_the_windows_listers_pump_hands_over_through_the_walks_hand_off(monkeypa
     chunks = windows._chunks(items(), threading.Event())
     assert next(c for c in chunks if c) == ["x", "y"] and ["x", "y"] in handed
     chunks.close()
+
+
+def test_chunks_waiting_for_a_slow_consumer_go_as_one():
+    # 3 levels of 3 folders, 5 files each: 40 folders handed over as 40 chunks of 5
+    walker = parallel_walk(tree_lister(3, 3, 5), threading.Event(), 4, chunks=True)
+    time.sleep(0.5)  # a consumer busy elsewhere (indexing waiting for the database): the walk queues its chunks
+    sizes = [len(chunk) for chunk in walker if chunk]
+    assert sum(sizes) == 40 * 5 and max(sizes) > 5 and all(size <= CHUNK + 5 for size in sizes)

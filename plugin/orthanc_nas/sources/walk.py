@@ -63,7 +63,8 @@ def parallel_walk(list_folder: ListFolder, stop: threading.Event, threads: int =
     Yields `FileEntry | WalkError` items; with `chunks`, lists of them as the listing threads hand
     them over (those waiting already joined, up to `CHUNK` entries or so: a consumer slower than the
     walk, such as indexing looking up each list in the index, then makes fewer, larger lookups), and an
-    empty list whenever nothing came for a moment (so the consumer can do other work meanwhile). Ends early, without error, when `stop` is set or the consumer stops iterating.
+    empty list whenever nothing came for a moment (so the consumer can do other work meanwhile).
+    Ends early, without error, when `stop` is set or the consumer stops iterating.
     """
     threads = max(1, threads)
     out: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
